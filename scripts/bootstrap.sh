@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Creates the project's virtual environment (.venv) and installs what a mode needs, once.
+#   scripts/bootstrap.sh serve   torch 2.13.0 (CPU wheel here) and imgembed
+#   scripts/bootstrap.sh test    the same plus test tools, the runpod SDK, and Meta's sam2 reference
+# Re-runs only when pyproject.toml or this script changed. IMGEMBED_VENV overrides the location.
+set -euo pipefail
+mode=${1:-serve}
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+venv=${IMGEMBED_VENV:-$root/.venv}
+python=${PYTHON:-python3}
+stamp="$venv/.bootstrap-$mode"
+
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/bootstrap.sh ]; then
+  exit 0
+fi
+echo "bootstrap ($mode): preparing $venv" >&2
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+"${pip[@]}" install --upgrade pip
+# torch first and pinned: every later requirement accepts 2.13.0, so nothing replaces it.
+"${pip[@]}" install torch==2.13.0
+case "$mode" in
+  serve) "${pip[@]}" install -e ".[runpod]" ;;
+  test)
+    "${pip[@]}" install -e ".[test,runpod]"
+    # Meta's reference implementation, for parity tests only. --no-deps keeps torchvision out;
+    # SAM2_BUILD_CUDA=0 skips its CUDA extension; its needs (hydra-core, iopath) are in [test].
+    SAM2_BUILD_CUDA=0 "${pip[@]}" install --no-build-isolation --no-deps sam2==1.1.0
+    ;;
+  *) echo "bootstrap: unknown mode '$mode' (expected serve or test)" >&2; exit 2 ;;
+esac
+"$venv/bin/python" - <<'PY'
+import torch
+assert torch.__version__.startswith("2.13.0"), f"torch was replaced: {torch.__version__}"
+PY
+touch "$stamp"

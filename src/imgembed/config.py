@@ -1,0 +1,110 @@
+"""Configuration as frozen dataclasses, passed down explicitly.
+
+Nothing here reads the environment or argv: ``cli.py`` and the adapters build these objects from
+flags and ``IMGEMBED_*`` variables and hand them to the engine and server. This module is a leaf
+(no torch, no package imports beyond the standard library).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+ResizeMode = Literal["stretch", "letterbox"]
+"""How an image becomes the square model input: ``stretch`` (SAM 2's training resize) or
+``letterbox`` (keep aspect ratio, pad bottom/right with zeros after normalisation)."""
+
+FeatureDtype = Literal["float32", "float16", "bfloat16"]
+"""Numeric type of features returned to clients."""
+
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+"""Where a model runs: ``auto`` picks CUDA when present, else CPU."""
+
+Encoding = Literal["npz_base64", "npz_base64_uncompressed", "binary"]
+"""How features travel: the seed's base64 ``.npz`` (compressed or not), or raw bytes."""
+
+MEBIBYTE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """Rules for downloading images from client-supplied URLs.
+
+    Attributes:
+        timeout_s: Total time allowed for one download, connect to last byte.
+        max_bytes: Largest body accepted; larger downloads are cut off and refused.
+        max_redirects: Redirects followed before giving up; each hop is re-validated.
+        allow_private_networks: When ``False`` (the default) loopback, private, link-local,
+            carrier-grade NAT, multicast, reserved and cloud metadata addresses are refused.
+        allowed_hosts: Host names or IP networks (CIDR) allowed even when private, for example
+            ``("127.0.0.1/32", "images.internal")``.
+        allowed_schemes: URL schemes accepted.
+    """
+
+    timeout_s: float = 10.0
+    max_bytes: int = 32 * MEBIBYTE
+    max_redirects: int = 5
+    allow_private_networks: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_schemes: tuple[str, ...] = ("http", "https")
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """Limits on what a request may carry.
+
+    Attributes:
+        max_body_bytes: Largest HTTP request body, JSON or multipart.
+        max_image_pixels: Largest decoded image (width x height); guards against decompression
+            bombs. Pillow itself refuses images over about 179 million pixels whatever this says.
+        min_image_side: Smallest accepted width or height in pixels.
+    """
+
+    max_body_bytes: int = 48 * MEBIBYTE
+    max_image_pixels: int = 64_000_000
+    min_image_side: int = 2
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to serve and where its weights come from.
+
+    Attributes:
+        name: Canonical model name, for example ``sam2.1-hiera-tiny``.
+        weights: ``None`` for the model's default hub repository, ``"dummy"`` for random
+            untrained weights, a hub id (``facebook/sam2.1-hiera-tiny``), a local folder in
+            Hugging Face format, or a Meta ``.pt`` checkpoint file.
+        meta_config: Meta's config name for a ``.pt`` checkpoint (``configs/sam2.1/sam2.1_hiera_t.yaml``,
+            ``sam2_hiera_l.yaml``); when ``None`` it follows from ``name``.
+        device: Where to run.
+        alias: Extra name clients may use for this model (the seed's checkpoint file name, say).
+    """
+
+    name: str
+    weights: str | None = None
+    meta_config: str | None = None
+    device: DeviceChoice = "auto"
+    alias: str | None = None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the engine and HTTP server need.
+
+    Attributes:
+        models: Models to load at start-up; the first is the default for requests that name none.
+        host: Interface to bind.
+        port: TCP port.
+        limits: Request size limits.
+        fetch: Image URL download policy.
+        default_resize_mode: Resize mode used when a request does not choose one.
+        compute_threads: Threads for CPU-side work (decode, resize, serialise).
+    """
+
+    models: tuple[ModelSpec, ...] = (ModelSpec(name="sam2.1-hiera-tiny"),)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    limits: InputLimits = field(default_factory=InputLimits)
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)
+    default_resize_mode: ResizeMode = "stretch"
+    compute_threads: int = 2

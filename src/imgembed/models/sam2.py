@@ -1,0 +1,78 @@
+"""SAM 2 image encoder math: pixels in, the three feature maps a SAM 2 mask decoder needs out.
+
+Stateless: the model is passed in, features are returned, nothing is kept between calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import Sam2Model
+
+SAM2_INPUT_SIZE = 1024
+"""Side of the square image the SAM 2 encoder takes, in pixels."""
+
+IMAGE_EMBED_SHAPE = (256, 64, 64)
+HIGH_RES_FEATS_0_SHAPE = (32, 256, 256)
+HIGH_RES_FEATS_1_SHAPE = (64, 128, 128)
+FEATURE_STRIDE = 16
+"""Pixels of the 1024 frame per cell of ``image_embed``."""
+
+
+@dataclass(frozen=True)
+class Sam2Features:
+    """Encoder output exactly as Meta's ``SAM2ImagePredictor.set_image`` stores it.
+
+    ``conv_s0``/``conv_s1`` of the mask decoder are already applied to the two high-resolution
+    levels and ``no_mem_embed`` is already added to ``image_embed``, so a decoder consumes these as is.
+
+    Attributes:
+        image_embed: ``[B,256,64,64]``, stride 16 in the 1024 frame.
+        high_res_feats_0: ``[B,32,256,256]``, stride 4 in the 1024 frame.
+        high_res_feats_1: ``[B,64,128,128]``, stride 8 in the 1024 frame.
+    """
+
+    image_embed: torch.Tensor
+    high_res_feats_0: torch.Tensor
+    high_res_feats_1: torch.Tensor
+
+    def to(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> Sam2Features:
+        """The same features converted to ``dtype`` on ``device``."""
+        return Sam2Features(
+            image_embed=self.image_embed.to(device=device, dtype=dtype),
+            high_res_feats_0=self.high_res_feats_0.to(device=device, dtype=dtype),
+            high_res_feats_1=self.high_res_feats_1.to(device=device, dtype=dtype),
+        )
+
+    def __getitem__(self, index: int) -> Sam2Features:
+        """Features of one batch item, keeping a batch axis of 1."""
+        return Sam2Features(
+            image_embed=self.image_embed[index : index + 1],
+            high_res_feats_0=self.high_res_feats_0[index : index + 1],
+            high_res_feats_1=self.high_res_feats_1[index : index + 1],
+        )
+
+
+@torch.inference_mode()
+def encode_images(model: Sam2Model, pixel_values: torch.Tensor) -> Sam2Features:
+    """Runs the SAM 2 image encoder.
+
+    Args:
+        model: A loaded SAM 2 model in eval mode.
+        pixel_values: ``[B,3,1024,1024]`` normalised images (ImageNet mean/std), on the model's
+            device, in the model's parameter dtype (autocast, if any, is the caller's choice).
+
+    Returns:
+        Features for each image, in the dtype the computation produced, on the model's device.
+    """
+    if pixel_values.ndim != 4 or pixel_values.shape[1:] != (3, SAM2_INPUT_SIZE, SAM2_INPUT_SIZE):
+        raise ValueError(
+            f"pixel_values must be [B,3,{SAM2_INPUT_SIZE},{SAM2_INPUT_SIZE}], "
+            f"got {list(pixel_values.shape)}"
+        )
+    # get_image_embeddings returns the levels finest first, as [B,C,H,W] each.
+    high_res_0, high_res_1, image_embed = model.get_image_embeddings(pixel_values)
+    return Sam2Features(
+        image_embed=image_embed, high_res_feats_0=high_res_0, high_res_feats_1=high_res_1
+    )

@@ -1,0 +1,127 @@
+"""SAM 2 embedding pipeline: prepare on CPU, encode on the device, finish on CPU.
+
+The three stages are separate functions so the engine can run CPU stages in a worker pool while
+the device works on another request, and can batch the middle stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import Sam2Model
+
+from imgembed.config import FeatureDtype, ResizeMode
+from imgembed.models.sam2 import SAM2_INPUT_SIZE, Sam2Features, encode_images
+from imgembed.preprocess.image import DecodedImage
+from imgembed.preprocess.sam2_frame import FrameMapping, sam2_pixel_values
+from imgembed.runtime.device import DevicePlacement
+
+FEATURE_NAMES = ("image_embed", "high_res_feats_0", "high_res_feats_1")
+"""Tensor names, as the exported ONNX decoder takes them."""
+
+_TORCH_DTYPES: dict[FeatureDtype, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+@dataclass(frozen=True)
+class Sam2EmbedOptions:
+    """What a client asks of an embedding.
+
+    Attributes:
+        dtype: Numeric type of the returned features.
+        include_high_res: Return the two high-resolution levels as well as ``image_embed``.
+        resize_mode: ``stretch`` (SAM 2's training resize) or ``letterbox``.
+    """
+
+    dtype: FeatureDtype = "float32"
+    include_high_res: bool = True
+    resize_mode: ResizeMode = "stretch"
+
+
+@dataclass(frozen=True)
+class PreparedSam2Image:
+    """One image ready for the encoder.
+
+    Attributes:
+        pixel_values: ``[3,1024,1024]`` float32, ImageNet-normalised, on the CPU.
+        mapping: Original-pixel to 1024-frame mapping.
+    """
+
+    pixel_values: torch.Tensor
+    mapping: FrameMapping
+
+
+@dataclass(frozen=True)
+class Sam2Embedding:
+    """Features of one image, on the CPU, in the requested dtype.
+
+    Attributes:
+        arrays: Name (see :data:`FEATURE_NAMES`) to ``[C,H,W]`` array; ``bfloat16`` is held as its
+            raw ``uint16`` bit patterns (NumPy has no bfloat16).
+        dtype: The dtype the arrays represent.
+        mapping: Original-pixel to 1024-frame mapping.
+    """
+
+    arrays: dict[str, np.ndarray]
+    dtype: FeatureDtype
+    mapping: FrameMapping
+
+
+def prepare(image: DecodedImage, options: Sam2EmbedOptions) -> PreparedSam2Image:
+    """Resizes and normalises a decoded image for the SAM 2 encoder (CPU stage)."""
+    pixels = torch.from_numpy(image.pixels)  # [H,W,3] uint8, shares memory
+    pixel_values, mapping = sam2_pixel_values(pixels, SAM2_INPUT_SIZE, options.resize_mode)
+    return PreparedSam2Image(pixel_values=pixel_values, mapping=mapping)
+
+
+def encode(
+    model: Sam2Model, placement: DevicePlacement, pixel_values: list[torch.Tensor]
+) -> Sam2Features:
+    """Runs the encoder on a batch (device stage).
+
+    Args:
+        model: The loaded SAM 2 model, on ``placement.device``.
+        placement: Device and compute precision.
+        pixel_values: ``[3,1024,1024]`` float32 CPU tensors, one per image.
+
+    Returns:
+        Features for the batch, ``[B,...]`` each, on the device, in the compute dtype.
+    """
+    batch = torch.stack(pixel_values).to(placement.device, non_blocking=True)  # [B,3,1024,1024]
+    with placement.autocast():
+        return encode_images(model, batch)
+
+
+def finish(
+    features: Sam2Features, mapping: FrameMapping, options: Sam2EmbedOptions
+) -> Sam2Embedding:
+    """Converts one image's features to the requested dtype on the CPU (CPU stage).
+
+    Args:
+        features: Features of one image, ``[1,...]`` each, on any device.
+        mapping: The image's frame mapping.
+        options: Requested dtype and levels.
+
+    Returns:
+        ``[C,H,W]`` arrays for ``image_embed`` and, unless excluded, the high-resolution levels.
+    """
+    dtype = _TORCH_DTYPES[options.dtype]
+    tensors = {"image_embed": features.image_embed}
+    if options.include_high_res:
+        tensors["high_res_feats_0"] = features.high_res_feats_0
+        tensors["high_res_feats_1"] = features.high_res_feats_1
+    arrays = {name: _to_numpy(tensor[0], dtype) for name, tensor in tensors.items()}
+    return Sam2Embedding(arrays=arrays, dtype=options.dtype, mapping=mapping)
+
+
+def _to_numpy(tensor: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """A ``[C,H,W]`` tensor as a CPU array of ``dtype`` (bfloat16 as ``uint16`` bit patterns)."""
+    converted = tensor.detach().to(dtype=dtype).cpu().contiguous()
+    if dtype == torch.bfloat16:
+        return converted.view(torch.int16).numpy().view(np.uint16)
+    return converted.numpy()

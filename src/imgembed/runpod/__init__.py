@@ -1,0 +1,83 @@
+"""RunPod serverless shell: the seed worker's event format over the engine.
+
+    python -m imgembed.runpod                      # serve jobs (RunPod starts it like this)
+    python -m imgembed.runpod --test_input '{"input": {"action": "embed_image", ...}}'
+
+The handler is :func:`handler` (``imgembed.runpod.handler``). Configuration comes from the same
+variables as ``imgembed serve`` (``IMGEMBED_*``, ``SAM2_CHECKPOINT``, ``SAM2_MODEL_CFG``). Errors
+come back as ``{"error": message, "code": ..., "field": ...}``, which RunPod marks as a failed job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from imgembed.engine import Engine
+from imgembed.errors import ImgembedError, InvalidInputError
+from imgembed.schemas import Sam2EmbedRequest, parse_request, sam2_embed_inputs
+from imgembed.settings import server_config_from_env
+from imgembed.wire import sam2_embed_json
+
+logger = logging.getLogger(__name__)
+
+ACTIONS = ("embed_image",)
+"""Actions the handler understands, as the seed worker names them."""
+
+_engine: Engine | None = None
+
+
+async def _get_engine() -> Engine:
+    """The process's engine, started on the first job (RunPod keeps the worker warm)."""
+    global _engine
+    if _engine is None:
+        engine = Engine(server_config_from_env(os.environ))
+        await engine.start()
+        _engine = engine
+    return _engine
+
+
+async def _embed_image(engine: Engine, job_input: dict[str, Any]) -> dict[str, Any]:
+    body = parse_request(Sam2EmbedRequest, job_input, prefix="input.")
+    assert isinstance(body, Sam2EmbedRequest)
+    if body.encoding == "binary":
+        raise InvalidInputError(
+            "input.encoding 'binary' is only available over HTTP; RunPod returns JSON, so use "
+            "npz_base64 or npz_base64_uncompressed",
+            field="input.encoding",
+        )
+    image, options = sam2_embed_inputs(
+        body, default_resize_mode=engine.config.default_resize_mode, prefix="input."
+    )
+    result = await engine.sam2_embed(image, model=body.model, options=options)
+    return await engine.run_cpu(sam2_embed_json, result, body.encoding)
+
+
+async def handler(job: dict[str, Any]) -> dict[str, Any]:
+    """Runs one RunPod job: ``{"id": ..., "input": {"action": "embed_image", ...}}``.
+
+    Returns:
+        The seed's response fields (``type``, ``encoding``, ``data``, ``shape``, ``dtype``,
+        ``meta``, ``device``, ``model``) and more, or ``{"error": ..., "code": ..., "field": ...}``.
+    """
+    job_id = job.get("id", "unknown") if isinstance(job, dict) else "unknown"
+    try:
+        job_input = job.get("input") if isinstance(job, dict) else None
+        if not isinstance(job_input, dict):
+            raise InvalidInputError(
+                'the event must be {"input": {"action": "embed_image", ...}}; "input" is missing '
+                "or not an object",
+                field="input",
+            )
+        action = job_input.get("action", "embed_image")
+        if action not in ACTIONS:
+            raise InvalidInputError(
+                f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}",
+                field="input.action",
+            )
+        engine = await _get_engine()
+        return await _embed_image(engine, job_input)
+    except ImgembedError as error:
+        logger.warning("job %s refused: %s", job_id, error.message)
+        return {"error": error.message, "code": error.code, "field": error.field}

@@ -1,0 +1,1 @@
+"""HTTP shell (FastAPI) over the engine."""

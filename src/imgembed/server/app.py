@@ -1,0 +1,55 @@
+"""The FastAPI application: a thin shell over the :class:`~imgembed.engine.Engine`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+import imgembed
+from imgembed.config import ServerConfig
+from imgembed.engine import Engine
+from imgembed.errors import ImgembedError
+from imgembed.server import errors
+from imgembed.server.middleware import RequestContextMiddleware
+from imgembed.server.routes import router
+
+
+def create_app(config: ServerConfig, *, engine: Engine | None = None) -> FastAPI:
+    """Builds the HTTP application.
+
+    Args:
+        config: Server configuration.
+        engine: An engine to serve; one is built from ``config`` when ``None``. Models not yet
+            loaded are loaded at start-up; the app closes the engine at shutdown.
+
+    Returns:
+        The ASGI application.
+    """
+    served_engine = engine or Engine(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await served_engine.start()
+        try:
+            yield
+        finally:
+            await served_engine.close()
+
+    app = FastAPI(
+        title="imgembed",
+        version=imgembed.__version__,
+        summary="Image embeddings as a service: SAM 2 features for client-side mask decoding.",
+        lifespan=lifespan,
+    )
+    app.state.engine = served_engine
+    app.include_router(router)
+    app.add_exception_handler(ImgembedError, errors.handle_imgembed_error)
+    app.add_exception_handler(RequestValidationError, errors.handle_validation_error)
+    app.add_exception_handler(ValidationError, errors.handle_validation_error)
+    app.add_exception_handler(Exception, errors.handle_unexpected_error)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=config.limits.max_body_bytes)
+    return app

@@ -1,0 +1,76 @@
+"""Error responses: one JSON shape for every failure, with the request id and no stack trace.
+
+{"error": {"code": "invalid_image", "message": "...", "field": "image_b64", "request_id": "..."}}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from imgembed.errors import ImgembedError, InvalidInputError
+from imgembed.schemas import validation_error_to_input_error
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(error: ImgembedError, request_id: str) -> JSONResponse:
+    """The JSON response for a user-facing error."""
+    body = {"error": {**error.to_dict(), "request_id": request_id}}
+    headers = {"x-request-id": request_id}
+    if error.status_code in (429, 503):
+        headers["retry-after"] = "1"
+    return JSONResponse(body, status_code=error.status_code, headers=headers)
+
+
+def _request_id(request: Request) -> str:
+    return getattr(request.state, "request_id", "unknown")
+
+
+async def handle_imgembed_error(request: Request, error: Exception) -> JSONResponse:
+    """Answers an :class:`ImgembedError` with its status, code, field and message."""
+    assert isinstance(error, ImgembedError)
+    if error.status_code >= 500:
+        logger.error("request %s failed: %s", _request_id(request), error.message)
+    return error_response(error, _request_id(request))
+
+
+async def handle_validation_error(request: Request, error: Exception) -> JSONResponse:
+    """Answers FastAPI's own parameter validation failures in the common error shape."""
+    if isinstance(error, RequestValidationError):
+        first = error.errors()[0]
+        location = ".".join(str(part) for part in first["loc"] if part not in ("body", "query"))
+        converted = InvalidInputError(f"{location}: {first['msg']}", field=location or None)
+    else:
+        assert isinstance(error, ValidationError)
+        converted = validation_error_to_input_error(error)
+    return error_response(converted, _request_id(request))
+
+
+async def handle_unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    """Logs an unexpected failure with its traceback; the client gets only the request id."""
+    request_id = _request_id(request)
+    logger.exception("request %s failed unexpectedly", request_id, exc_info=error)
+    body = {
+        "error": {
+            "code": "internal_error",
+            "message": f"internal server error; quote request id {request_id} when reporting it",
+            "field": None,
+            "request_id": request_id,
+        }
+    }
+    return JSONResponse(body, status_code=500, headers={"x-request-id": request_id})
+
+
+def invalid_json(error: json.JSONDecodeError | UnicodeDecodeError) -> InvalidInputError:
+    """The error for a body that is not JSON."""
+    return InvalidInputError(
+        f"request body is not valid JSON ({error}); send a JSON object with "
+        "Content-Type: application/json, or a multipart form upload",
+        field="body",
+    )

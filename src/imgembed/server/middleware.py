@@ -1,0 +1,90 @@
+"""ASGI middleware: request ids, the body size limit, and one access-log line per request."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from imgembed.errors import PayloadTooLargeError
+from imgembed.server.errors import error_response
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestContextMiddleware:
+    """Gives each request an id, caps its body size, and logs it.
+
+    The id is the client's ``X-Request-ID`` when it is a short token, else a fresh one; it is
+    stored in ``scope["state"]["request_id"]`` and returned in the ``X-Request-ID`` header. Bodies
+    larger than ``max_body_bytes`` are refused from ``Content-Length`` before reading, and while
+    streaming when the length is absent or wrong.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        client_id = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+        request_id = client_id if _CLIENT_REQUEST_ID.match(client_id) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status: dict[str, int] = {"code": 0}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *message["headers"],
+                    (REQUEST_ID_HEADER.encode(), request_id.encode()),
+                ]
+            await send(message)
+
+        declared = headers.get(b"content-length")
+        limit = self.max_body_bytes
+        received = {"bytes": 0}
+
+        async def limited_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                received["bytes"] += len(message.get("body", b""))
+                if received["bytes"] > limit:
+                    raise _too_large(received["bytes"], limit)
+            return message
+
+        try:
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                response = error_response(_too_large(int(declared), limit), request_id)
+                await response(scope, receive, send_with_id)
+            else:
+                await self.app(scope, limited_receive, send_with_id)
+        finally:
+            logger.info(
+                "%s %s %s %.1fms request_id=%s",
+                scope.get("method"),
+                scope.get("path"),
+                status["code"],
+                (time.perf_counter() - started) * 1000,
+                request_id,
+                extra={"request_id": request_id},
+            )
+
+
+def _too_large(size: int, limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"request body is {size:,} bytes or more; the limit is {limit:,} bytes "
+        "(IMGEMBED_MAX_BODY_BYTES). Send a smaller image or pass it by URL",
+        field="body",
+    )

@@ -1,0 +1,158 @@
+"""HTTP routes: parse, call the engine, format. No model logic lives here."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+
+from imgembed.codecs import BINARY_HEADER_LENGTH, BINARY_MEDIA_TYPE
+from imgembed.engine import Engine
+from imgembed.errors import InvalidInputError, UnsupportedMediaTypeError
+from imgembed.schemas import Sam2EmbedRequest, parse_request, sam2_embed_inputs
+from imgembed.server.errors import invalid_json
+from imgembed.wire import sam2_embed_binary, sam2_embed_json
+
+router = APIRouter()
+
+UPLOAD_FIELDS = ("file", "image")
+"""Multipart field names an image upload may use."""
+
+_EMBED_SCHEMA = Sam2EmbedRequest.model_json_schema()
+_EMBED_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _EMBED_SCHEMA},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        **{
+                            name: prop
+                            for name, prop in _EMBED_SCHEMA["properties"].items()
+                            if name not in ("image_b64", "input_image_url", "action")
+                        },
+                    },
+                    "required": ["file"],
+                }
+            },
+        },
+    },
+    "responses": {
+        "200": {
+            "description": "Features: JSON with base64 npz, or the binary framing "
+            f"({BINARY_MEDIA_TYPE}) when encoding is binary.",
+            "content": {"application/json": {}, BINARY_MEDIA_TYPE: {}},
+        }
+    },
+}
+
+
+def _engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+async def _read_json(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise invalid_json(error) from error
+
+
+async def _read_multipart(request: Request) -> tuple[dict[str, str], bytes | None, str]:
+    """Form fields as strings, the uploaded file's bytes, and the field it came in."""
+    form = await request.form(max_files=1, max_fields=32)
+    fields: dict[str, str] = {}
+    upload: bytes | None = None
+    upload_field = UPLOAD_FIELDS[0]
+    for name, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if name not in UPLOAD_FIELDS:
+                raise InvalidInputError(
+                    f"file uploaded as {name!r}; upload the image as 'file'", field=name
+                )
+            upload = await value.read()
+            upload_field = name
+        else:
+            fields[name] = value
+    await form.close()
+    return fields, upload, upload_field
+
+
+@router.post(
+    "/v1/sam2/embed",
+    summary="SAM 2 image features",
+    description="Encodes one image with the SAM 2 image encoder. The image comes as JSON "
+    "(image_b64 or input_image_url) or as a multipart upload (field 'file').",
+    openapi_extra=_EMBED_OPENAPI,
+    tags=["sam2"],
+)
+async def sam2_embed(request: Request) -> Response:
+    engine = _engine(request)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    upload: bytes | None = None
+    upload_field = UPLOAD_FIELDS[0]
+    if content_type == "multipart/form-data":
+        payload, upload, upload_field = await _read_multipart(request)
+    elif content_type in ("application/json", ""):
+        payload = await _read_json(request)
+    else:
+        raise UnsupportedMediaTypeError(
+            f"Content-Type {content_type!r} is not accepted; send application/json or "
+            "multipart/form-data",
+            field="content-type",
+        )
+    body = parse_request(Sam2EmbedRequest, payload)
+    assert isinstance(body, Sam2EmbedRequest)
+    image, options = sam2_embed_inputs(
+        body,
+        default_resize_mode=engine.config.default_resize_mode,
+        upload=upload,
+        upload_field=upload_field,
+    )
+    result = await engine.sam2_embed(image, model=body.model, options=options)
+    if body.encoding == "binary":
+        content, header_length = await engine.run_cpu(sam2_embed_binary, result)
+        return Response(
+            content,
+            media_type=BINARY_MEDIA_TYPE,
+            headers={BINARY_HEADER_LENGTH: str(header_length)},
+        )
+    encoded = await engine.run_cpu(
+        lambda: json.dumps(sam2_embed_json(result, body.encoding)).encode()
+    )
+    return Response(encoded, media_type="application/json")
+
+
+@router.get("/v1/models", summary="Served models", tags=["models"])
+async def list_models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": [model.describe() for model in _engine(request).models]}
+
+
+def _health(engine: Engine) -> dict[str, Any]:
+    return {
+        "status": "ok" if engine.ready else "loading",
+        "models": {model.name: {"ready": engine.ready} for model in engine.models},
+    }
+
+
+@router.get("/health", summary="Service health", tags=["health"])
+async def health(request: Request) -> JSONResponse:
+    engine = _engine(request)
+    return JSONResponse(_health(engine), status_code=200 if engine.ready else 503)
+
+
+@router.get("/health/live", summary="Liveness", tags=["health"])
+async def health_live() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+@router.get("/health/ready", summary="Readiness", tags=["health"])
+async def health_ready(request: Request) -> JSONResponse:
+    return await health(request)
