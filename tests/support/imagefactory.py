@@ -31,7 +31,9 @@ def png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims ``width`` x ``height`` but holds one row: a decompression-bomb stand-in."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return (

@@ -45,11 +45,12 @@ class RequestContextMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [
-                    *message["headers"],
-                    (REQUEST_ID_HEADER.encode(), request_id.encode()),
-                ]
+                response_headers = list(message.get("headers", []))
+                if not any(
+                    name.lower() == REQUEST_ID_HEADER.encode() for name, _ in response_headers
+                ):
+                    response_headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
+                message["headers"] = response_headers
             await send(message)
 
         declared = headers.get(b"content-length")

@@ -1,0 +1,147 @@
+"""Real servers for end-to-end tests: imgembed in a subprocess, and a loopback image host.
+
+Everything binds 127.0.0.1 and every request goes there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def imgembed_server(
+    args: list[str], env: dict[str, str] | None = None, *, log_path: Path, timeout_s: float = 120
+) -> Iterator[str]:
+    """Runs ``imgembed serve ARGS`` on a free loopback port until the block ends.
+
+    Yields:
+        The base URL, once ``/health`` answers 200.
+    """
+    port = free_port()
+    command = [sys.executable, "-m", "imgembed.cli", "serve", "--port", str(port), *args]
+    full_env = {**os.environ, "IMGEMBED_HOST": LOOPBACK, **(env or {})}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        base_url = f"http://{LOOPBACK}:{port}"
+        try:
+            _wait_healthy(process, base_url, timeout_s, log_path)
+            yield base_url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_healthy(process: subprocess.Popen, base_url: str, timeout_s: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server not healthy after {timeout_s} s:\n{log.read_text()}")
+
+
+class ImageHost:
+    """A loopback HTTP server with routes for URL-fetch tests.
+
+    Routes: ``/image`` (the configured bytes), ``/missing`` (404), ``/loop`` (redirects to itself),
+    ``/slow`` (waits ``slow_s`` before answering), ``/huge`` (declares ``huge_bytes`` and streams
+    zeros), ``/redirect-to-image`` (one redirect to ``/image``).
+    """
+
+    def __init__(self, image: bytes, *, slow_s: float = 3.0, huge_bytes: int = 64 << 20) -> None:
+        self.image = image
+        self.slow_s = slow_s
+        self.huge_bytes = huge_bytes
+        self._stop = threading.Event()
+        host = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                return
+
+            def do_GET(self) -> None:  # noqa: N802
+                host.route(self)
+
+        self._server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self._server.daemon_threads = True
+        self.base_url = f"http://{LOOPBACK}:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> ImageHost:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def route(self, request: BaseHTTPRequestHandler) -> None:
+        path = request.path
+        try:
+            if path == "/image":
+                self._send(request, 200, self.image, "image/png")
+            elif path == "/redirect-to-image":
+                self._redirect(request, "/image")
+            elif path == "/loop":
+                self._redirect(request, "/loop")
+            elif path == "/slow":
+                self._stop.wait(self.slow_s)
+                self._send(request, 200, self.image, "image/png")
+            elif path == "/huge":
+                request.send_response(200)
+                request.send_header("Content-Length", str(self.huge_bytes))
+                request.end_headers()
+                chunk = b"\x00" * 65536
+                for _ in range(self.huge_bytes // len(chunk)):
+                    if self._stop.is_set():
+                        break
+                    request.wfile.write(chunk)
+            else:
+                self._send(request, 404, b"not found", "text/plain")
+        except (BrokenPipeError, ConnectionResetError):
+            return
+
+    @staticmethod
+    def _send(request: BaseHTTPRequestHandler, status: int, body: bytes, media: str) -> None:
+        request.send_response(status)
+        request.send_header("Content-Type", media)
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body)
+
+    @staticmethod
+    def _redirect(request: BaseHTTPRequestHandler, location: str) -> None:
+        request.send_response(302)
+        request.send_header("Location", location)
+        request.send_header("Content-Length", "0")
+        request.end_headers()
