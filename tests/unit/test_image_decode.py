@@ -151,7 +151,9 @@ def test_base64_tolerates_line_breaks_missing_padding_and_urlsafe(png_bytes: byt
     standard = base64.b64encode(png_bytes).decode()
     wrapped = "\n".join(standard[i : i + 76] for i in range(0, len(standard), 76))
     assert decode_base64_image(wrapped) == png_bytes
-    assert decode_base64_image(base64.urlsafe_b64encode(png_bytes).decode().rstrip("=")) == png_bytes
+    assert (
+        decode_base64_image(base64.urlsafe_b64encode(png_bytes).decode().rstrip("=")) == png_bytes
+    )
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,12 @@ def inputs(payload: dict, **kwargs: object) -> tuple:
 
 def test_seed_event_input_is_accepted() -> None:
     image, options = inputs(
-        {"action": "embed_image", "image_b64": "aGk=", "dtype": "float16", "resize_longer_side": 1024}
+        {
+            "action": "embed_image",
+            "image_b64": "aGk=",
+            "dtype": "float16",
+            "resize_longer_side": 1024,
+        }
     )
     assert image == ImageBase64("aGk=", field="image_b64")
     assert options.dtype == "float16"
