@@ -47,10 +47,11 @@ async def _embed_image(engine: Engine, job_input: dict[str, Any]) -> dict[str, A
             "npz_base64 or npz_base64_uncompressed",
             field="input.encoding",
         )
+    served = engine.resolve_model(body.model, field_name="input.model")
     image, options = sam2_embed_inputs(
         body, default_resize_mode=engine.config.default_resize_mode, prefix="input."
     )
-    result = await engine.sam2_embed(image, model=body.model, options=options)
+    result = await engine.sam2_embed(image, model=served.name, options=options)
     return await engine.run_cpu(sam2_embed_json, result, body.encoding)
 
 
