@@ -1,0 +1,78 @@
+"""The ``imgembed`` command as a person runs it: real processes, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from imagefactory import encode, gradient_rgb
+from PIL import Image
+
+pytestmark = pytest.mark.e2e
+
+
+def imgembed(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "imgembed.cli", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_embed_writes_an_npz_with_features_and_metadata(tmp_path: Path) -> None:
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(encode(Image.fromarray(gradient_rgb(60, 90)), "JPEG"))
+    output = tmp_path / "features.npz"
+    completed = imgembed(
+        "embed", str(image), "-o", str(output), "--weights", "dummy", "--dtype", "float16"
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert f"wrote {output}" in completed.stderr
+    assert "UNTRAINED" in completed.stderr
+    with np.load(output) as archive:
+        assert archive["embedding"].shape == (256, 64, 64)
+        assert archive["embedding"].dtype == np.float16
+        assert archive["high_res_feats_0"].shape == (32, 256, 256)
+        assert archive["high_res_feats_1"].shape == (64, 128, 128)
+        meta = json.loads(str(archive["meta_json"]))
+    assert meta["orig_size"] == [60, 90]
+    assert meta["model_id"] == "sam2.1-hiera-tiny"
+    assert meta["untrained"] is True
+
+
+def test_embed_refuses_a_missing_image_in_one_line(tmp_path: Path) -> None:
+    completed = imgembed("embed", str(tmp_path / "nope.jpg"), "--weights", "dummy")
+    assert completed.returncode == 2
+    assert "nope.jpg does not exist" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "phrase"),
+    [
+        (["--weights", "/nonexistent/sam2.1_hiera_tiny.pt"], {}, "SAM2_CHECKPOINT"),
+        (["--model", "sam2-hiera-gigantic", "--weights", "dummy"], {}, "sam2.1-hiera-tiny"),
+        (["--weights", "dummy", "--meta-config", "sam2_hiera_q.yaml"], {}, "sam2_hiera_q"),
+        ([], {"SAM2_CHECKPOINT": "/nonexistent/sam2_hiera_large.pt"}, "/nonexistent/sam2_hiera_large.pt"),
+        ([], {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": "/nonexistent-cache"}, "--weights"),
+        (["--device", "cuda", "--weights", "dummy"], {"CUDA_VISIBLE_DEVICES": ""}, "--device cpu"),
+    ],
+    ids=["missing-file", "unknown-model", "unknown-config", "seed-variable", "hub-offline", "no-cuda"],
+)  # fmt: skip
+def test_serve_load_failures_are_one_clear_line(
+    args: list[str], env: dict[str, str], phrase: str
+) -> None:
+    completed = imgembed("serve", "--port", "9", *args, env=env)
+    assert completed.returncode == 2, completed.stderr
+    assert "Traceback" not in completed.stderr
+    errors = [line for line in completed.stderr.splitlines() if line.startswith("imgembed: error:")]
+    assert len(errors) == 1, completed.stderr
+    assert phrase in errors[0]
