@@ -85,10 +85,10 @@ class ImageHost:
         host = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 return
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 host.route(self)
 
         self._server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
