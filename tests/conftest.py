@@ -1,6 +1,9 @@
-"""Fixtures shared by every test level."""
+"""Fixtures shared by every test level, including a guard that keeps every test on loopback."""
 
 from __future__ import annotations
+
+import ipaddress
+import socket
 
 import numpy as np
 import pytest
@@ -21,3 +24,45 @@ def png_bytes(rgb_pixels: np.ndarray) -> bytes:
 @pytest.fixture
 def jpeg_bytes(rgb_pixels: np.ndarray) -> bytes:
     return encode(Image.fromarray(rgb_pixels), "JPEG", quality=95)
+
+
+def _is_loopback(host: object) -> bool:
+    """Whether a socket address host is this machine."""
+    if host in ("localhost", None):
+        return True
+    try:
+        return ipaddress.ip_address(str(host)).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fails any test that connects to anything but 127.0.0.1 / ::1; only numeric names resolve."""
+    real_connect = socket.socket.connect
+    real_getaddrinfo = socket.getaddrinfo
+
+    def guarded_connect(self: socket.socket, address: object) -> None:
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            host = address[0] if isinstance(address, tuple) else address
+            if not _is_loopback(host):
+                raise AssertionError(f"test tried to connect to {address!r}; only loopback allowed")
+        real_connect(self, address)
+
+    def guarded_getaddrinfo(host: object, port: object, *args: object, **kwargs: object) -> object:
+        if _is_loopback(host):
+            return real_getaddrinfo(host, port, *args, **kwargs)
+        # Numeric forms only: resolving "2130706433" sends nothing; a name would need DNS.
+        family, kind, protocol, flags = [*args, 0, 0, 0, 0][:4]
+        flags = int(kwargs.get("flags", flags)) | socket.AI_NUMERICHOST
+        return real_getaddrinfo(
+            host,
+            port,
+            kwargs.get("family", family),
+            kwargs.get("type", kind),
+            kwargs.get("proto", protocol),
+            flags,
+        )
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)

@@ -6,83 +6,15 @@ Weights are random (seeded) but in the exact layouts users have: Meta's ``{"mode
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
-import shutil
-import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
 import torch
+from checkpoints import SEED, build_meta_model, make_hub_cache, save_meta_checkpoint
 from transformers import Sam2Model, Sam2VideoConfig, Sam2VideoModel
 
 from imgembed.models.sam2_registry import build_sam2_config, resolve_variant
-
-SEED = 20240729
-HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
-"""A made-up 40-hex commit hash for the fake hub cache snapshots."""
-
-
-def _is_loopback(host: object) -> bool:
-    """Whether a socket address host is this machine."""
-    if host in ("localhost", None):
-        return True
-    try:
-        return ipaddress.ip_address(str(host)).is_loopback
-    except ValueError:
-        return False
-
-
-@pytest.fixture(autouse=True)
-def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fails any test here that resolves or connects to anything but 127.0.0.1 / ::1."""
-    real_connect = socket.socket.connect
-    real_getaddrinfo = socket.getaddrinfo
-
-    def guarded_connect(self: socket.socket, address: object) -> None:
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            host = address[0] if isinstance(address, tuple) else address
-            if not _is_loopback(host):
-                raise AssertionError(f"test tried to connect to {address!r}; only loopback allowed")
-        real_connect(self, address)
-
-    def guarded_getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
-        if not _is_loopback(host):
-            raise AssertionError(f"test tried to resolve {host!r}; only loopback allowed")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
-    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
-
-
-def randomise_(state: Mapping[str, torch.Tensor], seed: int) -> None:
-    """Overwrites every floating tensor of a state dict in place with seeded N(0, 0.02) noise, so
-    that no two weights are equal and none keeps its initial zeros or ones. (The parity tests in
-    ``tests/parity`` use scales that also keep activations alive; here only equality matters.)"""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for key in sorted(state):
-            tensor = state[key]
-            if not tensor.is_floating_point():
-                continue
-            noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32) * 0.02
-            tensor.copy_(noise.to(tensor.dtype))
-
-
-def build_meta_model(meta_config: str, seed: int) -> torch.nn.Module:
-    """Meta's ``SAM2Base`` for a config, on the CPU in eval mode, every weight seeded noise."""
-    build_sam = pytest.importorskip("sam2.build_sam", reason="Meta's sam2 package is test-only")
-    model = build_sam.build_sam2(meta_config, ckpt_path=None, device="cpu", mode="eval")
-    randomise_(model.state_dict(), seed)
-    return model
-
-
-def save_meta_checkpoint(model: torch.nn.Module, path: Path) -> Path:
-    """Saves a model the way Meta's release files are laid out: ``{"model": state_dict}``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict()}, path)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -125,34 +57,6 @@ def hf_video_tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
     folder = tmp_path_factory.mktemp("hf_video_tiny")
     model.save_pretrained(folder)
     return folder, model
-
-
-def make_hub_cache(cache_dir: Path, repo_id: str, files: Mapping[str, Path | bytes]) -> Path:
-    """Lays out one repository in a Hugging Face hub cache exactly as ``huggingface_hub`` does.
-
-    ``models--{org}--{name}/blobs/<hash>`` holds the contents, ``snapshots/<commit>/<file>`` links
-    to the blobs and ``refs/main`` names the commit.
-
-    Returns:
-        The snapshot folder.
-    """
-    repo_folder = cache_dir / f"models--{repo_id.replace('/', '--')}"
-    blobs = repo_folder / "blobs"
-    snapshot = repo_folder / "snapshots" / HUB_COMMIT
-    blobs.mkdir(parents=True, exist_ok=True)
-    snapshot.mkdir(parents=True, exist_ok=True)
-    for name, content in files.items():
-        data = content if isinstance(content, bytes) else None
-        digest = hashlib.sha256(data if data is not None else str(content).encode()).hexdigest()
-        blob = blobs / digest
-        if data is not None:
-            blob.write_bytes(data)
-        else:
-            shutil.copyfile(content, blob)
-        (snapshot / name).symlink_to(Path("..", "..", "blobs", digest))
-    (repo_folder / "refs").mkdir(exist_ok=True)
-    (repo_folder / "refs" / "main").write_text(HUB_COMMIT)
-    return snapshot
 
 
 @pytest.fixture

@@ -33,11 +33,11 @@ decoding must do to match Meta):
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pytest
 import torch
+from checkpoints import meta_set_image, randomise_, relative_error
 from transformers import Sam2Model
 
 from imgembed.models.sam2 import Sam2Features, encode_images
@@ -52,8 +52,6 @@ CPU = torch.device("cpu")
 TOLERANCE = 1e-4
 MISTAKE_EFFECT = 10 * TOLERANCE
 """Least relative change a negative control must cause: ten times what the parity checks allow."""
-BACKBONE_FEATURE_SIZES = ((256, 256), (128, 128), (64, 64))
-"""``SAM2ImagePredictor._bb_feat_sizes``: feature map sides, finest level first."""
 POINT = (407.3, 611.8)
 BOX = (120.5, 210.25, 760.0, 905.75)
 PROMPTS = {
@@ -64,42 +62,6 @@ PROMPTS = {
 }
 
 
-def randomise_(state: Mapping[str, torch.Tensor], seed: int) -> None:
-    """Overwrites every floating tensor of a state dict in place with seeded noise.
-
-    Nothing keeps its initial value, so weights that start at zero (``no_mem_embed``, biases,
-    ``pos_embed``) or at one (norm scales) cannot hide a mapping mistake. The scales keep every
-    layer's output alive: plain N(0, 0.02) everywhere made the features nearly independent of the
-    image (biases dominated, and a swapped first-block norm moved ``image_embed`` by only 2e-3).
-
-    - matrices and kernels (``*.weight`` with two or more axes): N(0, 1/fan_in);
-    - norm scales (one-axis ``*.weight``): 1 + N(0, 0.2);
-    - the prompt encoder's random Fourier matrix: N(0, 1), its natural scale;
-    - everything else (biases, positional embeddings, ``no_mem_embed``): N(0, 0.02).
-    """
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for key in sorted(state):
-            tensor = state[key]
-            if not tensor.is_floating_point():
-                continue
-            noise = torch.randn(tensor.shape, generator=generator)
-            if key.endswith(".weight") and tensor.ndim >= 2:
-                tensor.copy_(noise / tensor[0].numel() ** 0.5)
-            elif key.endswith(".weight"):
-                tensor.copy_(1.0 + 0.2 * noise)
-            elif key.endswith("positional_encoding_gaussian_matrix"):
-                tensor.copy_(noise)
-            else:
-                tensor.copy_(0.02 * noise)
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """``||actual - expected|| / ||expected||`` in float64."""
-    difference = (actual.double() - expected.double()).norm()
-    return (difference / expected.double().norm()).item()
-
-
 def normalised_image(seed: int) -> torch.Tensor:
     """A ``[1,3,1024,1024]`` float32 image in [0, 1], normalised with ImageNet mean and std."""
     generator = torch.Generator().manual_seed(seed)
@@ -107,25 +69,6 @@ def normalised_image(seed: int) -> torch.Tensor:
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     return (pixels - mean) / std
-
-
-@torch.inference_mode()
-def meta_set_image(meta_model: torch.nn.Module, image: torch.Tensor) -> Sam2Features:
-    """The body of Meta's ``SAM2ImagePredictor.set_image`` after its (torchvision) transforms.
-
-    Returns:
-        Float32 features: ``[1,32,256,256]``, ``[1,64,128,128]``, ``[1,256,64,64]``.
-    """
-    backbone_out = meta_model.forward_image(image)
-    _, vision_feats, _, _ = meta_model._prepare_backbone_features(backbone_out)
-    if meta_model.directly_add_no_mem_embed:
-        vision_feats[-1] = vision_feats[-1] + meta_model.no_mem_embed
-    # Each level [H*W,1,C] -> [1,C,H,W].
-    high_res_0, high_res_1, image_embed = (
-        feature.permute(1, 2, 0).view(1, -1, *size)
-        for feature, size in zip(vision_feats, BACKBONE_FEATURE_SIZES, strict=True)
-    )
-    return Sam2Features(image_embed, high_res_0, high_res_1)
 
 
 @torch.inference_mode()
