@@ -39,12 +39,47 @@ def imgembed_server(
     """
     port = free_port()
     command = [sys.executable, "-m", "imgembed.cli", "serve", "--port", str(port), *args]
-    full_env = {**os.environ, "IMGEMBED_HOST": LOOPBACK, **(env or {})}
+    env = {"IMGEMBED_HOST": LOOPBACK, **(env or {})}
+    with background_server(command, env, port, "/health", log_path, timeout_s) as base_url:
+        yield base_url
+
+
+@contextlib.contextmanager
+def runpod_api_server(
+    env: dict[str, str], *, log_path: Path, timeout_s: float = 120
+) -> Iterator[str]:
+    """Runs ``python -m imgembed.runpod --rp_serve_api``: the runpod SDK's local API server,
+    whose ``POST /runsync`` mimics RunPod's endpoint.
+
+    Yields:
+        The base URL, once the SDK's server answers.
+    """
+    port = free_port()
+    command = [
+        sys.executable, "-m", "imgembed.runpod", "--rp_serve_api",
+        "--rp_api_host", LOOPBACK, "--rp_api_port", str(port),
+    ]  # fmt: skip
+    with background_server(command, env, port, "/openapi.json", log_path, timeout_s) as base_url:
+        yield base_url
+
+
+@contextlib.contextmanager
+def background_server(
+    command: list[str],
+    env: dict[str, str],
+    port: int,
+    ready_path: str,
+    log_path: Path,
+    timeout_s: float,
+) -> Iterator[str]:
+    """Runs a server process until the block ends; yields its base URL once ``ready_path`` is 200."""
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+        )
         base_url = f"http://{LOOPBACK}:{port}"
         try:
-            _wait_healthy(process, base_url, timeout_s, log_path)
+            _wait_ready(process, base_url + ready_path, timeout_s, log_path)
             yield base_url
         finally:
             process.terminate()
@@ -55,13 +90,13 @@ def imgembed_server(
                 process.wait()
 
 
-def _wait_healthy(process: subprocess.Popen, base_url: str, timeout_s: float, log: Path) -> None:
+def _wait_ready(process: subprocess.Popen, url: str, timeout_s: float, log: Path) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
         try:
-            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+            if httpx.get(url, timeout=1).status_code == 200:
                 return
         except httpx.TransportError:
             pass

@@ -212,7 +212,7 @@ def _to_rgb_array(image: Image.Image, alpha_background: tuple[int, int, int]) ->
     """Converts any Pillow mode to ``[H,W,3]`` uint8 RGB by the rules in the module docstring."""
     mode = image.mode
     if mode == "RGB":
-        return np.asarray(image, dtype=np.uint8).copy()
+        return np.array(image, dtype=np.uint8)
     if mode.startswith("I"):
         values = np.asarray(image, dtype=np.float64)
         gray = np.clip(values, 0, 65535) * (255.0 / 65535.0)
@@ -226,8 +226,8 @@ def _to_rgb_array(image: Image.Image, alpha_background: tuple[int, int, int]) ->
     if image.mode in _ALPHA_MODES:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*alpha_background, 255))
-        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"), dtype=np.uint8)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+        return np.array(Image.alpha_composite(background, rgba).convert("RGB"), dtype=np.uint8)
+    return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
 def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
