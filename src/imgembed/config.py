@@ -66,6 +66,22 @@ class InputLimits:
 
 
 @dataclass(frozen=True)
+class BatchingSettings:
+    """How one model's requests are grouped into batches.
+
+    Attributes:
+        max_batch_size: Most requests run in one forward pass; 1 turns batching off.
+        max_queue_delay_ms: Longest a request waits for others to join its batch once the device
+            is free; a batch runs as soon as it is full or this delay passes, whichever is first.
+        max_queue_size: Requests waiting at most; beyond it new requests are refused with 429.
+    """
+
+    max_batch_size: int = 4
+    max_queue_delay_ms: float = 5.0
+    max_queue_size: int = 64
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One model to serve and where its weights come from.
 
@@ -78,6 +94,7 @@ class ModelSpec:
             ``sam2_hiera_l.yaml``); when ``None`` it follows from ``name``.
         device: Where to run.
         alias: Extra name clients may use for this model (the seed's checkpoint file name, say).
+        batching: How this model's requests are batched.
     """
 
     name: str
@@ -85,6 +102,7 @@ class ModelSpec:
     meta_config: str | None = None
     device: DeviceChoice = "auto"
     alias: str | None = None
+    batching: BatchingSettings = field(default_factory=BatchingSettings)
 
 
 @dataclass(frozen=True)
@@ -99,6 +117,8 @@ class ServerConfig:
         fetch: Image URL download policy.
         default_resize_mode: Resize mode used when a request does not choose one.
         compute_threads: Threads for CPU-side work (decode, resize, serialise).
+        request_timeout_s: Deadline of each request from arrival; work not started by then is
+            dropped and the request answered 504.
     """
 
     models: tuple[ModelSpec, ...] = (ModelSpec(name="sam2.1-hiera-tiny"),)
@@ -108,3 +128,4 @@ class ServerConfig:
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     default_resize_mode: ResizeMode = "stretch"
     compute_threads: int = 2
+    request_timeout_s: float = 120.0

@@ -4,13 +4,15 @@
         result = await engine.sam2_embed(ImageBytes(open("cat.jpg", "rb").read()))
 
 CPU stages (download, decode, resize, dtype conversion, serialisation) run in a thread pool; the
-device stage runs on one thread per model, so a request's CPU work overlaps another's forward pass
-and the event loop never blocks.
+device stage runs on one thread per model behind a dynamic batcher, so concurrent requests share
+forward passes, a request's CPU work overlaps another's forward pass, and the event loop never
+blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -19,13 +21,17 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Self, TypeVar
 
+import torch
+
 from imgembed.config import ModelSpec, ServerConfig
-from imgembed.errors import UnknownModelError
+from imgembed.errors import ServiceUnavailableError, UnknownModelError
+from imgembed.models.sam2 import Sam2Features
 from imgembed.models.sam2_loading import LoadedSam2, load_sam2
 from imgembed.models.sam2_registry import resolve_variant
 from imgembed.pipelines import sam2_embed
 from imgembed.preprocess.fetch import fetch_url_bytes
 from imgembed.preprocess.image import DecodedImage, decode_base64_image, decode_image
+from imgembed.runtime.batcher import DynamicBatcher
 from imgembed.runtime.device import DevicePlacement, choose_placement
 from imgembed.types import ImageBase64, ImageInput, ImageURL
 
@@ -45,6 +51,7 @@ class ServedModel:
         names: Every name a request may use for it (canonical name, hub id, Meta file names).
         load_seconds: Wall time the load took.
         device_executor: The single thread that runs this model's forward passes.
+        batcher: Groups encode requests into batches; created when the engine starts.
     """
 
     spec: ModelSpec
@@ -53,6 +60,12 @@ class ServedModel:
     names: frozenset[str]
     load_seconds: float
     device_executor: ThreadPoolExecutor = field(repr=False)
+    batcher: DynamicBatcher[torch.Tensor, Sam2Features] | None = field(default=None, repr=False)
+
+    def encode_batch(self, pixel_values: list[torch.Tensor]) -> list[Sam2Features]:
+        """Encodes ``[3,1024,1024]`` images in one forward pass; one ``[1,...]`` result each."""
+        features = sam2_embed.encode(self.loaded.model, self.placement, pixel_values)
+        return [features[index] for index in range(len(pixel_values))]
 
     @property
     def name(self) -> str:
@@ -76,6 +89,7 @@ class ServedModel:
             "compute_dtype": self.placement.compute_dtype,
             "input_size": [1024, 1024],
             "load_seconds": round(self.load_seconds, 3),
+            "batching": dataclasses.asdict(self.spec.batching),
         }
 
 
@@ -135,12 +149,23 @@ class Engine:
                 max_workers=self.config.compute_threads, thread_name_prefix="imgembed-cpu"
             )
         await asyncio.to_thread(self.load)
+        for served in self._models.values():
+            if served.batcher is None:
+                served.batcher = DynamicBatcher(
+                    served.name,
+                    served.encode_batch,
+                    served.device_executor,
+                    served.spec.batching,
+                )
+                served.batcher.start()
         self._ready = True
 
     async def close(self) -> None:
         """Stops the worker pools; in-flight work finishes first."""
         self._ready = False
         for served in self._models.values():
+            if served.batcher is not None:
+                await served.batcher.close()
             served.device_executor.shutdown(wait=True)
         if self._cpu_pool is not None:
             self._cpu_pool.shutdown(wait=True)
@@ -228,6 +253,7 @@ class Engine:
         *,
         model: str | None = None,
         options: sam2_embed.Sam2EmbedOptions | None = None,
+        deadline: float | None = None,
     ) -> Sam2EmbedResult:
         """Computes SAM 2 features for one image.
 
@@ -235,25 +261,30 @@ class Engine:
             image: The image, as bytes, base64 or URL.
             model: Model name or alias; ``None`` for the default model.
             options: Dtype, levels and resize mode; defaults when ``None``.
+            deadline: ``time.monotonic()`` after which unstarted work is dropped; by default
+                ``request_timeout_s`` from now.
 
         Returns:
             The features as ``[C,H,W]`` arrays in the requested dtype, with the frame mapping.
+
+        Raises:
+            QueueFullError: The model's queue is full (429).
+            DeadlineExceededError: The deadline passed before the encoder ran (504).
         """
         options = options or sam2_embed.Sam2EmbedOptions()
         served = self.resolve_model(model)
+        if deadline is None:
+            deadline = time.monotonic() + self.config.request_timeout_s
         started = time.perf_counter()
         decoded = await self.load_image(image)
         decoded_at = time.perf_counter()
         prepared = await self.run_cpu(sam2_embed.prepare, decoded, options)
         prepared_at = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        features = await loop.run_in_executor(
-            served.device_executor,
-            sam2_embed.encode,
-            served.loaded.model,
-            served.placement,
-            [prepared.pixel_values],
-        )
+        if served.batcher is None:
+            raise ServiceUnavailableError(
+                "the engine is not started; use 'async with Engine(config)' or await start()"
+            )
+        features = await served.batcher.submit(prepared.pixel_values, deadline=deadline)
         encoded_at = time.perf_counter()
         embedding = await self.run_cpu(sam2_embed.finish, features, prepared.mapping, options)
         finished_at = time.perf_counter()

@@ -99,3 +99,24 @@ class UnsupportedMediaTypeError(ImgembedError):
 
     status_code = 415
     code = "unsupported_media_type"
+
+
+class QueueFullError(ImgembedError):
+    """A model's queue is at its limit; the client should retry after a short wait."""
+
+    status_code = 429
+    code = "queue_full"
+
+
+class DeadlineExceededError(ImgembedError):
+    """The request's deadline passed before its work ran; the work was dropped."""
+
+    status_code = 504
+    code = "deadline_exceeded"
+
+
+class ResourceExhaustedError(ImgembedError):
+    """One item does not fit on the device even alone (out of memory)."""
+
+    status_code = 507
+    code = "resource_exhausted"

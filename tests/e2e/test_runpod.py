@@ -6,7 +6,6 @@ file checks the event and response formats and every refusal.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import base64
 import json
@@ -15,13 +14,11 @@ import subprocess
 import sys
 from typing import Any
 
-import numpy as np
 import pytest
 from imagefactory import encode, gradient_rgb
 from PIL import Image
 
 import imgembed.runpod as runpod_adapter
-from imgembed.codecs import decode_npz
 
 pytestmark = pytest.mark.e2e
 
@@ -41,10 +38,11 @@ def run_local_test(event: dict[str, Any], env: dict[str, str]) -> tuple[int, str
     return completed.returncode, completed.stdout + completed.stderr
 
 
-def job_result(output: str) -> dict[str, Any]:
-    """The job result the SDK logs in local test mode (a Python literal after 'Job result: ')."""
-    line = next(line for line in output.splitlines() if "Job result: " in line)
-    return ast.literal_eval(line.split("Job result: ", 1)[1])
+def job_result_text(output: str) -> str:
+    """The job result the SDK logs in local test mode. Its logger keeps the first and last 2048
+    characters of a long message around a TRUNCATED line, so the features' base64 is cut;
+    ``test_embed_parity_e2e.py`` checks full payloads through the SDK's ``/runsync`` server."""
+    return output[output.index("Job result: ") :]
 
 
 def test_seed_event_gives_seed_response_fields() -> None:
@@ -59,24 +57,26 @@ def test_seed_event_gives_seed_response_fields() -> None:
     }
     status, output = run_local_test(event, {"IMGEMBED_WEIGHTS": "dummy"})
     assert status == 0, output
-    result = job_result(output)["output"]
-    for field in ("type", "encoding", "data", "shape", "dtype", "meta", "device", "model"):
-        assert field in result, field
-    assert result["type"] == "map"
-    assert result["encoding"] == "npz_base64"
-    assert result["shape"] == [256, 64, 64]
-    assert result["dtype"] == "float16"
-    assert result["device"] == "cpu"
-    meta = result["meta"]
-    assert meta["orig_size"] == [48, 64]
-    assert meta["input_size"] == [1024, 1024]
-    assert meta["stride"] == 16
-    for field in ("resized_size", "pad", "scale", "model"):
-        assert field in meta
-    arrays = decode_npz(base64.b64decode(result["data"]))
-    assert list(arrays) == ["embedding"]
-    assert arrays["embedding"].shape == (256, 64, 64)
-    assert arrays["embedding"].dtype == np.float16
+    assert "completed successfully" in output
+    line = job_result_text(output)
+    for fragment in (
+        "{'output': {'type': 'map'",
+        "'shape': [256, 64, 64]",
+        "'dtype': 'float16'",
+        "'model': 'sam2.1_hiera_t.yaml'",
+        "'orig_size': [48, 64]",
+        "'input_size': [1024, 1024]",
+        "'resized_size': [1024, 1024]",
+        "'pad': [0, 0, 0, 0]",
+        "'scale': {'h': 21.333333333333332, 'w': 16.0}",
+        "'stride': 16",
+        "'device': 'cpu'",
+        "'model': 'sam2.1-hiera-tiny'",
+        "'encoding': 'npz_base64'",
+        "'data': 'UEsDB",  # base64 of a zip archive's signature
+        "'arrays': {'embedding': [256, 64, 64]}",
+    ):
+        assert fragment in line, fragment
 
 
 def test_unknown_action_fails_the_job_with_a_clear_error() -> None:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from transformers import Sam2Model
 
+from imgembed.models.sam2_streamline import fpn_features
+
 SAM2_INPUT_SIZE = 1024
 """Side of the square image the SAM 2 encoder takes, in pixels."""
 
@@ -71,8 +73,11 @@ def encode_images(model: Sam2Model, pixel_values: torch.Tensor) -> Sam2Features:
             f"pixel_values must be [B,3,{SAM2_INPUT_SIZE},{SAM2_INPUT_SIZE}], "
             f"got {list(pixel_values.shape)}"
         )
-    # get_image_embeddings returns the levels finest first, as [B,C,H,W] each.
-    high_res_0, high_res_1, image_embed = model.get_image_embeddings(pixel_values)
+    # What Sam2Model.get_image_embeddings computes, without the position encodings it discards.
+    level_0, level_1, level_2 = fpn_features(model, pixel_values)
+    no_memory = model.no_memory_embedding.view(1, -1, 1, 1)  # [1,1,256] -> [1,256,1,1]
     return Sam2Features(
-        image_embed=image_embed, high_res_feats_0=high_res_0, high_res_feats_1=high_res_1
+        image_embed=level_2 + no_memory,
+        high_res_feats_0=model.mask_decoder.conv_s0(level_0),
+        high_res_feats_1=model.mask_decoder.conv_s1(level_1),
     )

@@ -45,6 +45,7 @@ from imgembed.models.sam2_registry import (
     resolve_variant,
     variants_with,
 )
+from imgembed.models.sam2_streamline import streamline_attention
 from imgembed.models.sam2_variants import Sam2Variant
 
 logger = logging.getLogger(__name__)
@@ -405,6 +406,7 @@ def load_sam2(
             f"{_how_to_fix(variant)}"
         ) from error
     model = model.to(device=device, dtype=torch.float32).eval()
+    streamline_attention(model)
     logger.info("Loaded %s from %s %s onto %s.", variant.name, source, location, device)
     return LoadedSam2(
         model=model,

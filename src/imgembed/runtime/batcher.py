@@ -1,0 +1,269 @@
+"""Dynamic batching: many concurrent requests, one forward pass.
+
+A :class:`DynamicBatcher` owns a bounded queue and one worker task. The worker takes the first
+waiting item, collects more until ``max_batch_size`` items are in hand or ``max_queue_delay_ms``
+has passed, drops items whose caller gave up (cancelled) or whose deadline passed, and runs the
+rest in one call on the model's own thread, so the event loop and CPU stages go on meanwhile.
+
+Failures stay with their items: if a batch raises, each item is retried alone so one bad item
+never fails its neighbours; a device out-of-memory error splits the batch in halves and retries,
+and only an item that does not fit alone is answered with
+:class:`~imgembed.errors.ResourceExhaustedError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from imgembed.config import BatchingSettings
+from imgembed.errors import (
+    DeadlineExceededError,
+    QueueFullError,
+    ResourceExhaustedError,
+    ServiceUnavailableError,
+)
+
+logger = logging.getLogger(__name__)
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is a device (or host) allocation failure worth splitting a batch for."""
+    if isinstance(error, MemoryError):
+        return True
+    name = type(error).__name__
+    return name == "OutOfMemoryError" or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one batch did, for metrics.
+
+    Attributes:
+        size: Items that ran.
+        dropped: Items dropped before running (deadline passed or caller gone).
+        queue_seconds: Per running item, the time from submission to the start of the batch.
+        compute_seconds: Wall time of the batch's run, splits and retries included.
+    """
+
+    size: int
+    dropped: int
+    queue_seconds: list[float]
+    compute_seconds: float
+
+
+@dataclass
+class _Pending(Generic[ItemT, ResultT]):
+    item: ItemT
+    deadline: float
+    submitted: float
+    future: asyncio.Future[ResultT] = field(repr=False)
+
+
+class DynamicBatcher(Generic[ItemT, ResultT]):
+    """Groups submitted items into batches for ``run_batch``.
+
+    Args:
+        name: Used in logs and error messages (the model name).
+        run_batch: Runs a list of items, returns one result per item, in order. It runs on
+            ``executor``, never on the event loop.
+        executor: Where ``run_batch`` runs (the model's single device thread).
+        settings: Batch size, queue delay and queue limit.
+        on_batch: Called on the event loop after each batch, for metrics.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        run_batch: Callable[[list[ItemT]], Sequence[ResultT]],
+        executor: Executor,
+        settings: BatchingSettings,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        if settings.max_batch_size < 1 or settings.max_queue_size < 1:
+            raise ValueError(
+                f"batching settings for {name} must have max_batch_size >= 1 and "
+                f"max_queue_size >= 1, got {settings}"
+            )
+        self.name = name
+        self.settings = settings
+        self._run_batch = run_batch
+        self._executor = executor
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[_Pending[ItemT, ResultT]] = asyncio.Queue(
+            maxsize=settings.max_queue_size
+        )
+        self._worker: asyncio.Task[None] | None = None
+        self._closing = False
+        self._running = 0
+
+    @property
+    def queued(self) -> int:
+        """Items waiting for a batch."""
+        return self._queue.qsize()
+
+    @property
+    def in_flight(self) -> int:
+        """Items in the batch now running."""
+        return self._running
+
+    def start(self) -> None:
+        """Starts the worker task on the running event loop."""
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(
+                self._work(), name=f"batcher-{self.name}"
+            )
+
+    async def close(self) -> None:
+        """Refuses new items, lets queued and running ones finish, then stops the worker."""
+        self._closing = True
+        if self._worker is None:
+            return
+        await self._queue.join()
+        self._worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._worker
+        self._worker = None
+
+    async def submit(self, item: ItemT, *, deadline: float) -> ResultT:
+        """Queues ``item`` and waits for its result.
+
+        Args:
+            item: The work.
+            deadline: ``time.monotonic()`` value after which the item is dropped unrun.
+
+        Raises:
+            QueueFullError: The queue is at ``max_queue_size``.
+            ServiceUnavailableError: The batcher is shutting down.
+            DeadlineExceededError: The deadline passed before the item ran.
+        """
+        if self._closing or self._worker is None:
+            raise ServiceUnavailableError(
+                f"model {self.name} is not accepting work (shutting down or not started)"
+            )
+        future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
+        pending = _Pending(item=item, deadline=deadline, submitted=time.monotonic(), future=future)
+        try:
+            self._queue.put_nowait(pending)
+        except asyncio.QueueFull as error:
+            raise QueueFullError(
+                f"model {self.name} has {self.settings.max_queue_size} requests waiting, its "
+                "limit; retry after the Retry-After delay or send fewer requests at once",
+            ) from error
+        return await future
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            batch_closes_at = loop.time() + self.settings.max_queue_delay_ms / 1000
+            while len(batch) < self.settings.max_batch_size:
+                if not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                    continue
+                remaining = batch_closes_at - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    # Queue.get is cancellation-safe: a timed-out get leaves the item queued.
+                    async with asyncio.timeout(remaining):
+                        batch.append(await self._queue.get())
+                except TimeoutError:
+                    break
+            try:
+                await self._run(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _run(self, batch: list[_Pending[ItemT, ResultT]]) -> None:
+        now = time.monotonic()
+        live: list[_Pending[ItemT, ResultT]] = []
+        for pending in batch:
+            if pending.future.done():
+                continue
+            if now > pending.deadline:
+                pending.future.set_exception(
+                    DeadlineExceededError(
+                        f"request waited {now - pending.submitted:.1f} s for model {self.name} "
+                        "and passed its deadline before running; its work was dropped. Retry, "
+                        "or raise the request timeout (IMGEMBED_REQUEST_TIMEOUT_S)"
+                    )
+                )
+                continue
+            live.append(pending)
+        if live:
+            self._running = len(live)
+            started = time.monotonic()
+            try:
+                outcomes = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._run_isolated, [pending.item for pending in live]
+                )
+            finally:
+                self._running = 0
+            for pending, outcome in zip(live, outcomes, strict=True):
+                if pending.future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    pending.future.set_exception(outcome)
+                else:
+                    pending.future.set_result(outcome)
+            compute_seconds = time.monotonic() - started
+        else:
+            started, compute_seconds = now, 0.0
+        if self._on_batch is not None:
+            self._on_batch(
+                BatchStats(
+                    size=len(live),
+                    dropped=len(batch) - len(live),
+                    queue_seconds=[started - pending.submitted for pending in live],
+                    compute_seconds=compute_seconds,
+                )
+            )
+
+    def _run_isolated(self, items: list[ItemT]) -> list[ResultT | BaseException]:
+        """Runs a batch; on failure, splits (out of memory) or isolates items (anything else)."""
+        try:
+            results = list(self._run_batch(items))
+        except Exception as error:  # noqa: BLE001 -- re-raised per item below, never swallowed
+            if len(items) == 1:
+                if is_out_of_memory(error):
+                    return [self._too_big(error)]
+                return [error]
+            if is_out_of_memory(error):
+                logger.warning(
+                    "%s: batch of %d ran out of memory; splitting", self.name, len(items)
+                )
+                middle = len(items) // 2
+                return self._run_isolated(items[:middle]) + self._run_isolated(items[middle:])
+            logger.warning(
+                "%s: batch of %d failed (%s); retrying each item alone",
+                self.name,
+                len(items),
+                error,
+            )
+            return [outcome for item in items for outcome in self._run_isolated([item])]
+        if len(results) != len(items):
+            raise RuntimeError(
+                f"{self.name}: run_batch returned {len(results)} results for {len(items)} items"
+            )
+        return results
+
+    def _too_big(self, error: BaseException) -> ResourceExhaustedError:
+        exhausted = ResourceExhaustedError(
+            f"model {self.name} ran out of memory on a single request ({error}); send a "
+            "smaller input or run the model on a device with more memory"
+        )
+        exhausted.__cause__ = error
+        return exhausted
