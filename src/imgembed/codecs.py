@@ -102,7 +102,8 @@ def encode_binary(
 def decode_binary(body: bytes, header_length: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Splits a ``binary`` body into its JSON header and arrays.
 
-    Tensors whose header names ``dtype`` ``bfloat16`` come back as float32 values.
+    Tensors whose header names ``dtype`` ``bfloat16`` come back as float32 values. Arrays are
+    writable (the body is copied once).
 
     Args:
         body: The whole response body.
@@ -112,7 +113,7 @@ def decode_binary(body: bytes, header_length: int) -> tuple[dict[str, Any], dict
         The JSON header and tensor name to array.
     """
     header = json.loads(body[:header_length])
-    payload = memoryview(body)[header_length:]
+    payload = memoryview(bytearray(body))[header_length:]  # one copy: arrays come back writable
     arrays: dict[str, np.ndarray] = {}
     for tensor in header["tensors"]:
         start = tensor["byte_offset"]

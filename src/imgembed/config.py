@@ -119,6 +119,9 @@ class ServerConfig:
         compute_threads: Threads for CPU-side work (decode, resize, serialise).
         request_timeout_s: Deadline of each request from arrival; work not started by then is
             dropped and the request answered 504.
+        api_key: When set, every request outside ``public_paths`` needs
+            ``Authorization: Bearer <api_key>``; ``None`` (the default) turns authentication off.
+        public_paths: Paths answered without a key even when ``api_key`` is set.
     """
 
     models: tuple[ModelSpec, ...] = (ModelSpec(name="sam2.1-hiera-tiny"),)
@@ -129,3 +132,12 @@ class ServerConfig:
     default_resize_mode: ResizeMode = "stretch"
     compute_threads: int = 2
     request_timeout_s: float = 120.0
+    api_key: str | None = field(default=None, repr=False)
+    public_paths: tuple[str, ...] = (
+        "/health",
+        "/health/live",
+        "/health/ready",
+        "/metrics",
+        "/v2/health/live",
+        "/v2/health/ready",
+    )

@@ -25,6 +25,7 @@ import torch
 
 from imgembed.config import ModelSpec, ServerConfig
 from imgembed.errors import ServiceUnavailableError, UnknownModelError
+from imgembed.metrics import Metrics
 from imgembed.models.sam2 import Sam2Features
 from imgembed.models.sam2_loading import LoadedSam2, load_sam2
 from imgembed.models.sam2_registry import resolve_variant
@@ -114,6 +115,7 @@ class Engine:
         self._by_name: dict[str, ServedModel] = {}
         self._cpu_pool: ThreadPoolExecutor | None = None
         self._ready = False
+        self.metrics = Metrics()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -151,13 +153,21 @@ class Engine:
         await asyncio.to_thread(self.load)
         for served in self._models.values():
             if served.batcher is None:
-                served.batcher = DynamicBatcher(
+                batcher = DynamicBatcher(
                     served.name,
                     served.encode_batch,
                     served.device_executor,
                     served.spec.batching,
+                    on_batch=self.metrics.batch_observer(served.name),
                 )
-                served.batcher.start()
+                batcher.start()
+                served.batcher = batcher
+                self.metrics.track_model(
+                    served.name,
+                    queued=lambda batcher=batcher: batcher.queued,
+                    in_flight=lambda batcher=batcher: batcher.in_flight,
+                    load_s=served.load_seconds,
+                )
         self._ready = True
 
     async def close(self) -> None:
@@ -224,6 +234,15 @@ class Engine:
                 field=field_name,
             )
         return served
+
+    def device_memory(self) -> dict[str, int]:
+        """Bytes held by tensors on each CUDA device serving a model (empty on CPU)."""
+        devices = {served.placement.device for served in self._models.values()}
+        return {
+            str(device): torch.cuda.memory_allocated(device)
+            for device in devices
+            if device.type == "cuda"
+        }
 
     async def run_cpu(self, function: Callable[..., ResultT], *args: Any) -> ResultT:
         """Runs CPU-bound work (decode, serialise) in the engine's worker pool."""

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from imgembed.config import FetchPolicy, InputLimits, ModelSpec, ServerConfig
+from imgembed.config import BatchingSettings, FetchPolicy, InputLimits, ModelSpec, ServerConfig
 from imgembed.errors import InvalidInputError
 
 
@@ -94,6 +94,48 @@ SETTINGS: tuple[Setting, ...] = (
         int,
         2,
         "Threads for decode/resize/serialise.",
+    ),
+    Setting(
+        "IMGEMBED_MAX_BATCH_SIZE",
+        "batching.max_batch_size",
+        int,
+        BatchingSettings.max_batch_size,
+        "Most requests per forward pass; 1 turns batching off.",
+    ),
+    Setting(
+        "IMGEMBED_MAX_QUEUE_DELAY_MS",
+        "batching.max_queue_delay_ms",
+        float,
+        BatchingSettings.max_queue_delay_ms,
+        "Longest wait for a batch to fill once the device is free.",
+    ),
+    Setting(
+        "IMGEMBED_MAX_QUEUE_SIZE",
+        "batching.max_queue_size",
+        int,
+        BatchingSettings.max_queue_size,
+        "Requests waiting per model before new ones get 429.",
+    ),
+    Setting(
+        "IMGEMBED_REQUEST_TIMEOUT_S",
+        "request_timeout_s",
+        float,
+        ServerConfig.request_timeout_s,
+        "Deadline per request; unstarted work past it is dropped (504).",
+    ),
+    Setting(
+        "IMGEMBED_API_KEY",
+        "api_key",
+        str,
+        None,
+        "When set, requests need 'Authorization: Bearer <key>' (health and metrics stay public).",
+    ),
+    Setting(
+        "IMGEMBED_PUBLIC_PATHS",
+        "public_paths",
+        _host_list,
+        ServerConfig.public_paths,
+        "Comma-separated paths answered without a key.",
     ),
     Setting(
         "IMGEMBED_MAX_BODY_BYTES",
@@ -180,14 +222,24 @@ def server_config_from_env(
     if model_name is None:
         # The seed selects the architecture with SAM2_MODEL_CFG alone.
         model_name = values.get("meta_config") or "sam2.1-hiera-tiny"
+    batching = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("batching.")}
     spec = ModelSpec(
         name=model_name,
         weights=values.get("weights"),
         meta_config=values.get("meta_config"),
         device=values.get("device", "auto"),
+        batching=BatchingSettings(**batching),
     )
     config = ServerConfig(models=(spec,))
-    top_level = {"host", "port", "default_resize_mode", "compute_threads"}
+    top_level = {
+        "host",
+        "port",
+        "default_resize_mode",
+        "compute_threads",
+        "request_timeout_s",
+        "api_key",
+        "public_paths",
+    }
     config = replace(config, **{key: values[key] for key in top_level if key in values})
     limits = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("limits.")}
     fetch = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("fetch.")}

@@ -59,3 +59,9 @@ def test_bfloat16_travels_as_bits_and_comes_back_exactly() -> None:
     assert header["tensors"][0]["dtype"] == "bfloat16"
     np.testing.assert_array_equal(restored["image_embed"], values.float().numpy())
     np.testing.assert_array_equal(bfloat16_bits_to_float32(bits), values.float().numpy())
+
+
+def test_decoded_binary_arrays_are_writable(arrays: dict[str, np.ndarray]) -> None:
+    body, header_length = encode_binary(arrays, {})
+    _, restored = decode_binary(body, header_length)
+    assert all(array.flags.writeable for array in restored.values())

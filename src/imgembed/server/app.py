@@ -51,5 +51,11 @@ def create_app(config: ServerConfig, *, engine: Engine | None = None) -> FastAPI
     app.add_exception_handler(RequestValidationError, errors.handle_validation_error)
     app.add_exception_handler(ValidationError, errors.handle_validation_error)
     app.add_exception_handler(Exception, errors.handle_unexpected_error)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=config.limits.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=config.limits.max_body_bytes,
+        metrics=served_engine.metrics,
+        api_key=config.api_key,
+        public_paths=config.public_paths,
+    )
     return app

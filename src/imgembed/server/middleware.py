@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 import time
@@ -9,7 +10,8 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imgembed.errors import PayloadTooLargeError
+from imgembed.errors import PayloadTooLargeError, UnauthorizedError
+from imgembed.metrics import Metrics
 from imgembed.server.errors import error_response
 
 logger = logging.getLogger(__name__)
@@ -19,7 +21,7 @@ _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class RequestContextMiddleware:
-    """Gives each request an id, caps its body size, and logs it.
+    """Gives each request an id, checks its API key, caps its body size, logs it, and counts it.
 
     The id is the client's ``X-Request-ID`` when it is a short token, else a fresh one; it is
     stored in ``scope["state"]["request_id"]`` and returned in the ``X-Request-ID`` header. Bodies
@@ -27,9 +29,28 @@ class RequestContextMiddleware:
     streaming when the length is absent or wrong.
     """
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        metrics: Metrics,
+        api_key: str | None = None,
+        public_paths: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
+        self._expected_authorization = f"Bearer {api_key}".encode() if api_key else None
+        self.public_paths = frozenset(public_paths)
+
+    def _authorized(self, path: str, headers: dict[bytes, bytes]) -> bool:
+        """Whether the request may proceed: no key configured, a public path, or the right key
+        (compared in constant time)."""
+        if self._expected_authorization is None or path in self.public_paths:
+            return True
+        given = headers.get(b"authorization", b"")
+        return hmac.compare_digest(given, self._expected_authorization)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,18 +87,33 @@ class RequestContextMiddleware:
             return message
 
         try:
-            if declared is not None and declared.isdigit() and int(declared) > limit:
+            if not self._authorized(scope["path"], headers):
+                refusal = UnauthorizedError(
+                    "missing or wrong API key; send the header 'Authorization: Bearer <key>' "
+                    "with the key the operator set in IMGEMBED_API_KEY",
+                    field="authorization",
+                )
+                response = error_response(refusal, request_id)
+                response.headers["www-authenticate"] = "Bearer"
+                await response(scope, receive, send_with_id)
+            elif declared is not None and declared.isdigit() and int(declared) > limit:
                 response = error_response(_too_large(int(declared), limit), request_id)
                 await response(scope, receive, send_with_id)
             else:
                 await self.app(scope, limited_receive, send_with_id)
         finally:
+            seconds = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            model = scope["state"].get("model", "")
+            self.metrics.requests.labels(template, model, str(status["code"])).inc()
+            self.metrics.request_seconds.labels(template, model).observe(seconds)
             logger.info(
                 "%s %s %s %.1fms request_id=%s",
                 scope.get("method"),
                 scope.get("path"),
                 status["code"],
-                (time.perf_counter() - started) * 1000,
+                seconds * 1000,
                 request_id,
                 extra={"request_id": request_id},
             )

@@ -12,6 +12,7 @@ from starlette.datastructures import UploadFile
 from imgembed.codecs import BINARY_HEADER_LENGTH, BINARY_MEDIA_TYPE
 from imgembed.engine import Engine
 from imgembed.errors import InvalidInputError, UnsupportedMediaTypeError
+from imgembed.metrics import CONTENT_TYPE
 from imgembed.schemas import Sam2EmbedRequest, parse_request, sam2_embed_inputs
 from imgembed.server.errors import invalid_json
 from imgembed.wire import sam2_embed_binary, sam2_embed_json
@@ -116,7 +117,9 @@ async def sam2_embed(request: Request) -> Response:
         upload=upload,
         upload_field=upload_field,
     )
-    result = await engine.sam2_embed(image, model=body.model, options=options)
+    served = engine.resolve_model(body.model)
+    request.state.model = served.name
+    result = await engine.sam2_embed(image, model=served.name, options=options)
     if body.encoding == "binary":
         content, header_length = await engine.run_cpu(sam2_embed_binary, result)
         return Response(
@@ -146,6 +149,12 @@ def _health(engine: Engine) -> dict[str, Any]:
 async def health(request: Request) -> JSONResponse:
     engine = _engine(request)
     return JSONResponse(_health(engine), status_code=200 if engine.ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", tags=["health"])
+async def metrics(request: Request) -> Response:
+    engine = _engine(request)
+    return Response(engine.metrics.render(engine.device_memory()), media_type=CONTENT_TYPE)
 
 
 @router.get("/health/live", summary="Liveness", tags=["health"])
