@@ -95,6 +95,8 @@ class ModelSpec:
         device: Where to run.
         alias: Extra name clients may use for this model (the seed's checkpoint file name, say).
         batching: How this model's requests are batched.
+        warmup: Run one forward pass at start-up, before the server reports ready, so the first
+            request does not pay for lazy initialisation (kernel selection, allocator growth).
     """
 
     name: str
@@ -103,6 +105,7 @@ class ModelSpec:
     device: DeviceChoice = "auto"
     alias: str | None = None
     batching: BatchingSettings = field(default_factory=BatchingSettings)
+    warmup: bool = True
 
 
 @dataclass(frozen=True)

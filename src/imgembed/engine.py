@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,10 +23,11 @@ from typing import Any, Self, TypeVar
 
 import torch
 
-from imgembed.config import ModelSpec, ServerConfig
+from imgembed.config import ModelSpec, ResizeMode, ServerConfig
 from imgembed.errors import ServiceUnavailableError, UnknownModelError
 from imgembed.metrics import Metrics
-from imgembed.models.sam2 import Sam2Features
+from imgembed.models.sam2 import SAM2_INPUT_SIZE, Sam2Features
+from imgembed.models.sam2_decoder import Sam2MaskPrediction, decode_masks
 from imgembed.models.sam2_loading import LoadedSam2, load_sam2
 from imgembed.models.sam2_registry import resolve_variant
 from imgembed.pipelines import sam2_embed
@@ -53,6 +54,7 @@ class ServedModel:
         load_seconds: Wall time the load took.
         device_executor: The single thread that runs this model's forward passes.
         batcher: Groups encode requests into batches; created when the engine starts.
+        warmup_seconds: Time the start-up warm-up pass took, ``None`` without one.
     """
 
     spec: ModelSpec
@@ -62,6 +64,7 @@ class ServedModel:
     load_seconds: float
     device_executor: ThreadPoolExecutor = field(repr=False)
     batcher: DynamicBatcher[torch.Tensor, Sam2Features] | None = field(default=None, repr=False)
+    warmup_seconds: float | None = None
 
     def encode_batch(self, pixel_values: list[torch.Tensor]) -> list[Sam2Features]:
         """Encodes ``[3,1024,1024]`` images in one forward pass; one ``[1,...]`` result each."""
@@ -90,6 +93,9 @@ class ServedModel:
             "compute_dtype": self.placement.compute_dtype,
             "input_size": [1024, 1024],
             "load_seconds": round(self.load_seconds, 3),
+            "warmup_seconds": None
+            if self.warmup_seconds is None
+            else round(self.warmup_seconds, 3),
             "batching": dataclasses.asdict(self.spec.batching),
         }
 
@@ -126,7 +132,7 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        """Whether every configured model is loaded."""
+        """Whether every configured model is loaded and warmed up."""
         return self._ready
 
     @property
@@ -168,7 +174,18 @@ class Engine:
                     in_flight=lambda batcher=batcher: batcher.in_flight,
                     load_s=served.load_seconds,
                 )
+                if served.spec.warmup:
+                    await self._warm_up(served)
         self._ready = True
+
+    async def _warm_up(self, served: ServedModel) -> None:
+        """One forward pass on a blank image, on the model's own thread."""
+        started = time.perf_counter()
+        blank = torch.zeros(3, SAM2_INPUT_SIZE, SAM2_INPUT_SIZE)  # [3,1024,1024]
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(served.device_executor, served.encode_batch, [blank])
+        served.warmup_seconds = time.perf_counter() - started
+        logger.info("warmed up %s in %.1f s", served.name, served.warmup_seconds)
 
     async def close(self) -> None:
         """Stops the worker pools; in-flight work finishes first."""
@@ -318,3 +335,124 @@ class Engine:
             model=served,
             timings_ms={stage: round(seconds * 1000, 2) for stage, seconds in timings.items()},
         )
+
+    async def sam2_prepare_images(
+        self, images: Sequence[ImageInput], *, resize_mode: ResizeMode = "stretch"
+    ) -> list[sam2_embed.PreparedSam2Image]:
+        """Fetches, decodes and preprocesses images for the SAM 2 encoder, concurrently.
+
+        Args:
+            images: The images; each one's ``field`` names it in error messages.
+            resize_mode: How each image becomes the 1024x1024 input.
+
+        Returns:
+            One ``[3,1024,1024]`` float32 CPU input with its frame mapping per image, in order.
+
+        Raises:
+            InvalidInputError: An image cannot be fetched or decoded (the first such, by field).
+            PayloadTooLargeError: An image exceeds a size limit.
+        """
+        options = sam2_embed.Sam2EmbedOptions(resize_mode=resize_mode)
+
+        async def prepare(image: ImageInput) -> sam2_embed.PreparedSam2Image:
+            decoded = await self.load_image(image)
+            return await self.run_cpu(sam2_embed.prepare, decoded, options)
+
+        return list(await asyncio.gather(*(prepare(image) for image in images)))
+
+    async def sam2_encode_pixels(
+        self,
+        pixel_values: Sequence[torch.Tensor],
+        *,
+        model: str | None = None,
+        deadline: float | None = None,
+    ) -> list[Sam2Features]:
+        """Encodes preprocessed images, each one an item of the model's dynamic batcher.
+
+        The items batch with every other request to the same model. When one fails (queue full,
+        deadline passed), those still waiting are withdrawn, unrun, and the error is raised.
+
+        Args:
+            pixel_values: ``[3,1024,1024]`` float32 CPU tensors, resized and ImageNet-normalised.
+            model: Model name or alias; ``None`` for the default model.
+            deadline: ``time.monotonic()`` after which unstarted work is dropped; by default
+                ``request_timeout_s`` from now.
+
+        Returns:
+            Features per image, ``[1,...]`` each, on the model's device in its compute dtype.
+
+        Raises:
+            QueueFullError: The model's queue is full (429).
+            DeadlineExceededError: The deadline passed before an image was encoded (504).
+            ServiceUnavailableError: The engine is not started.
+        """
+        served = self.resolve_model(model)
+        if served.batcher is None:
+            raise ServiceUnavailableError(
+                "the engine is not started; use 'async with Engine(config)' or await start()"
+            )
+        if deadline is None:
+            deadline = time.monotonic() + self.config.request_timeout_s
+        batcher = served.batcher
+        tasks = [
+            asyncio.ensure_future(batcher.submit(pixels, deadline=deadline))
+            for pixels in pixel_values
+        ]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def sam2_decode(
+        self,
+        features: Sam2Features,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+        *,
+        model: str | None = None,
+    ) -> Sam2MaskPrediction:
+        """Decodes prompts into masks on the model's device thread (not batched with others).
+
+        Args:
+            features: Float32 CPU features, batch 1 (shared by every prompt) or B.
+            point_coords: ``[B,N,2]`` float32 ``(x, y)`` in the 1024 frame.
+            point_labels: ``[B,N]`` integer labels -1, 0, 1, 2 or 3.
+            mask_input: ``[1|B,1,256,256]`` float32 low-resolution mask logits.
+            has_mask_input: ``[1|B]`` float32, 1 where ``mask_input`` applies.
+            model: Model name or alias; ``None`` for the default model.
+
+        Returns:
+            ``[B,3,256,256]`` float32 mask logits and ``[B,3]`` float32 IoU predictions on the CPU;
+            see :func:`~imgembed.models.sam2_decoder.decode_masks`.
+
+        Raises:
+            ServiceUnavailableError: The engine is not started.
+        """
+        served = self.resolve_model(model)
+        if not self._ready:
+            raise ServiceUnavailableError(
+                "the engine is not started; use 'async with Engine(config)' or await start()"
+            )
+
+        def run() -> Sam2MaskPrediction:
+            device = served.placement.device
+            with served.placement.autocast():
+                prediction = decode_masks(
+                    served.loaded.model,
+                    features.to(torch.float32, device),
+                    point_coords.to(device),
+                    point_labels.to(device),
+                    mask_input.to(device),
+                    has_mask_input.to(device),
+                )
+            return Sam2MaskPrediction(
+                masks=prediction.masks.float().cpu(),
+                iou_predictions=prediction.iou_predictions.float().cpu(),
+            )
+
+        return await asyncio.get_running_loop().run_in_executor(served.device_executor, run)

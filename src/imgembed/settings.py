@@ -96,6 +96,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Threads for decode/resize/serialise.",
     ),
     Setting(
+        "IMGEMBED_WARMUP",
+        "warmup",
+        _boolean,
+        True,
+        "Run one forward pass at start-up before reporting ready.",
+    ),
+    Setting(
         "IMGEMBED_MAX_BATCH_SIZE",
         "batching.max_batch_size",
         int,
@@ -229,6 +236,7 @@ def server_config_from_env(
         meta_config=values.get("meta_config"),
         device=values.get("device", "auto"),
         batching=BatchingSettings(**batching),
+        warmup=values.get("warmup", True),
     )
     config = ServerConfig(models=(spec,))
     top_level = {

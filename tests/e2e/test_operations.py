@@ -51,10 +51,28 @@ async def embed_concurrently(server: str, sizes: list[tuple[int, int]]) -> list[
 
 @pytest.fixture(scope="module")
 def batching_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    env = {"IMGEMBED_MAX_BATCH_SIZE": "4", "IMGEMBED_MAX_QUEUE_DELAY_MS": "200"}
+    env = {
+        "IMGEMBED_MAX_BATCH_SIZE": "4",
+        "IMGEMBED_MAX_QUEUE_DELAY_MS": "200",
+        "IMGEMBED_WARMUP": "true",
+    }
     log = tmp_path_factory.mktemp("batching") / "server.log"
     with imgembed_server(["--weights", "dummy"], env, log_path=log) as base_url:
         yield base_url
+
+
+def test_models_report_device_batching_and_warm_up(batching_server: str) -> None:
+    (model,) = httpx.get(f"{batching_server}/v1/models", timeout=10).json()["data"]
+    assert model["id"] == MODEL
+    assert model["device"] == "cpu"
+    assert model["compute_dtype"] == "float32"
+    assert model["batching"] == {
+        "max_batch_size": 4,
+        "max_queue_delay_ms": 200.0,
+        "max_queue_size": 64,
+    }
+    assert model["warmup_seconds"] > 0
+    assert httpx.get(f"{batching_server}/health/ready", timeout=10).status_code == 200
 
 
 def test_concurrent_requests_batch_and_each_gets_its_own_answer(batching_server: str) -> None:

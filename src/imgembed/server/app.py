@@ -13,7 +13,7 @@ import imgembed
 from imgembed.config import ServerConfig
 from imgembed.engine import Engine
 from imgembed.errors import ImgembedError
-from imgembed.server import errors
+from imgembed.server import errors, v2
 from imgembed.server.middleware import RequestContextMiddleware
 from imgembed.server.routes import router
 
@@ -47,6 +47,7 @@ def create_app(config: ServerConfig, *, engine: Engine | None = None) -> FastAPI
     )
     app.state.engine = served_engine
     app.include_router(router)
+    app.include_router(v2.router)
     app.add_exception_handler(ImgembedError, errors.handle_imgembed_error)
     app.add_exception_handler(RequestValidationError, errors.handle_validation_error)
     app.add_exception_handler(ValidationError, errors.handle_validation_error)

@@ -1,0 +1,199 @@
+"""Open Inference Protocol (v2) routes, what Triton and KServe speak, so ``tritonclient`` works.
+
+Health, server and model metadata, model readiness and configuration, and inference with JSON
+tensors or the binary tensor data extension (``Inference-Header-Content-Length``). Each route is
+also reachable with ``/versions/1`` after the model name, as clients send it when given a version.
+
+Errors in these routes take the protocol's shape, ``{"error": "<message>"}`` (what ``tritonclient``
+reads), not the native ``{"error": {"code", ...}}``: 400 for a bad request or tensor (the message
+names the input and says what was expected), 404 for an unknown model or version, 413 for a body
+over the limit, 429 when the model's queue is full and 503 while models load, both with
+``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+
+import imgembed
+from imgembed.codecs import BINARY_HEADER_LENGTH
+from imgembed.engine import Engine
+from imgembed.errors import ImgembedError, ServiceUnavailableError, UnknownModelError
+from imgembed.server.v2_models import V2Model, v2_models
+from imgembed.server.v2_request import decompress_body, parse_infer_request
+from imgembed.server.v2_tensors import OutputTensor, encode_infer_response, requested_outputs
+
+logger = logging.getLogger(__name__)
+
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "parameters")
+"""Protocol extensions this server implements, as ``GET /v2`` lists them."""
+MODEL_VERSION = "1"
+"""The one version of every model."""
+
+
+def _error_response(request: Request, error: ImgembedError) -> JSONResponse:
+    """The v2 error body for a user-facing error, with ``Retry-After`` on 429 and 503."""
+    if error.status_code >= 500:
+        logger.error(
+            "v2 request %s failed: %s", getattr(request.state, "request_id", "?"), error.message
+        )
+    headers = {"retry-after": "1"} if error.status_code in (429, 503) else {}
+    return JSONResponse({"error": error.message}, status_code=error.status_code, headers=headers)
+
+
+class V2Route(APIRoute):
+    """A route whose failures answer in the v2 error shape instead of the native one."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ImgembedError as error:
+                return _error_response(request, error)
+            except Exception as error:
+                request_id = getattr(request.state, "request_id", "unknown")
+                logger.exception("v2 request %s failed unexpectedly", request_id, exc_info=error)
+                return JSONResponse(
+                    {
+                        "error": f"internal server error; quote request id {request_id} when "
+                        "reporting it"
+                    },
+                    status_code=500,
+                )
+
+        return handle
+
+
+router = APIRouter(route_class=V2Route, tags=["v2"])
+
+
+def _engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def _not_ready() -> ServiceUnavailableError:
+    return ServiceUnavailableError(
+        "the server is not ready: models are still loading or it is shutting down; retry "
+        "after the Retry-After delay"
+    )
+
+
+def _model(request: Request, name: str, version: str = "") -> V2Model:
+    """The v2 model a path names, its version checked.
+
+    Raises:
+        UnknownModelError: No such model or version (404).
+    """
+    models = v2_models(_engine(request))
+    model = models.get(name)
+    if model is None:
+        raise UnknownModelError(
+            f"unknown model {name!r}; this server serves {sorted(models)}", field="model_name"
+        )
+    if version not in ("", MODEL_VERSION):
+        raise UnknownModelError(
+            f"model {name!r} has no version {version!r}; its only version is {MODEL_VERSION!r}",
+            field="model_version",
+        )
+    request.state.model = model.served.name
+    return model
+
+
+@router.get("/v2", summary="Server metadata (v2)")
+async def server_metadata() -> dict[str, Any]:
+    return {"name": "imgembed", "version": imgembed.__version__, "extensions": list(EXTENSIONS)}
+
+
+@router.get("/v2/health/live", summary="Liveness (v2)")
+async def live() -> Response:
+    return Response(status_code=200)
+
+
+@router.get("/v2/health/ready", summary="Readiness (v2)")
+async def ready(request: Request) -> Response:
+    if not _engine(request).ready:
+        raise _not_ready()
+    return Response(status_code=200)
+
+
+@router.get("/v2/models", summary="Served models (v2 names)")
+async def list_models(request: Request) -> dict[str, Any]:
+    """Not part of the protocol; Triton users reach for it, so it lists what is served."""
+    models = v2_models(_engine(request)).values()
+    return {"models": [model.metadata() for model in models]}
+
+
+@router.post("/v2/repository/index", summary="Model repository index (v2)")
+async def repository_index(request: Request) -> list[dict[str, str]]:
+    engine = _engine(request)
+    state = "READY" if engine.ready else "UNAVAILABLE"
+    return [{"name": name, "version": MODEL_VERSION, "state": state} for name in v2_models(engine)]
+
+
+@router.get("/v2/models/{model_name}", summary="Model metadata (v2)")
+@router.get("/v2/models/{model_name}/versions/{model_version}", summary="Model metadata (v2)")
+async def model_metadata(request: Request, model_name: str, model_version: str = "") -> Any:
+    return _model(request, model_name, model_version).metadata()
+
+
+@router.get("/v2/models/{model_name}/config", summary="Model configuration (v2)")
+@router.get(
+    "/v2/models/{model_name}/versions/{model_version}/config", summary="Model configuration (v2)"
+)
+async def model_config(request: Request, model_name: str, model_version: str = "") -> Any:
+    return _model(request, model_name, model_version).config()
+
+
+@router.get("/v2/models/{model_name}/ready", summary="Model readiness (v2)")
+@router.get("/v2/models/{model_name}/versions/{model_version}/ready", summary="Model readiness")
+async def model_ready(request: Request, model_name: str, model_version: str = "") -> Response:
+    _model(request, model_name, model_version)
+    if not _engine(request).ready:
+        raise _not_ready()
+    return Response(status_code=200)
+
+
+@router.post("/v2/models/{model_name}/infer", summary="Inference (v2)")
+@router.post("/v2/models/{model_name}/versions/{model_version}/infer", summary="Inference (v2)")
+async def infer(request: Request, model_name: str, model_version: str = "") -> Response:
+    engine = _engine(request)
+    model = _model(request, model_name, model_version)
+    if not engine.ready:
+        raise _not_ready()
+    body = decompress_body(
+        await request.body(),
+        request.headers.get("content-encoding"),
+        engine.config.limits.max_body_bytes,
+    )
+    parsed = await engine.run_cpu(
+        parse_infer_request, body, request.headers.get(BINARY_HEADER_LENGTH)
+    )
+    wanted = requested_outputs(parsed, model.outputs, model.name)
+    tensors = await engine.run_cpu(model.read_inputs, parsed)
+    timeout_s = min(parsed.timeout_s or math.inf, engine.config.request_timeout_s)
+    results = await model.infer(engine, tensors, deadline=time.monotonic() + timeout_s)
+    datatypes = {spec.name: spec.datatype for spec in model.outputs}
+    outputs = [
+        OutputTensor(name, datatypes[name], results[name], binary)
+        for name, binary in wanted.items()
+    ]
+    content, header_length = await engine.run_cpu(
+        encode_infer_response, model.name, MODEL_VERSION, parsed.id, outputs
+    )
+    if header_length is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content,
+        media_type="application/octet-stream",
+        headers={BINARY_HEADER_LENGTH: str(header_length)},
+    )
