@@ -48,7 +48,7 @@ def _seed_decode(payload: bytes) -> dict[str, np.ndarray]:
 
 
 CODECS: dict[str, tuple[Callable[[Arrays, str], Any], Callable[[Any], Any]]] = {
-    "imgembed npz_base64 (deflate 1)": _npz_base64(compress=True),
+    "imgembed npz_base64 (deflate, RLE)": _npz_base64(compress=True),
     "imgembed npz_base64_uncompressed": _npz_base64(compress=False),
     "imgembed binary": (_binary_encode, _binary_decode),
     "seed savez_compressed (deflate 6) + base64": (_seed_encode, _seed_decode),

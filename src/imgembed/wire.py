@@ -64,7 +64,7 @@ def sam2_embed_json(result: Sam2EmbedResult, encoding: Encoding) -> dict[str, An
 
     Args:
         result: The engine's result.
-        encoding: ``npz_base64`` (deflate level 1) or ``npz_base64_uncompressed``.
+        encoding: ``npz_base64`` (deflate, run-length strategy) or ``npz_base64_uncompressed``.
 
     Returns:
         A JSON-serialisable dict; ``data`` is base64 of an ``.npz`` whose members are named in

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
+
 import numpy as np
 import pytest
 import torch
@@ -65,3 +68,19 @@ def test_decoded_binary_arrays_are_writable(arrays: dict[str, np.ndarray]) -> No
     body, header_length = encode_binary(arrays, {})
     _, restored = decode_binary(body, header_length)
     assert all(array.flags.writeable for array in restored.values())
+
+
+@pytest.mark.parametrize(
+    ("compress", "method"), [(True, zipfile.ZIP_DEFLATED), (False, zipfile.ZIP_STORED)]
+)
+def test_npz_is_a_valid_zip_with_correct_checksums(
+    arrays: dict[str, np.ndarray], compress: bool, method: int
+) -> None:
+    archive = zipfile.ZipFile(io.BytesIO(encode_npz(arrays, compress=compress)))
+    assert archive.testzip() is None
+    assert [info.filename for info in archive.infolist()] == [f"{name}.npy" for name in arrays]
+    assert {info.compress_type for info in archive.infolist()} == {method}
+
+
+def test_npz_bytes_are_reproducible(arrays: dict[str, np.ndarray]) -> None:
+    assert encode_npz(arrays, compress=True) == encode_npz(arrays, compress=True)
