@@ -68,7 +68,14 @@ def _serve(args: argparse.Namespace) -> int:
     engine = Engine(config)
     engine.load()
     app = create_app(config, engine=engine)
-    uvicorn.run(app, host=config.host, port=config.port, log_config=None, access_log=False)
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=config.shutdown_timeout_s,
+    )
     return 0
 
 

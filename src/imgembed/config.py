@@ -125,6 +125,8 @@ class ServerConfig:
         api_key: When set, every request outside ``public_paths`` needs
             ``Authorization: Bearer <api_key>``; ``None`` (the default) turns authentication off.
         public_paths: Paths answered without a key even when ``api_key`` is set.
+        shutdown_timeout_s: On SIGTERM the server stops accepting connections and waits this long
+            for requests in flight to finish before closing them.
     """
 
     models: tuple[ModelSpec, ...] = (ModelSpec(name="sam2.1-hiera-tiny"),)
@@ -135,6 +137,7 @@ class ServerConfig:
     default_resize_mode: ResizeMode = "stretch"
     compute_threads: int = 2
     request_timeout_s: float = 120.0
+    shutdown_timeout_s: float = 60.0
     api_key: str | None = field(default=None, repr=False)
     public_paths: tuple[str, ...] = (
         "/health",

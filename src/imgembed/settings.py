@@ -131,6 +131,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Deadline per request; unstarted work past it is dropped (504).",
     ),
     Setting(
+        "IMGEMBED_SHUTDOWN_TIMEOUT_S",
+        "shutdown_timeout_s",
+        float,
+        ServerConfig.shutdown_timeout_s,
+        "On SIGTERM, how long requests in flight may take to finish.",
+    ),
+    Setting(
         "IMGEMBED_API_KEY",
         "api_key",
         str,
@@ -245,6 +252,7 @@ def server_config_from_env(
         "default_resize_mode",
         "compute_threads",
         "request_timeout_s",
+        "shutdown_timeout_s",
         "api_key",
         "public_paths",
     }

@@ -183,3 +183,30 @@ class ImageHost:
         request.send_header("Location", location)
         request.send_header("Content-Length", "0")
         request.end_headers()
+
+
+@contextlib.contextmanager
+def in_process_server(app: object) -> Iterator[str]:
+    """Serves an ASGI app with uvicorn on a thread (for engines built in the test), until the block
+    ends.
+
+    Yields:
+        The base URL, once ``/health`` answers 200.
+    """
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host=LOOPBACK, port=port, log_config=None))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base_url = f"http://{LOOPBACK}:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("in-process server did not start")
+            time.sleep(0.05)
+        yield base_url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

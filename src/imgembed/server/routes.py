@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any
+import logging
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -17,7 +20,12 @@ from imgembed.schemas import Sam2EmbedRequest, parse_request, sam2_embed_inputs
 from imgembed.server.errors import invalid_json
 from imgembed.wire import sam2_embed_binary, sam2_embed_json
 
+logger = logging.getLogger(__name__)
 router = APIRouter()
+ResultT = TypeVar("ResultT")
+
+CLIENT_CLOSED_REQUEST = 499
+"""Status recorded (nginx's convention) for a request whose client left before the answer."""
 
 UPLOAD_FIELDS = ("file", "image")
 """Multipart field names an image upload may use."""
@@ -56,6 +64,36 @@ _EMBED_OPENAPI: dict[str, Any] = {
 
 def _engine(request: Request) -> Engine:
     return request.app.state.engine
+
+
+class ClientDisconnectedError(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[ResultT]) -> ResultT:
+    """Awaits ``work``, cancelling it if the client disconnects first.
+
+    Cancelling drops the request's place in its model's queue, so nobody computes an answer that
+    nobody will read. The body must already be read: the next ASGI message is the disconnect.
+
+    Raises:
+        ClientDisconnectedError: The client went away; ``work`` was cancelled.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def wait_for_disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(wait_for_disconnect())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise ClientDisconnectedError(request.url.path)
+    return task.result()
 
 
 async def _read_json(request: Request) -> Any:
@@ -119,7 +157,13 @@ async def sam2_embed(request: Request) -> Response:
     )
     served = engine.resolve_model(body.model)
     request.state.model = served.name
-    result = await engine.sam2_embed(image, model=served.name, options=options)
+    try:
+        result = await _unless_disconnected(
+            request, engine.sam2_embed(image, model=served.name, options=options)
+        )
+    except ClientDisconnectedError:
+        logger.info("client closed the connection; request %s dropped", request.state.request_id)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     if body.encoding == "binary":
         content, header_length = await engine.run_cpu(sam2_embed_binary, result)
         return Response(
