@@ -27,13 +27,16 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
-        help="SAM 2 model: sam2[.1]-hiera-{tiny,small,base-plus,large}, or a hub id "
-        "(IMGEMBED_MODEL; default sam2.1-hiera-tiny)",
+        action="append",
+        help="SAM 2 model: sam2[.1]-hiera-{tiny,small,base-plus,large}, or a hub id; repeat to "
+        "serve several (IMGEMBED_MODEL; default sam2.1-hiera-tiny)",
     )
     group.add_argument(
         "--weights",
+        action="append",
         help="hub id, Hugging Face folder, Meta .pt checkpoint, or 'dummy' for random untrained "
-        "weights (IMGEMBED_WEIGHTS or SAM2_CHECKPOINT; default: the model's hub repository)",
+        "weights; once for all models or once per --model (IMGEMBED_WEIGHTS or SAM2_CHECKPOINT; "
+        "default: the model's hub repository)",
     )
     group.add_argument(
         "--meta-config",
@@ -55,7 +58,8 @@ def _config(args: argparse.Namespace, **extra: Any) -> ServerConfig:
         "device": args.device,
         **extra,
     }
-    return server_config_from_env(os.environ, overrides)
+    config_file = Path(args.config) if getattr(args, "config", None) else None
+    return server_config_from_env(os.environ, overrides, config_file)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -131,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the HTTP server")
     _add_model_flags(serve)
+    serve.add_argument("--config", help="TOML config file (IMGEMBED_CONFIG); see the README")
     serve.add_argument("--host", help="IMGEMBED_HOST; default 127.0.0.1")
     serve.add_argument("--port", type=int, help="IMGEMBED_PORT; default 8000")
     serve.set_defaults(handler=_serve)

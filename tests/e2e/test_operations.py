@@ -162,3 +162,22 @@ def test_api_key_guards_everything_but_health_and_metrics(
         assert right.status_code == 200
         assert httpx.get(f"{server}/health", timeout=10).status_code == 200
         assert httpx.get(f"{server}/metrics", timeout=10).status_code == 200
+
+
+def test_several_models_from_repeated_flags(tmp_path_factory: pytest.TempPathFactory) -> None:
+    log = tmp_path_factory.mktemp("two") / "server.log"
+    arguments = ["--model", MODEL, "--model", "sam2-hiera-tiny", "--weights", "dummy"]
+    with imgembed_server(arguments, log_path=log) as server:
+        listed = httpx.get(f"{server}/v1/models", timeout=10).json()["data"]
+        assert [model["id"] for model in listed] == [MODEL, "sam2-hiera-tiny"]
+        health = httpx.get(f"{server}/health", timeout=10).json()
+        assert health["models"] == {MODEL: {"ready": True}, "sam2-hiera-tiny": {"ready": True}}
+        body = {"image_b64": image_b64(32, 32), "include_high_res": False}
+        for name, expected in (("sam2_hiera_tiny.pt", "sam2-hiera-tiny"), (None, MODEL)):
+            response = httpx.post(
+                f"{server}/v1/sam2/embed", json={**body, "model": name}, timeout=300
+            )
+            assert response.status_code == 200, response.text
+            assert response.json()["model"] == expected
+        text = httpx.get(f"{server}/metrics", timeout=10).text
+        assert metric(text, "imgembed_batch_size_count", model="sam2-hiera-tiny") == 1

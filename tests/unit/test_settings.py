@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from imgembed.errors import InvalidInputError
@@ -66,3 +68,68 @@ def test_bad_variables_are_named(name: str, value: str) -> None:
     with pytest.raises(InvalidInputError, match=name) as caught:
         server_config_from_env({name: value})
     assert caught.value.field == name
+
+
+def test_config_file_sets_models_and_limits_and_variables_and_flags_win(tmp_path: Path) -> None:
+    path = tmp_path / "imgembed.toml"
+    path.write_text(
+        """
+port = 9000
+max_batch_size = 2
+fetch_allowed_hosts = ["10.0.0.0/8", "images.internal"]
+fetch_allow_private = false
+
+[[models]]
+name = "sam2.1-hiera-tiny"
+weights = "dummy"
+max_batch_size = 8
+
+[[models]]
+name = "sam2-hiera-small"
+weights = "/models/sam2_hiera_small.pt"
+device = "cpu"
+warmup = false
+"""
+    )
+    config = server_config_from_env({}, config_file=path)
+    assert config.port == 9000
+    assert config.fetch.allowed_hosts == ("10.0.0.0/8", "images.internal")
+    tiny, small = config.models
+    assert (tiny.name, tiny.weights, tiny.batching.max_batch_size) == (
+        "sam2.1-hiera-tiny",
+        "dummy",
+        8,
+    )
+    assert (small.name, small.device, small.warmup) == ("sam2-hiera-small", "cpu", False)
+    assert small.batching.max_batch_size == 2
+    assert server_config_from_env({"IMGEMBED_PORT": "9100"}, config_file=path).port == 9100
+    assert server_config_from_env({"IMGEMBED_CONFIG": str(path)}, {"port": 9200}).port == 9200
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase"),
+    [
+        ("prot = 1", "unknown key 'prot'"),
+        ("port = 'eighty'", "port='eighty' is invalid"),
+        ("[[models]]\nweights = 'dummy'", "needs a name"),
+        ("[[models]]\nname = 'x'\nhost = 'a'", "unknown key 'host'"),
+        ("port = ", "not valid TOML"),
+    ],
+)
+def test_bad_config_files_are_named(tmp_path: Path, text: str, phrase: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(InvalidInputError, match=phrase):
+        server_config_from_env({}, config_file=path)
+
+
+def test_repeated_model_flags_serve_several_models() -> None:
+    overrides = {"model": ["sam2.1-hiera-tiny", "sam2-hiera-large"], "weights": ["dummy"]}
+    config = server_config_from_env({"IMGEMBED_MAX_BATCH_SIZE": "3"}, overrides)
+    assert [spec.name for spec in config.models] == ["sam2.1-hiera-tiny", "sam2-hiera-large"]
+    assert all(spec.weights == "dummy" for spec in config.models)
+    assert all(spec.batching.max_batch_size == 3 for spec in config.models)
+    paired = server_config_from_env({}, {"model": ["a", "b"], "weights": ["x.pt", "y.pt"]})
+    assert [spec.weights for spec in paired.models] == ["x.pt", "y.pt"]
+    with pytest.raises(InvalidInputError, match="one per --model"):
+        server_config_from_env({}, {"model": ["a", "b", "c"], "weights": ["x.pt", "y.pt"]})
