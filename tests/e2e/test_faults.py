@@ -22,6 +22,7 @@ import pytest
 import torch
 from imagefactory import encode, gradient_rgb
 from PIL import Image
+from prometheus import metric
 from servers import LOOPBACK, free_port, imgembed_server, in_process_server
 
 from imgembed.config import BatchingSettings, ModelSpec, ServerConfig
@@ -34,13 +35,6 @@ pytestmark = pytest.mark.e2e
 MODEL = "sam2.1-hiera-tiny"
 PNG_B64 = base64.b64encode(encode(Image.fromarray(gradient_rgb()), "PNG")).decode()
 WHITE_B64 = base64.b64encode(encode(Image.new("RGB", (40, 30), "white"), "PNG")).decode()
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def post(base_url: str, body: dict[str, Any], timeout: float = 300) -> httpx.Response:

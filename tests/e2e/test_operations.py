@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from imagefactory import encode, gradient_rgb
 from PIL import Image
+from prometheus import metric
 from servers import imgembed_server
 
 pytestmark = pytest.mark.e2e
@@ -24,17 +24,6 @@ MODEL = "sam2.1-hiera-tiny"
 
 def image_b64(height: int, width: int) -> str:
     return base64.b64encode(encode(Image.fromarray(gradient_rgb(height, width)), "PNG")).decode()
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus exposition text (0 when absent)."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
-        if all(found.get(key) == value for key, value in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 async def embed_concurrently(server: str, sizes: list[tuple[int, int]]) -> list[httpx.Response]:
