@@ -179,9 +179,25 @@ def test_the_server_still_embeds_after_all_of_that(server: str, image_host: Imag
     assert np.isfinite(payload["timings_ms"]["encode"])
 
 
-def test_unknown_route_and_method(server: str) -> None:
-    assert httpx.get(f"{server}/v1/sam2/embed", timeout=10).status_code == 405
-    assert httpx.get(f"{server}/v1/nothing", timeout=10).status_code == 404
+def test_unknown_route_and_method_use_the_error_shape(server: str) -> None:
+    assert_refused(
+        httpx.get(f"{server}/v1/sam2/embed", timeout=10), 405, None, "Method Not Allowed", server
+    )
+    assert_refused(httpx.get(f"{server}/v1/nothing", timeout=10), 404, None, "Not Found", server)
+
+
+def test_malformed_multipart_uses_the_error_shape(server: str) -> None:
+    headers = {"content-type": "multipart/form-data; boundary=xyz"}
+    response = post_embed(server, content=b"--xyz\r\nnot a part header\r\n", headers=headers)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] in ("http_error", "invalid_input", "invalid_image")
+    assert httpx.get(f"{server}/health", timeout=10).status_code == 200
+
+
+def test_two_uploads_are_refused(server: str) -> None:
+    files = [("file", ("a.png", PNG, "image/png")), ("file", ("b.png", PNG, "image/png"))]
+    response = post_embed(server, files=files)
+    assert_refused(response, 400, "body", "files", server)
 
 
 def test_openapi_documents_the_embed_route(server: str) -> None:

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import imgembed
 from imgembed.config import ServerConfig
@@ -51,6 +52,7 @@ def create_app(config: ServerConfig, *, engine: Engine | None = None) -> FastAPI
     app.add_exception_handler(ImgembedError, errors.handle_imgembed_error)
     app.add_exception_handler(RequestValidationError, errors.handle_validation_error)
     app.add_exception_handler(ValidationError, errors.handle_validation_error)
+    app.add_exception_handler(StarletteHTTPException, errors.handle_http_exception)
     app.add_exception_handler(Exception, errors.handle_unexpected_error)
     app.add_middleware(
         RequestContextMiddleware,

@@ -12,6 +12,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imgembed.errors import ImgembedError, InvalidInputError
 from imgembed.schemas import validation_error_to_input_error
@@ -50,6 +51,24 @@ async def handle_validation_error(request: Request, error: Exception) -> JSONRes
         assert isinstance(error, ValidationError)
         converted = validation_error_to_input_error(error)
     return error_response(converted, _request_id(request))
+
+
+class HTTPProtocolError(ImgembedError):
+    """A failure Starlette reports itself: unknown route, wrong method, malformed multipart."""
+
+    code = "http_error"
+
+
+async def handle_http_exception(request: Request, error: Exception) -> JSONResponse:
+    """Answers Starlette's own HTTP errors (404, 405, bad multipart) in the common error shape."""
+    assert isinstance(error, StarletteHTTPException)
+    converted = HTTPProtocolError(
+        str(error.detail), field="body" if error.status_code == 400 else None
+    )
+    converted.status_code = error.status_code
+    response = error_response(converted, _request_id(request))
+    response.headers.update(error.headers or {})
+    return response
 
 
 async def handle_unexpected_error(request: Request, error: Exception) -> JSONResponse:
