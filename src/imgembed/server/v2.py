@@ -111,16 +111,19 @@ def _model(request: Request, name: str, version: str = "") -> V2Model:
 
 @router.get("/v2", summary="Server metadata (v2)")
 async def server_metadata() -> dict[str, Any]:
+    """Server name, version and the protocol extensions it implements."""
     return {"name": "imgembed", "version": imgembed.__version__, "extensions": list(EXTENSIONS)}
 
 
 @router.get("/v2/health/live", summary="Liveness (v2)")
 async def live() -> Response:
+    """200 while the process serves HTTP."""
     return Response(status_code=200)
 
 
 @router.get("/v2/health/ready", summary="Readiness (v2)")
 async def ready(request: Request) -> Response:
+    """200 once every model is loaded and warmed up, else 503."""
     if not _engine(request).ready:
         raise _not_ready()
     return Response(status_code=200)
@@ -128,13 +131,14 @@ async def ready(request: Request) -> Response:
 
 @router.get("/v2/models", summary="Served models (v2 names)")
 async def list_models(request: Request) -> dict[str, Any]:
-    """Not part of the protocol; Triton users reach for it, so it lists what is served."""
+    """Every v2 model's metadata. Not part of the protocol, but Triton users reach for it."""
     models = v2_models(_engine(request)).values()
     return {"models": [model.metadata() for model in models]}
 
 
 @router.post("/v2/repository/index", summary="Model repository index (v2)")
 async def repository_index(request: Request) -> list[dict[str, str]]:
+    """Every v2 model name with its version and state (``READY`` or ``UNAVAILABLE``)."""
     engine = _engine(request)
     state = "READY" if engine.ready else "UNAVAILABLE"
     return [{"name": name, "version": MODEL_VERSION, "state": state} for name in v2_models(engine)]
@@ -143,6 +147,7 @@ async def repository_index(request: Request) -> list[dict[str, str]]:
 @router.get("/v2/models/{model_name}", summary="Model metadata (v2)")
 @router.get("/v2/models/{model_name}/versions/{model_version}", summary="Model metadata (v2)")
 async def model_metadata(request: Request, model_name: str, model_version: str = "") -> Any:
+    """Name, versions, platform and input/output tensors (-1 for dynamic dimensions)."""
     return _model(request, model_name, model_version).metadata()
 
 
@@ -151,21 +156,41 @@ async def model_metadata(request: Request, model_name: str, model_version: str =
     "/v2/models/{model_name}/versions/{model_version}/config", summary="Model configuration (v2)"
 )
 async def model_config(request: Request, model_name: str, model_version: str = "") -> Any:
+    """The model as Triton's JSON model configuration describes it."""
     return _model(request, model_name, model_version).config()
 
 
 @router.get("/v2/models/{model_name}/ready", summary="Model readiness (v2)")
 @router.get("/v2/models/{model_name}/versions/{model_version}/ready", summary="Model readiness")
 async def model_ready(request: Request, model_name: str, model_version: str = "") -> Response:
+    """200 when the model can serve, 503 while not ready, 404 for an unknown model."""
     _model(request, model_name, model_version)
     if not _engine(request).ready:
         raise _not_ready()
     return Response(status_code=200)
 
 
-@router.post("/v2/models/{model_name}/infer", summary="Inference (v2)")
-@router.post("/v2/models/{model_name}/versions/{model_version}/infer", summary="Inference (v2)")
+_INFER_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "A v2 inference request: JSON, or JSON followed by binary tensor data "
+        f"with its length in the {BINARY_HEADER_LENGTH} header.",
+        "content": {"application/json": {}, "application/octet-stream": {}},
+    }
+}
+
+
+@router.post(
+    "/v2/models/{model_name}/infer", summary="Inference (v2)", openapi_extra=_INFER_OPENAPI
+)
+@router.post(
+    "/v2/models/{model_name}/versions/{model_version}/infer",
+    summary="Inference (v2)",
+    openapi_extra=_INFER_OPENAPI,
+)
 async def infer(request: Request, model_name: str, model_version: str = "") -> Response:
+    """Runs a model on JSON or binary tensors; outputs binary where the request asks."""
+    arrived = time.monotonic()
     engine = _engine(request)
     model = _model(request, model_name, model_version)
     if not engine.ready:
@@ -181,7 +206,7 @@ async def infer(request: Request, model_name: str, model_version: str = "") -> R
     wanted = requested_outputs(parsed, model.outputs, model.name)
     tensors = await engine.run_cpu(model.read_inputs, parsed)
     timeout_s = min(parsed.timeout_s or math.inf, engine.config.request_timeout_s)
-    results = await model.infer(engine, tensors, deadline=time.monotonic() + timeout_s)
+    results = await model.infer(engine, tensors, deadline=arrived + timeout_s)
     datatypes = {spec.name: spec.datatype for spec in model.outputs}
     outputs = [
         OutputTensor(name, datatypes[name], results[name], binary)

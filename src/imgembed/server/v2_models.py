@@ -16,6 +16,7 @@ The default SAM 2 model answers to these names; every served model also answers 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,9 @@ PLATFORM = "imgembed_pytorch"
 """What model metadata reports as ``platform``."""
 MAX_POINTS_PER_PROMPT = 64
 """Most points (clicks, box corners and padding) one decoder prompt may carry."""
+MAX_PROMPTS_PER_REQUEST = 64
+"""Most decoder prompts per request, the reference mask generator's ``points_per_batch``; each
+prompt holds its own copy of the feature maps and the decoder's activations while it decodes."""
 
 _FEATURE_SPECS = (
     TensorSpec("high_res_feats_0", "FP32", (-1, *HIGH_RES_FEATS_0_SHAPE)),
@@ -53,7 +57,7 @@ def _invalid(message: str, field: str | None = None) -> InvalidInputError:
 
 
 @dataclass(frozen=True)
-class V2Model:
+class V2Model(ABC):
     """A model as the v2 routes expose it.
 
     Attributes:
@@ -97,7 +101,8 @@ class V2Model:
 
     @property
     def max_batch(self) -> int:
-        """Most batch items one request may carry: the model's queue size."""
+        """Most batch items one request may carry; by default the model's queue size, since
+        each item takes a place in its queue."""
         return self.served.spec.batching.max_queue_size
 
     def read_inputs(self, request: InferRequest) -> dict[str, np.ndarray]:
@@ -133,11 +138,20 @@ class V2Model:
                 name,
             )
 
+    @abstractmethod
     async def infer(
         self, engine: Engine, tensors: Mapping[str, np.ndarray], *, deadline: float
     ) -> dict[str, np.ndarray]:
-        """Computes every output from checked inputs; implemented per model."""
-        raise NotImplementedError
+        """Computes every output from inputs :meth:`read_inputs` checked.
+
+        Args:
+            engine: The engine that runs the model.
+            tensors: Input name to values.
+            deadline: ``time.monotonic()`` after which queued work is dropped.
+
+        Returns:
+            Output name to float32 values, batch first.
+        """
 
 
 class Sam2EncoderModel(V2Model):
@@ -187,6 +201,11 @@ def _stack_features(features: list[Sam2Features]) -> dict[str, np.ndarray]:
 
 class Sam2DecoderModel(V2Model):
     """``sam2_decoder``: features and prompts in, three low-resolution mask logits each out."""
+
+    @property
+    def max_batch(self) -> int:
+        """Most prompts one request may carry (decoding is not queued)."""
+        return MAX_PROMPTS_PER_REQUEST
 
     async def infer(
         self, engine: Engine, tensors: Mapping[str, np.ndarray], *, deadline: float
