@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -257,3 +258,20 @@ def test_full_queue_gives_429_and_a_passed_deadline_504(
         infer_input("point_labels", np.array([[1.0]], np.float32)),
     ]
     assert client.infer("sam2_decoder", inputs).as_numpy("masks").shape == (1, 3, 256, 256)
+
+
+def test_errors_raised_outside_the_v2_routes_keep_the_v2_shape(server: str) -> None:
+    assert_v2_error(httpx.get(f"{server}/v2/nothing/here", timeout=10), 404, "Not Found")
+    assert_v2_error(httpx.get(f"{server}/v2/models/sam2_encoder/infer", timeout=10), 405)
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(
+            b"POST /v2/models/sam2_encoder/infer HTTP/1.1\r\nHost: test\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000000000000\r\n\r\n{}"
+        )
+        reply = connection.recv(65536).decode()
+    head, _, body = reply.partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 413"), head
+    payload = json.loads(body)
+    assert list(payload) == ["error"]
+    assert "limit" in payload["error"]

@@ -20,12 +20,24 @@ from imgembed.schemas import validation_error_to_input_error
 logger = logging.getLogger(__name__)
 
 
-def error_response(error: ImgembedError, request_id: str) -> JSONResponse:
-    """The JSON response for a user-facing error."""
-    body = {"error": {**error.to_dict(), "request_id": request_id}}
+V2_PREFIX = "/v2"
+"""Routes of the Open Inference Protocol, whose errors take that protocol's shape."""
+
+
+def error_response(error: ImgembedError, request_id: str, *, path: str = "") -> JSONResponse:
+    """The JSON response for a user-facing error.
+
+    Under ``/v2`` the body is the Open Inference Protocol's ``{"error": "<message>"}`` (what
+    ``tritonclient`` reads); elsewhere the native ``{"error": {"code", "message", "field",
+    "request_id"}}``. Both carry ``X-Request-ID``, and ``Retry-After`` on 429 and 503.
+    """
     headers = {"x-request-id": request_id}
     if error.status_code in (429, 503):
         headers["retry-after"] = "1"
+    if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
+        body: dict[str, object] = {"error": error.message}
+    else:
+        body = {"error": {**error.to_dict(), "request_id": request_id}}
     return JSONResponse(body, status_code=error.status_code, headers=headers)
 
 
@@ -38,7 +50,7 @@ async def handle_imgembed_error(request: Request, error: Exception) -> JSONRespo
     assert isinstance(error, ImgembedError)
     if error.status_code >= 500:
         logger.error("request %s failed: %s", _request_id(request), error.message)
-    return error_response(error, _request_id(request))
+    return error_response(error, _request_id(request), path=request.url.path)
 
 
 async def handle_validation_error(request: Request, error: Exception) -> JSONResponse:
@@ -50,7 +62,7 @@ async def handle_validation_error(request: Request, error: Exception) -> JSONRes
     else:
         assert isinstance(error, ValidationError)
         converted = validation_error_to_input_error(error)
-    return error_response(converted, _request_id(request))
+    return error_response(converted, _request_id(request), path=request.url.path)
 
 
 class HTTPProtocolError(ImgembedError):
@@ -66,7 +78,7 @@ async def handle_http_exception(request: Request, error: Exception) -> JSONRespo
         str(error.detail), field="body" if error.status_code == 400 else None
     )
     converted.status_code = error.status_code
-    response = error_response(converted, _request_id(request))
+    response = error_response(converted, _request_id(request), path=request.url.path)
     response.headers.update(error.headers or {})
     return response
 

@@ -93,11 +93,12 @@ class RequestContextMiddleware:
                     "with the key the operator set in IMGEMBED_API_KEY",
                     field="authorization",
                 )
-                response = error_response(refusal, request_id)
+                response = error_response(refusal, request_id, path=scope["path"])
                 response.headers["www-authenticate"] = "Bearer"
                 await response(scope, receive, send_with_id)
             elif declared is not None and declared.isdigit() and int(declared) > limit:
-                response = error_response(_too_large(int(declared), limit), request_id)
+                too_large = _too_large(int(declared), limit)
+                response = error_response(too_large, request_id, path=scope["path"])
                 await response(scope, receive, send_with_id)
             else:
                 await self.app(scope, limited_receive, send_with_id)

@@ -27,6 +27,7 @@ import imgembed
 from imgembed.codecs import BINARY_HEADER_LENGTH
 from imgembed.engine import Engine
 from imgembed.errors import ImgembedError, ServiceUnavailableError, UnknownModelError
+from imgembed.server.errors import error_response
 from imgembed.server.v2_models import V2Model, v2_models
 from imgembed.server.v2_request import decompress_body, parse_infer_request
 from imgembed.server.v2_tensors import OutputTensor, encode_infer_response, requested_outputs
@@ -45,8 +46,8 @@ def _error_response(request: Request, error: ImgembedError) -> JSONResponse:
         logger.error(
             "v2 request %s failed: %s", getattr(request.state, "request_id", "?"), error.message
         )
-    headers = {"retry-after": "1"} if error.status_code in (429, 503) else {}
-    return JSONResponse({"error": error.message}, status_code=error.status_code, headers=headers)
+    request_id = getattr(request.state, "request_id", "unknown")
+    return error_response(error, request_id, path=request.url.path)
 
 
 class V2Route(APIRoute):
