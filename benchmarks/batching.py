@@ -1,0 +1,424 @@
+"""Dynamic batching benchmark: throughput and latency with batching on and off, by concurrency.
+
+    . .venv/bin/activate
+    python benchmarks/batching.py --wait-quiet 300     # 5 to 8 minutes on 2 idle CPU cores
+
+For each number of concurrent clients (1, 4, 16) and each setting (batching off: max_batch_size 1;
+on: max_batch_size 4, max_queue_delay_ms 5), a fresh ``imgembed serve`` subprocess on loopback
+(sam2.1-hiera-tiny, ``--weights dummy``: speed does not depend on weight values) answers a fixed
+number of requests from a closed loop of clients (each sends its next request when it holds the
+previous answer). Requests upload the same 1600x1200 JPEG and ask for float16 features in the
+``binary`` encoding, so the time goes to decode, resize and the encoder, not to serialisation.
+
+Writes the ``## Dynamic batching`` section of ``benchmarks/RESULTS.md`` (other sections are kept)
+and every latency, the batch size histograms and the load to ``benchmarks/out/batching_<UTC>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import httpx
+import torch
+from bench_util import (
+    OTHER_CORES_LIMIT,
+    CpuSnapshot,
+    elapsed_s,
+    log,
+    machine_info,
+    markdown_table,
+    replace_section,
+    wait_until_quiet,
+)
+from sam2_fixtures import PHOTO_SIZE, make_photo
+from sam2_server import running_server, serve_command
+
+from imgembed.codecs import BINARY_HEADER_LENGTH
+
+HERE = Path(__file__).resolve().parent
+MODEL = "sam2.1-hiera-tiny"
+REQUESTS_PER_CELL = {1: 8, 4: 12, 16: 32}
+"""Timed requests per number of clients: at least two rounds per client, about 6 minutes in all."""
+FORM_FIELDS = {"dtype": "float16", "encoding": "binary"}
+CLIENT_TIMEOUT_S = 1800.0
+SERVER_REQUEST_TIMEOUT_S = 1200.0
+"""The server's deadline per request: far above any wait here, so no request is dropped."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One batching configuration of the server."""
+
+    name: str
+    max_batch_size: int
+    max_queue_delay_ms: float
+
+
+@dataclass
+class Cell:
+    """One setting at one concurrency: what was sent and what came back.
+
+    Attributes:
+        setting: ``off`` or ``on``.
+        clients: Concurrent clients.
+        requests: Timed requests.
+        warmup_requests: Untimed requests sent first, by as many concurrent clients.
+        wall_s: From the first timed request sent to the last answer read.
+        latencies_s: Client-side time of each timed request, send to last byte.
+        batch_sizes: Batches run during the timed requests, by size range (``"4"``, ``"5-6"``).
+        queue_wait_s: Mean wait of a request for its batch to start (server metrics).
+        compute_per_batch_s: Mean wall time of one forward pass (server metrics).
+        other_cores: Cores other processes kept busy during the timed requests.
+        redone: Timed phases discarded because other processes were busy.
+    """
+
+    setting: str
+    clients: int
+    requests: int
+    warmup_requests: int
+    wall_s: float = 0.0
+    latencies_s: list[float] = field(default_factory=list)
+    batch_sizes: dict[str, int] = field(default_factory=dict)
+    queue_wait_s: float = 0.0
+    compute_per_batch_s: float = 0.0
+    other_cores: float = 0.0
+    redone: int = 0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.requests / self.wall_s
+
+    @property
+    def batches(self) -> int:
+        return sum(self.batch_sizes.values())
+
+    @property
+    def compute_per_image_s(self) -> float:
+        return self.compute_per_batch_s * self.batches / self.requests
+
+    def percentile(self, fraction: float) -> float:
+        """Nearest-rank percentile of the latencies (the maximum when fewer than 1/(1-fraction))."""
+        ordered = sorted(self.latencies_s)
+        return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=list(REQUESTS_PER_CELL))
+    parser.add_argument("--requests", type=int, help="timed requests in every cell")
+    parser.add_argument("--max-batch-size", type=int, default=4, help="batching on")
+    parser.add_argument("--max-queue-delay-ms", type=float, default=5.0, help="batching on")
+    parser.add_argument("--retries", type=int, default=2, help="busy cells redone, in all")
+    parser.add_argument("--quick", action="store_true", help="1 and 4 clients, 4 requests each")
+    parser.add_argument("--wait-quiet", type=float, default=300, metavar="SECONDS")
+    parser.add_argument("--render", type=Path, help="only rewrite the section from a raw JSON")
+    parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--out", type=Path, default=HERE / "out")
+    args = parser.parse_args(argv)
+    args.out = args.out.resolve()
+    if args.quick:
+        args.clients, args.requests = [1, 4], 4
+    return args
+
+
+def server_env(setting: Setting) -> dict[str, str]:
+    """Variables that configure the server for ``setting`` (added to this process's own)."""
+    return {
+        "IMGEMBED_MAX_BATCH_SIZE": str(setting.max_batch_size),
+        "IMGEMBED_MAX_QUEUE_DELAY_MS": str(setting.max_queue_delay_ms),
+        "IMGEMBED_MAX_QUEUE_SIZE": "64",
+        "IMGEMBED_REQUEST_TIMEOUT_S": str(SERVER_REQUEST_TIMEOUT_S),
+        "IMGEMBED_WARMUP": "true",
+    }
+
+
+async def closed_loop(
+    base_url: str, photo: bytes, clients: int, requests: int
+) -> tuple[list[float], float]:
+    """``requests`` uploads of ``photo`` from ``clients`` concurrent clients, one at a time each.
+
+    Returns:
+        Each request's latency in seconds, and the wall time of the whole loop.
+    """
+    remaining = [requests]
+    latencies: list[float] = []
+
+    async def client_loop() -> None:
+        async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S, trust_env=False) as client:
+            while remaining[0] > 0:
+                remaining[0] -= 1
+                started = time.perf_counter()
+                response = await client.post(
+                    f"{base_url}/v1/sam2/embed",
+                    data=FORM_FIELDS,
+                    files={"file": ("photo.jpg", photo, "image/jpeg")},
+                )
+                latency = time.perf_counter() - started
+                response.raise_for_status()
+                header = json.loads(response.content[: int(response.headers[BINARY_HEADER_LENGTH])])
+                if header["meta"]["orig_size"] != [PHOTO_SIZE[1], PHOTO_SIZE[0]]:
+                    raise RuntimeError(f"answer for another image: {header['meta']}")
+                latencies.append(latency)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client_loop() for _ in range(min(clients, requests))))
+    return latencies, time.perf_counter() - started
+
+
+def scrape(base_url: str) -> str:
+    return httpx.get(f"{base_url}/metrics", timeout=30, trust_env=False).text
+
+
+def growth(before: str, after: str, name: str) -> dict[str, float]:
+    """How much each sample of ``name`` for the model grew between two scrapes, by ``le`` label
+    (``""`` for a sample without one)."""
+
+    def samples(text: str) -> dict[str, float]:
+        found = {}
+        for line in text.splitlines():
+            if line.startswith(name + "{") and f'model="{MODEL}"' in line:
+                bound = re.search(r'le="([^"]+)"', line)
+                found[bound.group(1) if bound else ""] = float(line.rsplit(" ", 1)[1])
+        return found
+
+    earlier = samples(before)
+    return {key: value - earlier.get(key, 0.0) for key, value in samples(after).items()}
+
+
+def mean_growth(before: str, after: str, name: str) -> float:
+    """Mean of a histogram's observations between two scrapes (0 without any)."""
+    count = growth(before, after, name + "_count")[""]
+    return growth(before, after, name + "_sum")[""] / count if count else 0.0
+
+
+def batch_histogram(before: str, after: str) -> dict[str, int]:
+    """Batches run between two scrapes, by batch size range (``"4"``, ``"5-6"``, ``">256"``)."""
+    cumulative = growth(before, after, "imgembed_batch_size_bucket")
+    histogram: dict[str, int] = {}
+    lower, below = 1, 0.0
+    for bound in sorted(cumulative, key=float):
+        upper, count = float(bound), round(cumulative[bound] - below)
+        if count and math.isinf(upper):
+            histogram[f">{lower - 1}"] = count
+        elif count:
+            histogram[f"{lower}-{upper:.0f}" if lower < upper else f"{upper:.0f}"] = count
+        lower = lower if math.isinf(upper) else int(upper) + 1
+        below = cumulative[bound]
+    return histogram
+
+
+def run_cell(
+    setting: Setting, clients: int, requests: int, photo: bytes, args: argparse.Namespace
+) -> Cell:
+    """Times one cell on a fresh server; redoes its timed phase if other processes were busy."""
+    warmup = min(clients, args.max_batch_size)
+    cell = Cell(setting.name, clients, requests, warmup)
+    server_log = args.out / f"batching_server_{setting.name}_{clients}.log"
+    with (
+        mock.patch.dict(os.environ, server_env(setting)),
+        running_server(
+            MODEL, Path("dummy"), threads=torch.get_num_threads(), log_path=server_log
+        ) as server,
+    ):
+        log(f"{setting.name}, {clients} clients: {warmup} warm-up requests")
+        asyncio.run(closed_loop(server.url, photo, warmup, warmup))
+        while True:
+            wait_until_quiet(args.wait_quiet, log, own_pids=[server.pid])
+            before_text = scrape(server.url)
+            before = CpuSnapshot.take([os.getpid(), server.pid])
+            latencies, wall = asyncio.run(closed_loop(server.url, photo, clients, requests))
+            other = CpuSnapshot.take([os.getpid(), server.pid]).other_cores(before, wall)
+            after_text = scrape(server.url)
+            note = f"{requests / wall:.3f} images/s in {wall:.1f} s (other processes: {other:.2f})"
+            if other <= OTHER_CORES_LIMIT or args.retries <= 0:
+                break
+            args.retries -= 1
+            cell.redone += 1
+            log(f"  discarded: {note}; redoing it")
+    cell.wall_s, cell.latencies_s, cell.other_cores = wall, latencies, other
+    cell.batch_sizes = batch_histogram(before_text, after_text)
+    cell.queue_wait_s = mean_growth(before_text, after_text, "imgembed_queue_duration_seconds")
+    cell.compute_per_batch_s = mean_growth(
+        before_text, after_text, "imgembed_compute_duration_seconds"
+    )
+    log(f"  {note}; batches {cell.batch_sizes}")
+    return cell
+
+
+def table(cells: list[Cell]) -> str:
+    off = {cell.clients: cell.images_per_s for cell in cells if cell.setting == "off"}
+    rows = [
+        [
+            cell.clients,
+            cell.setting,
+            f"{cell.requests} (+{cell.warmup_requests})",
+            f"{cell.images_per_s:.3f}",
+            f"{cell.images_per_s / off[cell.clients]:.2f}x" if cell.clients in off else "-",
+            f"{cell.percentile(0.5):.1f}",
+            f"{cell.percentile(0.99):.1f}",
+            f"{cell.requests / max(cell.batches, 1):.2f}",
+            ", ".join(f"{size}: {count}" for size, count in cell.batch_sizes.items()),
+            f"{cell.queue_wait_s:.1f}",
+            f"{cell.compute_per_image_s:.2f}",
+            f"{cell.other_cores:.2f}",
+            cell.redone,
+        ]
+        for cell in cells
+    ]
+    headers = ["clients", "batching", "requests (warm-up)", "images/s", "vs off", "p50 s"]
+    headers += ["p99 s", "mean batch", "batches by size", "queue wait s", "compute per image s"]
+    return markdown_table([*headers, "other load, cores", "redone"], rows)
+
+
+def reading(cells: list[Cell]) -> str:
+    """One paragraph stating what the numbers show, computed from them."""
+    by_key = {(cell.clients, cell.setting): cell for cell in cells}
+    pairs = [
+        (by_key[clients, "off"], by_key[clients, "on"])
+        for clients in sorted({cell.clients for cell in cells})
+        if (clients, "off") in by_key and (clients, "on") in by_key
+    ]
+    text = "Measured here, batching off to on: " + "; ".join(
+        f"at {on.clients} client{'s' if on.clients > 1 else ''}, mean batch "
+        f"{on.requests / max(on.batches, 1):.2f}, throughput "
+        f"{(on.images_per_s / off.images_per_s - 1) * 100:+.1f} % ({off.images_per_s:.3f} to "
+        f"{on.images_per_s:.3f} images/s), p50 {off.percentile(0.5):.1f} to "
+        f"{on.percentile(0.5):.1f} s, p99 {off.percentile(0.99):.1f} to {on.percentile(0.99):.1f} s"
+        for off, on in pairs
+    )
+    batched = [(off, on) for off, on in pairs if on.requests > on.batches]
+    if batched:
+        off, on = batched[-1]
+        saving = 1 - on.compute_per_image_s / off.compute_per_image_s
+        verdict = (
+            "a batch costs about as much per image as single passes, so on this CPU batching "
+            "cannot add much throughput"
+            if abs(saving) < 0.15
+            else f"batches {'saved' if saving > 0 else 'cost'} {abs(saving) * 100:.0f} % of the "
+            "compute per image"
+        )
+        text += (
+            f". At {on.clients} clients a forward pass took {off.compute_per_image_s:.2f} s per "
+            f"image alone and {on.compute_per_image_s:.2f} s per image in batches: {verdict}"
+        )
+    first, last = pairs[0][0], pairs[-1][0]
+    if last.compute_per_image_s > 1.05 * first.compute_per_image_s:
+        text += (
+            f". More clients cost throughput with or without batching ({first.images_per_s:.3f} "
+            f"images/s at {first.clients} client{'s' if first.clients > 1 else ''} and "
+            f"{last.images_per_s:.3f} at {last.clients}, batching off): the forward pass took "
+            f"{first.compute_per_image_s:.2f} s per image, and {last.compute_per_image_s:.2f} s "
+            "while other requests were decoded, resized and serialised on the same cores"
+        )
+    return text + (
+        ". In a closed loop, mean latency is clients / throughput, so latency follows "
+        "throughput; the percentiles show how the waiting is spread. No GPU was measured: on a "
+        "GPU, where a batch costs much less than its images one by one, batching is where "
+        "throughput comes from, but these numbers do not show that. With fewer than 100 "
+        "requests per cell, p99 is the slowest request."
+    )
+
+
+def render_section(raw: dict[str, Any], cells: list[Cell], raw_path: Path) -> str:
+    machine, on = raw["machine"], raw["settings"]["on"]
+    lines = [
+        f"- Date: {raw['date']} (UTC); whole run {raw['total_runtime_s'] / 60:.1f} min.",
+        f"- Machine: {machine['cpu_model']}, {machine['cpus_usable']} usable of "
+        f"{machine['cpu_count']} cores, {machine['memory_gib']} GiB RAM, no GPU used; "
+        f"{machine['platform']}; Python {machine['python']}, torch {machine['torch']}, "
+        f"transformers {machine['transformers']}.",
+        f"- Command: `{raw['command']}`; each cell a fresh `python {raw['server_command']}` with "
+        f"OMP_NUM_THREADS={machine['torch_threads']} and a start-up warm-up pass.",
+        f"- Server: {MODEL}, random weights (speed does not depend on weight values), CPU, "
+        "float32 compute. Batching off: `IMGEMBED_MAX_BATCH_SIZE=1`; on: "
+        f"`IMGEMBED_MAX_BATCH_SIZE={on['max_batch_size']}`, "
+        f"`IMGEMBED_MAX_QUEUE_DELAY_MS={on['max_queue_delay_ms']:g}`; queue limit 64.",
+        f"- Requests: the same {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG "
+        f"({raw['photo_bytes'] / 1024:.0f} KiB) as a multipart upload, float16 features, "
+        "`binary` encoding, all three levels (8 MiB per answer), over loopback.",
+        "- Method: closed loop (each client sends its next request once it holds the previous "
+        "answer); untimed warm-up requests first, min(clients, batch size) of them at once; "
+        "images/s = timed requests / wall time from the first send to the last answer; latency "
+        "measured by the client, send to last byte; p99 is nearest-rank. Batch sizes, queue "
+        "wait and compute per image (forward pass time / images in it) come from the server's "
+        "`/metrics` over the timed requests. A cell during which other processes kept more "
+        f"than {OTHER_CORES_LIMIT} cores busy was redone (at most {raw['retries']} in all); "
+        "'other load' is the kept run's. Other processes' load when the run began: "
+        f"{machine['other_cores_at_start']:.2f} cores.",
+        f"- Raw numbers: `{raw_path.name}` in `benchmarks/out/` (not committed).",
+    ]
+    return "\n".join(lines) + "\n\n" + table(cells) + "\n\n" + reading(cells) + "\n"
+
+
+def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """Runs every cell; returns the raw record (the cells as dicts under ``cells``)."""
+    date = datetime.now(UTC)
+    machine = machine_info()
+    log(f"machine: {machine}")
+    machine["other_cores_at_start"] = wait_until_quiet(args.wait_quiet, log)
+    retries = args.retries
+    settings = {
+        "off": Setting("off", 1, 0.0),
+        "on": Setting("on", args.max_batch_size, args.max_queue_delay_ms),
+    }
+    photo = make_photo()
+    cells = []
+    for index, clients in enumerate(args.clients):
+        requests = args.requests or REQUESTS_PER_CELL.get(clients, 2 * clients)
+        order = ["off", "on"] if index % 2 == 0 else ["on", "off"]
+        cells += [run_cell(settings[name], clients, requests, photo, args) for name in order]
+    cells.sort(key=lambda cell: (cell.clients, cell.setting))
+    server_command = shlex.join(serve_command(MODEL, Path("dummy"), 0)[1:])
+    return {
+        "date": date.isoformat(timespec="seconds"),
+        "command": command,
+        "server_command": server_command.replace("--port 0", "--port <free port>"),
+        "total_runtime_s": elapsed_s(),
+        "machine": machine,
+        "retries": retries,
+        "settings": {name: asdict(setting) for name, setting in settings.items()},
+        "photo_bytes": len(photo),
+        "request_fields": FORM_FIELDS,
+        "cells": [asdict(cell) for cell in cells],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs every cell (or reads a raw record) and writes the results; returns the exit status."""
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.render:
+        raw_path = args.render
+        raw = json.loads(raw_path.read_text(encoding="utf-8"))
+    else:
+        args.out.mkdir(parents=True, exist_ok=True)
+        arguments = sys.argv[1:] if argv is None else argv
+        raw = measure(args, shlex.join(["python", "benchmarks/batching.py", *arguments]))
+        stamp = datetime.fromisoformat(raw["date"]).strftime("%Y%m%dT%H%M%SZ")
+        raw_path = args.out / f"batching_{stamp}.json"
+        raw_path.write_text(json.dumps(raw, indent=2), encoding="utf-8")
+    known = {cell_field.name for cell_field in fields(Cell)}
+    cells = [Cell(**{key: cell[key] for key in known if key in cell}) for cell in raw["cells"]]
+    section = render_section(raw, cells, raw_path)
+    replace_section(args.results, "Dynamic batching", section)
+    print(section)
+    log(f"wrote {args.results} from {raw_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
