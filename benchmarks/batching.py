@@ -32,18 +32,9 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import bench_util
 import httpx
 import torch
-from bench_util import (
-    OTHER_CORES_LIMIT,
-    CpuSnapshot,
-    elapsed_s,
-    log,
-    machine_info,
-    markdown_table,
-    replace_section,
-    wait_until_quiet,
-)
 from sam2_fixtures import PHOTO_SIZE, make_photo
 from sam2_server import running_server, serve_command
 
@@ -234,28 +225,28 @@ def run_cell(
             MODEL, Path("dummy"), threads=torch.get_num_threads(), log_path=server_log
         ) as server,
     ):
-        log(f"{setting.name}, {clients} clients: {warmup} warm-up requests")
+        bench_util.log(f"{setting.name}, {clients} clients: {warmup} warm-up requests")
         asyncio.run(closed_loop(server.url, photo, warmup, warmup))
         while True:
-            wait_until_quiet(args.wait_quiet, log, own_pids=[server.pid])
+            bench_util.wait_until_quiet(args.wait_quiet, bench_util.log, own_pids=[server.pid])
             before_text = scrape(server.url)
-            before = CpuSnapshot.take([os.getpid(), server.pid])
+            before = bench_util.CpuSnapshot.take([os.getpid(), server.pid])
             latencies, wall = asyncio.run(closed_loop(server.url, photo, clients, requests))
-            other = CpuSnapshot.take([os.getpid(), server.pid]).other_cores(before, wall)
+            other = bench_util.CpuSnapshot.take([os.getpid(), server.pid]).other_cores(before, wall)
             after_text = scrape(server.url)
             note = f"{requests / wall:.3f} images/s in {wall:.1f} s (other processes: {other:.2f})"
-            if other <= OTHER_CORES_LIMIT or args.retries <= 0:
+            if other <= bench_util.OTHER_CORES_LIMIT or args.retries <= 0:
                 break
             args.retries -= 1
             cell.redone += 1
-            log(f"  discarded: {note}; redoing it")
+            bench_util.log(f"  discarded: {note}; redoing it")
     cell.wall_s, cell.latencies_s, cell.other_cores = wall, latencies, other
     cell.batch_sizes = batch_histogram(before_text, after_text)
     cell.queue_wait_s = mean_growth(before_text, after_text, "imgembed_queue_duration_seconds")
     cell.compute_per_batch_s = mean_growth(
         before_text, after_text, "imgembed_compute_duration_seconds"
     )
-    log(f"  {note}; batches {cell.batch_sizes}")
+    bench_util.log(f"  {note}; batches {cell.batch_sizes}")
     return cell
 
 
@@ -281,7 +272,7 @@ def table(cells: list[Cell]) -> str:
     ]
     headers = ["clients", "batching", "requests (warm-up)", "images/s", "vs off", "p50 s"]
     headers += ["p99 s", "mean batch", "batches by size", "queue wait s", "compute per image s"]
-    return markdown_table([*headers, "other load, cores", "redone"], rows)
+    return bench_util.markdown_table([*headers, "other load, cores", "redone"], rows)
 
 
 def reading(cells: list[Cell]) -> str:
@@ -356,7 +347,8 @@ def render_section(raw: dict[str, Any], cells: list[Cell], raw_path: Path) -> st
         "measured by the client, send to last byte; p99 is nearest-rank. Batch sizes, queue "
         "wait and compute per image (forward pass time / images in it) come from the server's "
         "`/metrics` over the timed requests. A cell during which other processes kept more "
-        f"than {OTHER_CORES_LIMIT} cores busy was redone (at most {raw['retries']} in all); "
+        f"than {bench_util.OTHER_CORES_LIMIT} cores busy was redone (at most {raw['retries']} "
+        "in all); "
         "'other load' is the kept run's. Other processes' load when the run began: "
         f"{machine['other_cores_at_start']:.2f} cores.",
         f"- Raw numbers: `{raw_path.name}` in `benchmarks/out/` (not committed).",
@@ -367,9 +359,9 @@ def render_section(raw: dict[str, Any], cells: list[Cell], raw_path: Path) -> st
 def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
     """Runs every cell; returns the raw record (the cells as dicts under ``cells``)."""
     date = datetime.now(UTC)
-    machine = machine_info()
-    log(f"machine: {machine}")
-    machine["other_cores_at_start"] = wait_until_quiet(args.wait_quiet, log)
+    machine = bench_util.machine_info()
+    bench_util.log(f"machine: {machine}")
+    machine["other_cores_at_start"] = bench_util.wait_until_quiet(args.wait_quiet, bench_util.log)
     retries = args.retries
     settings = {
         "off": Setting("off", 1, 0.0),
@@ -387,7 +379,7 @@ def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "date": date.isoformat(timespec="seconds"),
         "command": command,
         "server_command": server_command.replace("--port 0", "--port <free port>"),
-        "total_runtime_s": elapsed_s(),
+        "total_runtime_s": bench_util.elapsed_s(),
         "machine": machine,
         "retries": retries,
         "settings": {name: asdict(setting) for name, setting in settings.items()},
@@ -414,9 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     known = {cell_field.name for cell_field in fields(Cell)}
     cells = [Cell(**{key: cell[key] for key in known if key in cell}) for cell in raw["cells"]]
     section = render_section(raw, cells, raw_path)
-    replace_section(args.results, "Dynamic batching", section)
+    bench_util.replace_section(args.results, "Dynamic batching", section)
     print(section)
-    log(f"wrote {args.results} from {raw_path}")
+    bench_util.log(f"wrote {args.results} from {raw_path}")
     return 0
 
 
