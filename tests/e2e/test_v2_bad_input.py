@@ -266,11 +266,13 @@ def test_errors_raised_outside_the_v2_routes_keep_the_v2_shape(server: str) -> N
     host, port = server.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as connection:
         connection.sendall(
-            b"POST /v2/models/sam2_encoder/infer HTTP/1.1\r\nHost: test\r\n"
+            b"POST /v2/models/sam2_encoder/infer HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
             b"Content-Type: application/json\r\nContent-Length: 1000000000000\r\n\r\n{}"
         )
-        reply = connection.recv(65536).decode()
-    head, _, body = reply.partition("\r\n\r\n")
+        reply = b""
+        while chunk := connection.recv(65536):  # the server closes after its answer
+            reply += chunk
+    head, _, body = reply.decode().partition("\r\n\r\n")
     assert head.startswith("HTTP/1.1 413"), head
     payload = json.loads(body)
     assert list(payload) == ["error"]
