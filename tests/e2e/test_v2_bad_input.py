@@ -41,13 +41,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def client(server: str) -> Iterator[httpclient.InferenceServerClient]:
-    triton = httpclient.InferenceServerClient(url=server.removeprefix("http://"))
-    yield triton
-    triton.close()
-
-
-@pytest.fixture(scope="module")
 def features_a() -> dict[str, np.ndarray]:
     """All-zero features of one image, ``[1,C,H,W]`` float32 per name."""
     shapes = {"high_res_feats_0": (32, 256, 256), "high_res_feats_1": (64, 128, 128)}

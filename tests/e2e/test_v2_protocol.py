@@ -61,13 +61,6 @@ def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 @pytest.fixture(scope="module")
-def client(server: str) -> Iterator[httpclient.InferenceServerClient]:
-    triton = httpclient.InferenceServerClient(url=server.removeprefix("http://"))
-    yield triton
-    triton.close()
-
-
-@pytest.fixture(scope="module")
 def model(checkpoint: Path) -> Sam2Model:
     return load_sam2(TINY.name, str(checkpoint), device=torch.device("cpu")).model
 

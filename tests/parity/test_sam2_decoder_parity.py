@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from checkpoints import SEED, build_meta_model, meta_set_image, relative_error, save_meta_checkpoint
+from checkpoints import (
+    SEED,
+    build_meta_model,
+    meta_decode,
+    meta_set_image,
+    relative_error,
+    save_meta_checkpoint,
+)
 
 from imgembed.models.sam2 import Sam2Features
 from imgembed.models.sam2_decoder import Sam2MaskPrediction, decode_masks
@@ -50,8 +57,7 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> DecoderCase:
     return DecoderCase(meta_model, model, meta_set_image(meta_model, image))
 
 
-@torch.inference_mode()
-def meta_decode(
+def meta_prompt(
     meta_model: torch.nn.Module,
     features: Sam2Features,
     points: list[list[float]],
@@ -61,18 +67,7 @@ def meta_decode(
     """One prompt through Meta's modules; ``[1,3,256,256]`` clamped logits and ``[1,3]`` IoU."""
     coords = torch.tensor([points], dtype=torch.float32)  # [1,N,2]
     label_tensor = torch.tensor([labels], dtype=torch.int32)  # [1,N]
-    sparse, dense = meta_model.sam_prompt_encoder(
-        points=(coords, label_tensor), boxes=None, masks=mask_input
-    )
-    masks, iou, _, _ = meta_model.sam_mask_decoder(
-        image_embeddings=features.image_embed,
-        image_pe=meta_model.sam_prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=True,
-        repeat_image=False,
-        high_res_features=[features.high_res_feats_0, features.high_res_feats_1],
-    )
+    masks, iou, _ = meta_decode(meta_model, features, coords, label_tensor, mask_input)
     return masks.clamp(-32.0, 32.0), iou
 
 
@@ -112,7 +107,7 @@ def assert_agrees(
 @pytest.mark.parametrize("prompt", [BOX_AND_CLICK, CLICKS, BOX], ids=["box+click", "clicks", "box"])
 def test_single_prompt_matches_meta(case: DecoderCase, prompt: tuple) -> None:
     prediction = decode(case, [prompt])
-    assert_agrees(prediction, 0, meta_decode(case.meta_model, case.features, *prompt, None))
+    assert_agrees(prediction, 0, meta_prompt(case.meta_model, case.features, *prompt, None))
 
 
 def test_many_prompts_on_one_image_match_meta_one_by_one(case: DecoderCase) -> None:
@@ -121,7 +116,7 @@ def test_many_prompts_on_one_image_match_meta_one_by_one(case: DecoderCase) -> N
     assert prediction.masks.shape == (3, 3, 256, 256)
     assert prediction.iou_predictions.shape == (3, 3)
     for index, prompt in enumerate(prompts):
-        expected = meta_decode(case.meta_model, case.features, *prompt, None)
+        expected = meta_prompt(case.meta_model, case.features, *prompt, None)
         assert_agrees(prediction, index, expected)
 
 
@@ -139,7 +134,7 @@ def test_one_image_per_prompt_matches_meta(case: DecoderCase) -> None:
     )
     prediction = decode(case, [BOX_AND_CLICK, BOX_AND_CLICK], features=stacked)
     for index, features in enumerate((case.features, other)):
-        expected = meta_decode(case.meta_model, features, *BOX_AND_CLICK, None)
+        expected = meta_prompt(case.meta_model, features, *BOX_AND_CLICK, None)
         assert_agrees(prediction, index, expected)
 
 
@@ -151,8 +146,8 @@ def test_mask_input_matches_meta_per_prompt(case: DecoderCase) -> None:
     prediction = decode(
         case, [BOX_AND_CLICK, BOX_AND_CLICK], mask_input=previous, has_mask_input=[1.0, 0.0]
     )
-    with_mask = meta_decode(case.meta_model, case.features, *BOX_AND_CLICK, previous)
-    without_mask = meta_decode(case.meta_model, case.features, *BOX_AND_CLICK, None)
+    with_mask = meta_prompt(case.meta_model, case.features, *BOX_AND_CLICK, previous)
+    without_mask = meta_prompt(case.meta_model, case.features, *BOX_AND_CLICK, None)
     assert_agrees(prediction, 0, with_mask)
     assert_agrees(prediction, 1, without_mask)
     assert relative_error(with_mask[0], without_mask[0]) > 10 * TOLERANCE, "mask had no effect"

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from checkpoints import meta_set_image, randomise_, relative_error
+from checkpoints import meta_decode, meta_set_image, randomise_, relative_error
 from transformers import Sam2Model
 
 from imgembed.models.sam2 import Sam2Features, encode_images
@@ -69,34 +69,6 @@ def normalised_image(seed: int) -> torch.Tensor:
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     return (pixels - mean) / std
-
-
-@torch.inference_mode()
-def meta_decode(
-    meta_model: torch.nn.Module, features: Sam2Features, points: torch.Tensor, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Meta's ``SAM2ImagePredictor._predict`` up to its (unclamped) decoder outputs.
-
-    Args:
-        meta_model: Meta's model.
-        features: Its features of one image.
-        points: ``[1,N,2]`` float32 points in the 1024 frame, boxes as corner points first.
-        labels: ``[1,N]`` int32 labels.
-
-    Returns:
-        Mask logits ``[1,3,256,256]``, IoU predictions ``[1,3]``, object score logits ``[1,1]``.
-    """
-    sparse, dense = meta_model.sam_prompt_encoder(points=(points, labels), boxes=None, masks=None)
-    masks, iou, _, object_score = meta_model.sam_mask_decoder(
-        image_embeddings=features.image_embed,
-        image_pe=meta_model.sam_prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=True,
-        repeat_image=False,
-        high_res_features=[features.high_res_feats_0, features.high_res_feats_1],
-    )
-    return masks, iou, object_score
 
 
 @torch.inference_mode()

@@ -120,3 +120,38 @@ def meta_set_image(meta_model: torch.nn.Module, image: torch.Tensor) -> Sam2Feat
         for feature, size in zip(vision_feats, BACKBONE_FEATURE_SIZES, strict=True)
     )
     return Sam2Features(image_embed, high_res_0, high_res_1)
+
+
+@torch.inference_mode()
+def meta_decode(
+    meta_model: torch.nn.Module,
+    features: Sam2Features,
+    points: torch.Tensor,
+    labels: torch.Tensor,
+    mask_input: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Meta's ``SAM2ImagePredictor._predict`` up to its (unclamped) decoder outputs.
+
+    Args:
+        meta_model: Meta's model.
+        features: Its features of one image.
+        points: ``[1,N,2]`` float32 points in the 1024 frame, boxes as corner points first.
+        labels: ``[1,N]`` int32 labels.
+        mask_input: ``[1,1,256,256]`` low-resolution mask logits of an earlier round, or ``None``.
+
+    Returns:
+        Mask logits ``[1,3,256,256]``, IoU predictions ``[1,3]``, object score logits ``[1,1]``.
+    """
+    sparse, dense = meta_model.sam_prompt_encoder(
+        points=(points, labels), boxes=None, masks=mask_input
+    )
+    masks, iou, _, object_score = meta_model.sam_mask_decoder(
+        image_embeddings=features.image_embed,
+        image_pe=meta_model.sam_prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=True,
+        repeat_image=False,
+        high_res_features=[features.high_res_feats_0, features.high_res_feats_1],
+    )
+    return masks, iou, object_score
