@@ -120,3 +120,17 @@ class ResourceExhaustedError(ImgembedError):
 
     status_code = 507
     code = "resource_exhausted"
+
+
+class NotFoundError(ImgembedError):
+    """A named resource (collection, cached image) does not exist; the message says how to get it."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class ConflictError(ImgembedError):
+    """The request conflicts with stored state (an id that already exists, where upsert is off)."""
+
+    status_code = 409
+    code = "conflict"
