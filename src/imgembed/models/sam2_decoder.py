@@ -16,7 +16,11 @@ between that graph and this function without changing what it sends or what it r
 - ``has_mask_input`` blends the mask embedding with the "no mask" embedding per prompt:
   ``dense = has * embed(mask_input) + (1 - has) * no_mask_embed``. With values 0 and 1 that is
   Meta's predictor without and with ``mask_input``.
-- Output: the three multimask logits (tokens 1 to 3) and their IoU predictions, always; the
+- Output: the three multimask logits (tokens 1 to 3) and their IoU predictions by default (the
+  exported graph always returns those); with ``multimask_output=False`` one mask per prompt, chosen
+  as Meta's predictor chooses it (the single-mask token 0, replaced by the best of the three
+  multimask outputs where its stability score is below the model's threshold:
+  ``dynamic_multimask_via_stability``). The
   logits are the decoder's 256x256 low-resolution grid (stride 4 in the 1024 frame), clamped to
   [-32, 32] as Meta's predictor clamps the low-resolution masks it returns. They are not resized
   to the image: resize bilinearly (``align_corners=False``) to H x W and threshold at 0.
@@ -46,9 +50,10 @@ class Sam2MaskPrediction:
     """Masks decoded from prompts.
 
     Attributes:
-        masks: ``[B,3,256,256]`` mask logits in the low-resolution grid (stride 4 of the 1024
-            frame), clamped to [-32, 32]; positive means inside the object.
-        iou_predictions: ``[B,3]`` the decoder's estimate of each mask's IoU, in [0, 1].
+        masks: ``[B,K,256,256]`` mask logits (K = 3, or 1 for single-mask output) in the
+            low-resolution grid (stride 4 of the 1024 frame), clamped to [-32, 32]; positive
+            means inside the object.
+        iou_predictions: ``[B,K]`` the decoder's estimate of each mask's IoU, in [0, 1].
     """
 
     masks: torch.Tensor
@@ -105,8 +110,10 @@ def decode_masks(
     point_labels: torch.Tensor,
     mask_input: torch.Tensor,
     has_mask_input: torch.Tensor,
+    *,
+    multimask_output: bool = True,
 ) -> Sam2MaskPrediction:
-    """Decodes B prompts into three candidate masks each.
+    """Decodes B prompts into three candidate masks each, or one.
 
     Every tensor must be on the model's device. A batch of 1 in the features, ``mask_input`` or
     ``has_mask_input`` is shared by all B prompts (one image, many prompts: encode once, decode
@@ -124,10 +131,12 @@ def decode_masks(
         mask_input: ``[1|B,1,256,256]`` float mask logits from an earlier round (one channel of
             :attr:`Sam2MaskPrediction.masks`); ignored where ``has_mask_input`` is 0.
         has_mask_input: ``[1|B]`` float, 1 to use ``mask_input``, 0 to ignore it.
+        multimask_output: Three candidates per prompt; ``False`` for one, with the stability
+            fallback described in the module docstring.
 
     Returns:
-        ``[B,3,256,256]`` clamped mask logits and ``[B,3]`` IoU predictions, in the dtype the
-        computation ran in, on the model's device.
+        ``[B,K,256,256]`` clamped mask logits and ``[B,K]`` IoU predictions (K = 3, or 1 without
+        ``multimask_output``), in the dtype the computation ran in, on the model's device.
 
     Raises:
         ValueError: A tensor's shape does not fit; the message names it.
@@ -154,13 +163,13 @@ def decode_masks(
         image_positional_embeddings=positional.expand(batch, -1, -1, -1),
         sparse_prompt_embeddings=sparse_embeddings,
         dense_prompt_embeddings=dense_embeddings,
-        multimask_output=True,
+        multimask_output=multimask_output,
         high_resolution_features=[
             features.high_res_feats_0.expand(batch, -1, -1, -1),
             features.high_res_feats_1.expand(batch, -1, -1, -1),
         ],
-    )  # masks [B,1,3,256,256], iou_predictions [B,1,3]
+    )  # masks [B,1,K,256,256], iou_predictions [B,1,K]
     return Sam2MaskPrediction(
-        masks=masks[:, 0].clamp(-MASK_LOGIT_LIMIT, MASK_LOGIT_LIMIT),  # -> [B,3,256,256]
-        iou_predictions=iou_predictions[:, 0],  # -> [B,3]
+        masks=masks[:, 0].clamp(-MASK_LOGIT_LIMIT, MASK_LOGIT_LIMIT),  # -> [B,K,256,256]
+        iou_predictions=iou_predictions[:, 0],  # -> [B,K]
     )
