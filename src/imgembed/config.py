@@ -58,11 +58,15 @@ class InputLimits:
         max_image_pixels: Largest decoded image (width x height); guards against decompression
             bombs. Pillow itself refuses images over about 179 million pixels whatever this says.
         min_image_side: Smallest accepted width or height in pixels.
+        max_prompt_points: Most points one segmentation object may carry (boxes not counted).
+        max_prompt_objects: Most objects (point sets or boxes) one segment request may decode.
     """
 
     max_body_bytes: int = 48 * MEBIBYTE
     max_image_pixels: int = 64_000_000
     min_image_side: int = 2
+    max_prompt_points: int = 64
+    max_prompt_objects: int = 256
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,8 @@ class ServerConfig:
         api_key: When set, every request outside ``public_paths`` needs
             ``Authorization: Bearer <api_key>``; ``None`` (the default) turns authentication off.
         public_paths: Paths answered without a key even when ``api_key`` is set.
+        cache_bytes: Budget of the embedding cache per model, in bytes of feature storage (one
+            SAM 2 image is 16 MiB in float32, 8 MiB in half precision); 0 turns caching off.
         shutdown_timeout_s: On SIGTERM the server stops accepting connections and waits this long
             for requests in flight to finish before closing them.
     """
@@ -137,6 +143,7 @@ class ServerConfig:
     default_resize_mode: ResizeMode = "stretch"
     compute_threads: int = 2
     request_timeout_s: float = 120.0
+    cache_bytes: int = 1024 * MEBIBYTE
     shutdown_timeout_s: float = 60.0
     api_key: str | None = field(default=None, repr=False)
     public_paths: tuple[str, ...] = (

@@ -24,17 +24,19 @@ from typing import Any, Self, TypeVar
 import torch
 
 from imgembed.config import ModelSpec, ResizeMode, ServerConfig
-from imgembed.errors import ServiceUnavailableError, UnknownModelError
+from imgembed.errors import NotFoundError, ServiceUnavailableError, UnknownModelError
 from imgembed.metrics import Metrics
 from imgembed.models.sam2 import SAM2_INPUT_SIZE, Sam2Features
 from imgembed.models.sam2_decoder import Sam2MaskPrediction, decode_masks
 from imgembed.models.sam2_loading import LoadedSam2, load_sam2
 from imgembed.models.sam2_registry import resolve_variant
-from imgembed.pipelines import sam2_embed
+from imgembed.pipelines import sam2_embed, sam2_segment
 from imgembed.preprocess.fetch import fetch_url_bytes
 from imgembed.preprocess.image import DecodedImage, decode_base64_image, decode_image
+from imgembed.preprocess.sam2_frame import FrameMapping
 from imgembed.runtime.batcher import DynamicBatcher
 from imgembed.runtime.device import DevicePlacement, choose_placement
+from imgembed.runtime.feature_cache import CachedImage, FeatureCache, image_id_for
 from imgembed.types import ImageBase64, ImageInput, ImageURL
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class ServedModel:
         device_executor: The single thread that runs this model's forward passes.
         batcher: Groups encode requests into batches; created when the engine starts.
         warmup_seconds: Time the start-up warm-up pass took, ``None`` without one.
+        cache: Encoder features of recent images, by ``image_id``.
     """
 
     spec: ModelSpec
@@ -65,6 +68,7 @@ class ServedModel:
     device_executor: ThreadPoolExecutor = field(repr=False)
     batcher: DynamicBatcher[torch.Tensor, Sam2Features] | None = field(default=None, repr=False)
     warmup_seconds: float | None = None
+    cache: FeatureCache = field(default_factory=lambda: FeatureCache(0), repr=False)
 
     def encode_batch(self, pixel_values: list[torch.Tensor]) -> list[Sam2Features]:
         """Encodes ``[3,1024,1024]`` images in one forward pass; one ``[1,...]`` result each."""
@@ -97,15 +101,47 @@ class ServedModel:
             if self.warmup_seconds is None
             else round(self.warmup_seconds, 3),
             "batching": dataclasses.asdict(self.spec.batching),
+            "cache": {"max_bytes": self.cache.max_bytes, **vars(self.cache.stats)},
         }
 
 
 @dataclass(frozen=True)
 class Sam2EmbedResult:
-    """An embedding and what produced it."""
+    """An embedding and what produced it.
+
+    Attributes:
+        embedding: The features as arrays, with the frame mapping.
+        model: The model that computed them.
+        image_id: Names the image's cached features in later requests.
+        cache_hit: The features came from the cache; the encoder did not run.
+        timings_ms: Milliseconds per stage.
+    """
 
     embedding: sam2_embed.Sam2Embedding
     model: ServedModel
+    image_id: str
+    cache_hit: bool
+    timings_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Sam2SegmentResult:
+    """Masks for each object of a segment request.
+
+    Attributes:
+        objects: One entry per requested object, in request order.
+        mapping: Original-pixel to 1024-frame mapping of the image.
+        model: The model that decoded them.
+        image_id: Names the image's cached features in later requests.
+        cache_hit: The features came from the cache; the encoder did not run.
+        timings_ms: Milliseconds per stage.
+    """
+
+    objects: list[sam2_segment.ObjectMasks]
+    mapping: FrameMapping
+    model: ServedModel
+    image_id: str
+    cache_hit: bool
     timings_ms: dict[str, float]
 
 
@@ -121,6 +157,7 @@ class Engine:
         self._by_name: dict[str, ServedModel] = {}
         self._cpu_pool: ThreadPoolExecutor | None = None
         self._ready = False
+        self._encoding: dict[tuple[str, str], asyncio.Future[CachedImage]] = {}
         self.metrics = Metrics()
 
     async def __aenter__(self) -> Self:
@@ -226,6 +263,9 @@ class Engine:
             device_executor=ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix=f"imgembed-{variant.name}"
             ),
+            cache=FeatureCache(
+                self.config.cache_bytes, on_change=self.metrics.cache_observer(variant.name)
+            ),
         )
 
     def resolve_model(self, name: str | None, *, field_name: str = "model") -> ServedModel:
@@ -283,18 +323,108 @@ class Engine:
             partial(decode_image, data, self.config.limits, field=image.field)
         )
 
+    async def sam2_image(
+        self,
+        image: ImageInput | None,
+        *,
+        image_id: str | None = None,
+        model: str | None = None,
+        resize_mode: ResizeMode | None = None,
+        deadline: float | None = None,
+        image_id_field: str = "image_id",
+    ) -> tuple[CachedImage, ServedModel, bool, dict[str, float]]:
+        """An image's encoder features: from the cache when they are there, else encoded and cached.
+
+        Concurrent requests for the same uncached image share one encoder pass.
+
+        Args:
+            image: The image, or ``None`` when ``image_id`` names cached features.
+            image_id: An id an earlier embed or segment response returned.
+            model: Model name or alias; ``None`` for the default model.
+            resize_mode: How the image becomes the encoder input; the server default when ``None``.
+            deadline: ``time.monotonic()`` after which unstarted work is dropped; by default
+                ``request_timeout_s`` from now.
+            image_id_field: Request field of ``image_id``, for error messages.
+
+        Returns:
+            The cache entry (features on the model's device in its compute dtype, batch 1, and the
+            frame mapping), the model, whether it was a cache hit, and seconds per stage.
+
+        Raises:
+            NotFoundError: ``image_id`` is not (or no longer) cached for this model (404).
+            QueueFullError: The model's queue is full (429).
+            DeadlineExceededError: The deadline passed before the encoder ran (504).
+        """
+        served = self.resolve_model(model)
+        if served.batcher is None:
+            raise ServiceUnavailableError(
+                "the engine is not started; use 'async with Engine(config)' or await start()"
+            )
+        if image is None:
+            cached = served.cache.get(image_id or "")
+            if cached is None:
+                raise NotFoundError(
+                    f"image_id {image_id!r} is not in {served.name}'s embedding cache (it expired "
+                    "or was never cached here); send the image again (image_b64, input_image_url or "
+                    "a file) and use the image_id of that response",
+                    field=image_id_field,
+                )
+            return cached, served, True, {}
+        if deadline is None:
+            deadline = time.monotonic() + self.config.request_timeout_s
+        options = sam2_embed.Sam2EmbedOptions(
+            resize_mode=resize_mode or self.config.default_resize_mode
+        )
+        started = time.perf_counter()
+        decoded = await self.load_image(image)
+        image_key = await self.run_cpu(image_id_for, decoded.pixels, options.resize_mode)
+        decoded_at = time.perf_counter()
+        timings = {"decode": decoded_at - started}
+        cached = served.cache.get(image_key)
+        if cached is not None:
+            return cached, served, True, timings
+        pending_key = (served.name, image_key)
+        while (pending := self._encoding.get(pending_key)) is not None:
+            try:
+                return await asyncio.shield(pending), served, True, timings
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this request was cancelled, not the one encoding the image
+        future: asyncio.Future[CachedImage] = asyncio.get_running_loop().create_future()
+        self._encoding[pending_key] = future
+        try:
+            prepared = await self.run_cpu(sam2_embed.prepare, decoded, options)
+            prepared_at = time.perf_counter()
+            features = await served.batcher.submit(prepared.pixel_values, deadline=deadline)
+            timings["preprocess"] = prepared_at - decoded_at
+            timings["encode"] = time.perf_counter() - prepared_at
+            cached = served.cache.put(image_key, _own_storage(features), prepared.mapping)
+            future.set_result(cached)
+        except asyncio.CancelledError:
+            future.cancel()  # requests waiting on this one encode the image themselves
+            raise
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # marks it retrieved when no other request waits on it
+            raise
+        finally:
+            del self._encoding[pending_key]
+        return cached, served, False, timings
+
     async def sam2_embed(
         self,
-        image: ImageInput,
+        image: ImageInput | None,
         *,
+        image_id: str | None = None,
         model: str | None = None,
         options: sam2_embed.Sam2EmbedOptions | None = None,
         deadline: float | None = None,
     ) -> Sam2EmbedResult:
-        """Computes SAM 2 features for one image.
+        """Computes SAM 2 features for one image, or reads them from the cache.
 
         Args:
-            image: The image, as bytes, base64 or URL.
+            image: The image, as bytes, base64 or URL; ``None`` when ``image_id`` is given.
+            image_id: An id an earlier response returned, instead of the image.
             model: Model name or alias; ``None`` for the default model.
             options: Dtype, levels and resize mode; defaults when ``None``.
             deadline: ``time.monotonic()`` after which unstarted work is dropped; by default
@@ -304,36 +434,107 @@ class Engine:
             The features as ``[C,H,W]`` arrays in the requested dtype, with the frame mapping.
 
         Raises:
+            NotFoundError: ``image_id`` is not cached (404).
             QueueFullError: The model's queue is full (429).
             DeadlineExceededError: The deadline passed before the encoder ran (504).
         """
         options = options or sam2_embed.Sam2EmbedOptions()
-        served = self.resolve_model(model)
-        if deadline is None:
-            deadline = time.monotonic() + self.config.request_timeout_s
-        started = time.perf_counter()
-        decoded = await self.load_image(image)
-        decoded_at = time.perf_counter()
-        prepared = await self.run_cpu(sam2_embed.prepare, decoded, options)
-        prepared_at = time.perf_counter()
-        if served.batcher is None:
-            raise ServiceUnavailableError(
-                "the engine is not started; use 'async with Engine(config)' or await start()"
-            )
-        features = await served.batcher.submit(prepared.pixel_values, deadline=deadline)
-        encoded_at = time.perf_counter()
-        embedding = await self.run_cpu(sam2_embed.finish, features, prepared.mapping, options)
-        finished_at = time.perf_counter()
-        timings = {
-            "decode": decoded_at - started,
-            "preprocess": prepared_at - decoded_at,
-            "encode": encoded_at - prepared_at,
-            "postprocess": finished_at - encoded_at,
-        }
+        cached, served, hit, timings = await self.sam2_image(
+            image,
+            image_id=image_id,
+            model=model,
+            resize_mode=options.resize_mode,
+            deadline=deadline,
+        )
+        finishing_at = time.perf_counter()
+        embedding = await self.run_cpu(sam2_embed.finish, cached.features, cached.mapping, options)
+        timings["postprocess"] = time.perf_counter() - finishing_at
         return Sam2EmbedResult(
             embedding=embedding,
             model=served,
-            timings_ms={stage: round(seconds * 1000, 2) for stage, seconds in timings.items()},
+            image_id=cached.image_id,
+            cache_hit=hit,
+            timings_ms=_milliseconds(timings),
+        )
+
+    async def sam2_segment(
+        self,
+        image: ImageInput | None,
+        objects: Sequence[sam2_segment.SegmentObject],
+        *,
+        image_id: str | None = None,
+        model: str | None = None,
+        resize_mode: ResizeMode | None = None,
+        options: sam2_segment.SegmentOptions | None = None,
+        deadline: float | None = None,
+    ) -> Sam2SegmentResult:
+        """Segments objects from prompts: encode once (or read the cache), decode all objects.
+
+        Args:
+            image: The image; ``None`` when ``image_id`` is given.
+            objects: Prompts in original-image pixels, validated by the caller (at least one).
+            image_id: An id an earlier response returned, instead of the image.
+            model: Model name or alias; ``None`` for the default model.
+            resize_mode: Encoder input resize; the server default when ``None`` (ignored for a
+                cached ``image_id``, whose mode is fixed).
+            options: Single/multi-mask output, hole filling and sprinkle removal.
+            deadline: ``time.monotonic()`` after which unstarted encoder work is dropped.
+
+        Returns:
+            Masks at the original image size for each object, in request order.
+
+        Raises:
+            InvalidInputError: A point or box lies outside the image.
+            NotFoundError: ``image_id`` is not cached (404).
+            QueueFullError: The model's queue is full (429).
+            DeadlineExceededError: The deadline passed before the encoder ran (504).
+        """
+        options = options or sam2_segment.SegmentOptions()
+        cached, served, hit, timings = await self.sam2_image(
+            image, image_id=image_id, model=model, resize_mode=resize_mode, deadline=deadline
+        )
+        sam2_segment.check_in_image(objects, cached.mapping.orig_hw)
+        decoding_at = time.perf_counter()
+        groups = sam2_segment.build_prompt_groups(objects, cached.mapping)
+
+        def decode_groups() -> list[Sam2MaskPrediction]:
+            return [
+                self._decode_on_device(
+                    served,
+                    cached.features,
+                    group.point_coords,
+                    group.point_labels,
+                    group.mask_input,
+                    group.has_mask_input,
+                    options.multimask_output,
+                )
+                for group in groups
+            ]
+
+        loop = asyncio.get_running_loop()
+        predictions = await loop.run_in_executor(served.device_executor, decode_groups)
+        postprocessing_at = time.perf_counter()
+        per_object: list[tuple[torch.Tensor, torch.Tensor]] = [None] * len(objects)  # type: ignore[list-item]
+        for group, prediction in zip(groups, predictions, strict=True):
+            for row, index in enumerate(group.object_indices):
+                per_object[index] = (prediction.masks[row], prediction.iou_predictions[row])
+        results = await asyncio.gather(
+            *(
+                self.run_cpu(
+                    sam2_segment.postprocess_object, logits, scores, cached.mapping, options
+                )
+                for logits, scores in per_object
+            )
+        )
+        timings["decode_masks"] = postprocessing_at - decoding_at
+        timings["postprocess"] = time.perf_counter() - postprocessing_at
+        return Sam2SegmentResult(
+            objects=list(results),
+            mapping=cached.mapping,
+            model=served,
+            image_id=cached.image_id,
+            cache_hit=hit,
+            timings_ms=_milliseconds(timings),
         )
 
     async def sam2_prepare_images(
@@ -440,19 +641,47 @@ class Engine:
             )
 
         def run() -> Sam2MaskPrediction:
-            device = served.placement.device
-            with served.placement.autocast():
-                prediction = decode_masks(
-                    served.loaded.model,
-                    features.to(torch.float32, device),
-                    point_coords.to(device),
-                    point_labels.to(device),
-                    mask_input.to(device),
-                    has_mask_input.to(device),
-                )
-            return Sam2MaskPrediction(
-                masks=prediction.masks.float().cpu(),
-                iou_predictions=prediction.iou_predictions.float().cpu(),
+            return self._decode_on_device(
+                served, features, point_coords, point_labels, mask_input, has_mask_input, True
             )
 
         return await asyncio.get_running_loop().run_in_executor(served.device_executor, run)
+
+    @staticmethod
+    def _decode_on_device(
+        served: ServedModel,
+        features: Sam2Features,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+        multimask_output: bool,
+    ) -> Sam2MaskPrediction:
+        """Runs :func:`decode_masks` on the model's device; float32 CPU results (device thread)."""
+        device = served.placement.device
+        with served.placement.autocast():
+            prediction = decode_masks(
+                served.loaded.model,
+                features.to(torch.float32, device),
+                point_coords.to(device),
+                point_labels.to(device),
+                mask_input.to(device),
+                has_mask_input.to(device),
+                multimask_output=multimask_output,
+            )
+        return Sam2MaskPrediction(
+            masks=prediction.masks.float().cpu(),
+            iou_predictions=prediction.iou_predictions.float().cpu(),
+        )
+
+
+def _milliseconds(seconds: dict[str, float]) -> dict[str, float]:
+    return {stage: round(value * 1000, 2) for stage, value in seconds.items()}
+
+
+def _own_storage(features: Sam2Features) -> Sam2Features:
+    """The features with their own storage: a view into a batch would keep the whole batch alive."""
+    tensors = (features.image_embed, features.high_res_feats_0, features.high_res_feats_1)
+    if all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in tensors):
+        return features
+    return Sam2Features(*(tensor.clone() for tensor in tensors))

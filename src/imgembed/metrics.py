@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from imgembed.runtime.batcher import BatchStats
+from imgembed.runtime.feature_cache import CacheStats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -92,6 +93,44 @@ class Metrics:
             ["device"],
             registry=registry,
         )
+
+        self.cache_events = Counter(
+            "imgembed_cache_events_total",
+            "Embedding cache lookups and evictions, by model and event (hit, miss, eviction).",
+            ["model", "event"],
+            registry=registry,
+        )
+        self.cache_bytes = Gauge(
+            "imgembed_cache_bytes",
+            "Bytes of features held in the embedding cache, by model.",
+            ["model"],
+            registry=registry,
+        )
+        self.cache_entries = Gauge(
+            "imgembed_cache_entries",
+            "Images held in the embedding cache, by model.",
+            ["model"],
+            registry=registry,
+        )
+
+    def cache_observer(self, model: str) -> Callable[[CacheStats], None]:
+        """A callback for :class:`~imgembed.runtime.feature_cache.FeatureCache` that records
+        ``model``'s cache counters."""
+        last = CacheStats()
+
+        def observe(stats: CacheStats) -> None:
+            for event, now, before in (
+                ("hit", stats.hits, last.hits),
+                ("miss", stats.misses, last.misses),
+                ("eviction", stats.evictions, last.evictions),
+            ):
+                if now > before:
+                    self.cache_events.labels(model, event).inc(now - before)
+            last.hits, last.misses, last.evictions = stats.hits, stats.misses, stats.evictions
+            self.cache_bytes.labels(model).set(stats.bytes)
+            self.cache_entries.labels(model).set(stats.entries)
+
+        return observe
 
     def batch_observer(self, model: str) -> Callable[[BatchStats], None]:
         """A callback for :class:`~imgembed.runtime.batcher.DynamicBatcher` that records ``model``'s

@@ -32,6 +32,11 @@ class Sam2EmbedRequest(BaseModel):
     input_image_url: str | None = Field(
         default=None, description="http(s) URL of the image; private addresses are refused."
     )
+    image_id: str | None = Field(
+        default=None,
+        description="An image_id from an earlier response, instead of the image: its features "
+        "come from the embedding cache (404 once evicted: send the image again).",
+    )
     model: str | None = Field(
         default=None, description="Model name or alias; the server's default model when omitted."
     )
@@ -99,8 +104,8 @@ def sam2_embed_inputs(
     upload: bytes | None = None,
     upload_field: str = "file",
     prefix: str = "",
-) -> tuple[ImageInput, Sam2EmbedOptions]:
-    """The image and options an embed request asks for.
+) -> tuple[ImageInput | None, Sam2EmbedOptions]:
+    """The image and options an embed request asks for (``None`` as the image: use ``image_id``).
 
     Args:
         request: The validated request.
@@ -112,41 +117,60 @@ def sam2_embed_inputs(
     Raises:
         InvalidInputError: No image, more than one image, or a ``resize_longer_side`` SAM 2 cannot use.
     """
-    given = {
-        name: value
-        for name, value in (
-            ("image_b64", request.image_b64),
-            ("input_image_url", request.input_image_url),
-            (upload_field, upload),
-        )
-        if value is not None
-    }
-    if not given:
-        raise InvalidInputError(
-            "no image given; send exactly one of image_b64, input_image_url, or a file upload",
-            field=f"{prefix}image_b64",
-        )
-    if len(given) > 1:
-        names = " and ".join(given)
-        raise InvalidInputError(
-            f"{names} were both given; send exactly one image source",
-            field=prefix + next(iter(given)),
-        )
+    image = image_source(request, upload=upload, upload_field=upload_field, prefix=prefix)
     if request.resize_longer_side is not None and request.resize_longer_side != SAM2_INPUT_SIZE:
         raise InvalidInputError(
             f"resize_longer_side must be {SAM2_INPUT_SIZE} for SAM 2 (its encoder's fixed input "
             f"size), got {request.resize_longer_side}; omit it or send {SAM2_INPUT_SIZE}",
             field=f"{prefix}resize_longer_side",
         )
-    if request.image_b64 is not None:
-        image: ImageInput = ImageBase64(request.image_b64, field=f"{prefix}image_b64")
-    elif request.input_image_url is not None:
-        image = ImageURL(request.input_image_url, field=f"{prefix}input_image_url")
-    else:
-        image = ImageBytes(upload or b"", field=upload_field)
     options = Sam2EmbedOptions(
         dtype=request.dtype,
         include_high_res=request.include_high_res,
         resize_mode=request.resize_mode or default_resize_mode,
     )
     return image, options
+
+
+def image_source(
+    request: BaseModel, *, upload: bytes | None, upload_field: str = "file", prefix: str = ""
+) -> ImageInput | None:
+    """The one image source a request names: ``image_b64``, ``input_image_url``, an upload, or
+    ``image_id`` (returned as ``None``: the caller reads the cache).
+
+    Raises:
+        InvalidInputError: None or several sources were given; the message lists what to send.
+    """
+    image_b64: str | None = getattr(request, "image_b64", None)
+    image_url: str | None = getattr(request, "input_image_url", None)
+    image_id: str | None = getattr(request, "image_id", None)
+    given = {
+        name: value
+        for name, value in (
+            ("image_b64", image_b64),
+            ("input_image_url", image_url),
+            (upload_field, upload),
+            ("image_id", image_id),
+        )
+        if value is not None
+    }
+    if not given:
+        raise InvalidInputError(
+            "no image given; send exactly one of image_b64, input_image_url, a file upload, or "
+            "the image_id of an earlier response",
+            field=f"{prefix}image_b64",
+        )
+    if len(given) > 1:
+        names = " and ".join(given)
+        together = "both" if len(given) == 2 else "all"
+        raise InvalidInputError(
+            f"{names} were {together} given; send exactly one image source",
+            field=prefix + next(iter(given)),
+        )
+    if image_b64 is not None:
+        return ImageBase64(image_b64, field=f"{prefix}image_b64")
+    if image_url is not None:
+        return ImageURL(image_url, field=f"{prefix}input_image_url")
+    if upload is not None:
+        return ImageBytes(upload, field=upload_field)
+    return None

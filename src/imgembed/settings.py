@@ -168,6 +168,27 @@ SETTINGS: tuple[Setting, ...] = (
         "Largest image, width x height.",
     ),
     Setting(
+        "IMGEMBED_MAX_PROMPT_POINTS",
+        "limits.max_prompt_points",
+        int,
+        InputLimits.max_prompt_points,
+        "Most points per segmentation object.",
+    ),
+    Setting(
+        "IMGEMBED_MAX_PROMPT_OBJECTS",
+        "limits.max_prompt_objects",
+        int,
+        InputLimits.max_prompt_objects,
+        "Most objects per segment request.",
+    ),
+    Setting(
+        "IMGEMBED_CACHE_BYTES",
+        "cache_bytes",
+        int,
+        ServerConfig.cache_bytes,
+        "Embedding cache budget per model in bytes (16 MiB per float32 SAM 2 image); 0 = off.",
+    ),
+    Setting(
         "IMGEMBED_FETCH_TIMEOUT_S",
         "fetch.timeout_s",
         float,
@@ -215,6 +236,7 @@ _TOP_LEVEL_TARGETS = frozenset(
         "compute_threads",
         "request_timeout_s",
         "shutdown_timeout_s",
+        "cache_bytes",
         "api_key",
         "public_paths",
     }

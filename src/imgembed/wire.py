@@ -55,6 +55,8 @@ def _common_fields(result: Sam2EmbedResult) -> dict[str, Any]:
             "location": served.loaded.weights_location,
             "untrained": served.loaded.untrained,
         },
+        "image_id": result.image_id,
+        "cache_hit": result.cache_hit,
         "timings_ms": result.timings_ms,
     }
 

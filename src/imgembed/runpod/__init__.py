@@ -51,7 +51,9 @@ async def _embed_image(engine: Engine, job_input: dict[str, Any]) -> dict[str, A
     image, options = sam2_embed_inputs(
         body, default_resize_mode=engine.config.default_resize_mode, prefix="input."
     )
-    result = await engine.sam2_embed(image, model=served.name, options=options)
+    result = await engine.sam2_embed(
+        image, image_id=body.image_id, model=served.name, options=options
+    )
     return await engine.run_cpu(sam2_embed_json, result, body.encoding)
 
 

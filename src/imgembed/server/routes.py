@@ -159,7 +159,8 @@ async def sam2_embed(request: Request) -> Response:
     request.state.model = served.name
     try:
         result = await _unless_disconnected(
-            request, engine.sam2_embed(image, model=served.name, options=options)
+            request,
+            engine.sam2_embed(image, image_id=body.image_id, model=served.name, options=options),
         )
     except ClientDisconnectedError:
         logger.info("client closed the connection; request %s dropped", request.state.request_id)
