@@ -83,6 +83,39 @@ class Sam2Embedding:
         return points * scale + offset
 
 
+@dataclass(frozen=True)
+class Sam2Segmentation:
+    """Masks for each object of a segment request (O objects, K masks each).
+
+    Attributes:
+        masks: ``[O,K,H,W]`` bool at the original image size.
+        scores: ``[O,K]`` float32 predicted IoU.
+        boxes: ``[O,K,4]`` float32 XYXY in continuous original-image pixel coordinates.
+        areas: ``[O,K]`` int64 pixel counts.
+        low_res_logits: ``[O,K,256,256]`` float32, to pass back as ``mask_input``; ``None`` when
+            not requested.
+        image_id: Names the image's cached features for the next request.
+        cache_hit: The server skipped the encoder.
+        model: Model id that decoded the masks.
+        untrained: Whether the server ran untrained (``dummy``) weights.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    boxes: np.ndarray
+    areas: np.ndarray
+    low_res_logits: np.ndarray | None
+    image_id: str
+    cache_hit: bool
+    model: str
+    untrained: bool
+
+    def best_masks(self) -> np.ndarray:
+        """``[O,H,W]`` bool: each object's mask with the highest predicted IoU."""
+        best = self.scores.argmax(axis=1)  # [O]
+        return self.masks[np.arange(len(best)), best]
+
+
 class ImgembedClient:
     """Synchronous client for one imgembed server."""
 
@@ -186,6 +219,80 @@ class ImgembedClient:
             untrained=bool(header.get("weights", {}).get("untrained", False)),
         )
 
+    def sam2_segment(
+        self,
+        image: str | Path | bytes | np.ndarray | Any | None = None,
+        *,
+        image_id: str | None = None,
+        points: Any = None,
+        point_labels: Any = None,
+        box: Any = None,
+        boxes: Any = None,
+        mask_input: np.ndarray | None = None,
+        objects: list[dict[str, Any]] | None = None,
+        multimask_output: bool = True,
+        return_low_res_logits: bool = True,
+        model: str | None = None,
+    ) -> Sam2Segmentation:
+        """Segments objects from prompts on the server (masks travel as one compressed npz).
+
+        Args:
+            image: The image as for :meth:`sam2_embed`; ``None`` when ``image_id`` is given.
+            image_id: ``image_id`` of an earlier response: the server skips the encoder.
+            points: ``[N,2]`` XY in original-image pixels.
+            point_labels: ``[N]`` labels, 1 foreground, 0 background (all 1 when ``None``).
+            box: ``[4]`` XYXY, one object.
+            boxes: ``[K,4]`` XYXY, one object each (each with ``points``).
+            mask_input: ``[256,256]`` low-resolution logits of an earlier round.
+            objects: Objects with their own prompts (``{"points": ..., "box": ...}``), instead of
+                the arguments above.
+            multimask_output: Three masks per object, or one.
+            return_low_res_logits: Also fetch the logits for a refinement round.
+            model: Model name or alias; the server's default when ``None``.
+
+        Raises:
+            ImgembedClientError: The server refused the request; carries its code and field.
+        """
+        prompts: dict[str, Any] = {
+            "points": points,
+            "point_labels": point_labels,
+            "box": box,
+            "boxes": boxes,
+            "objects": objects,
+            "model": model,
+            "image_id": image_id,
+        }
+        body = {key: _jsonable(value) for key, value in prompts.items() if value is not None}
+        if mask_input is not None:
+            raw = np.asarray(mask_input, dtype="<f4").tobytes()
+            body["mask_input"] = base64.b64encode(raw).decode("ascii")
+        body.update(
+            multimask_output=multimask_output,
+            return_low_res_logits=return_low_res_logits,
+            mask_format="npz",
+        )
+        if image is None:
+            response = self._http.post("/v1/sam2/segment", json=body)
+        elif isinstance(image, str) and image.startswith(("http://", "https://", "data:")):
+            response = self._http.post("/v1/sam2/segment", json={**body, "input_image_url": image})
+        else:
+            form = {name: json.dumps(value) for name, value in body.items()}
+            files = {"file": ("image", _image_bytes(image), "application/octet-stream")}
+            response = self._http.post("/v1/sam2/segment", data=form, files=files)
+        result = self._json(response)
+        arrays = decode_npz(base64.b64decode(result["masks_npz"]))
+        return Sam2Segmentation(
+            masks=arrays["masks"].astype(bool),
+            scores=arrays["scores"],
+            boxes=arrays["boxes"],
+            areas=arrays["areas"],
+            low_res_logits=arrays.get("low_res_logits"),
+            image_id=result["image_id"],
+            cache_hit=result["cache_hit"],
+            model=result["model"],
+            untrained=bool(result["weights"]["untrained"]),
+        )
+
     def _json(self, response: httpx.Response) -> Any:
         if response.status_code != 200:
             self._raise(response)
@@ -218,3 +325,8 @@ def _image_bytes(image: str | Path | bytes | np.ndarray | Any) -> bytes:
     buffer = io.BytesIO()
     pil_image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _jsonable(value: Any) -> Any:
+    """NumPy arrays and scalars as JSON lists and numbers."""
+    return value.tolist() if isinstance(value, np.ndarray | np.generic) else value

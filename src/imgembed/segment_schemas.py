@@ -242,7 +242,8 @@ def _object(
         labels=_labels(labels, len(coordinates), f"{prefix}point_labels", f"{prefix}points"),
         box=parsed_box,
         mask_input=_mask_input(mask_input, f"{prefix}mask_input"),
-        field=box_field or prefix.rstrip(".") or "points",
+        points_field=f"{prefix}points",
+        box_field=box_field or f"{prefix}box",
     )
 
 

@@ -76,3 +76,50 @@ def test_serve_load_failures_are_one_clear_line(
     errors = [line for line in completed.stderr.splitlines() if line.startswith("imgembed: error:")]
     assert len(errors) == 1, completed.stderr
     assert phrase in errors[0]
+
+
+def test_segment_writes_masks_and_an_overlay(tmp_path: Path) -> None:
+    image = tmp_path / "photo.png"
+    image.write_bytes(encode(Image.fromarray(gradient_rgb(60, 90)), "PNG"))
+    output = tmp_path / "mask.png"
+    completed = imgembed(
+        "segment", str(image), "--point", "30,20", "--point", "80,50,0",
+        "--box", "5,5,50,40", "--box", "40,10,88,58", "-o", str(output), "--weights", "dummy",
+        env={"IMGEMBED_WARMUP": "false"},
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    summary = json.loads(completed.stdout)
+    assert summary["untrained"] is True
+    assert len(summary["objects"]) == 2
+    for index, entry in enumerate(summary["objects"]):
+        mask = np.asarray(Image.open(tmp_path / f"mask_{index}.png"))
+        assert mask.shape == (60, 90)
+        assert set(np.unique(mask)) <= {0, 255}
+        assert int((mask > 0).sum()) == entry["area"]
+    overlay = Image.open(tmp_path / "mask_overlay.png")
+    assert overlay.size == (90, 60)
+    assert overlay.mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    ("args", "phrase"),
+    [
+        (["--point", "30"], "expected X,Y or X,Y,LABEL"),
+        (["--point", "a,b"], "expected numbers"),
+        (["--box", "1,2,3"], "expected X0,Y0,X1,Y1"),
+        (["--point", "500,20"], "outside the 90x60 image"),
+        (["--point", "30,20,7"], "must be one of"),
+        ([], "no prompt"),
+    ],
+)
+def test_segment_refuses_bad_prompts_in_one_line(
+    tmp_path: Path, args: list[str], phrase: str
+) -> None:
+    image = tmp_path / "photo.png"
+    image.write_bytes(encode(Image.fromarray(gradient_rgb(60, 90)), "PNG"))
+    completed = imgembed(
+        "segment", str(image), *args, "--weights", "dummy", env={"IMGEMBED_WARMUP": "false"}
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert phrase in completed.stderr

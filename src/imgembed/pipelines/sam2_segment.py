@@ -45,14 +45,16 @@ class SegmentObject:
         labels: ``[N]`` labels: 1 foreground, 0 background (also -1, 2, 3 as the decoder takes them).
         box: ``[4]`` XYXY in original-image pixels, or ``None``.
         mask_input: ``[256,256]`` float32 low-resolution logits from an earlier round, or ``None``.
-        field: Request field the object came from, for error messages (``objects[2]``).
+        points_field: Request field of the points, for error messages (``objects[2].points``).
+        box_field: Request field of the box (``objects[2].box``, ``boxes[1]``).
     """
 
     points: np.ndarray
     labels: np.ndarray
     box: np.ndarray | None = None
     mask_input: np.ndarray | None = None
-    field: str = "points"
+    points_field: str = "points"
+    box_field: str = "box"
 
     @property
     def num_prompt_points(self) -> int:
@@ -122,21 +124,21 @@ def check_in_image(objects: Sequence[SegmentObject], orig_hw: tuple[int, int]) -
     """Refuses points or boxes outside the image (``0 <= x <= W``, ``0 <= y <= H``).
 
     Raises:
-        InvalidInputError: Names the object, the coordinate and the image size.
+        InvalidInputError: Names the field, the coordinate and the image size.
     """
     height, width = orig_hw
     for item in objects:
-        corners = {"point": item.points}
+        corners = [("point", item.points_field, item.points)]
         if item.box is not None:
-            corners["box corner"] = item.box.reshape(2, 2)  # [4] -> [2 corners, XY]
-        for kind, coordinates in corners.items():
+            corners.append(("box corner", item.box_field, item.box.reshape(2, 2)))  # [4] -> [2,2]
+        for kind, field, coordinates in corners:
             for x, y in coordinates:
                 if not (0 <= x <= width and 0 <= y <= height):
                     raise InvalidInputError(
-                        f"{item.field}: {kind} ({x:g}, {y:g}) is outside the {width}x{height} "
-                        f"image; coordinates are original-image pixels with 0 <= x <= {width} "
-                        f"and 0 <= y <= {height}",
-                        field=item.field,
+                        f"{field}: {kind} ({x:g}, {y:g}) is outside the {width}x{height} image; "
+                        f"coordinates are original-image pixels with 0 <= x <= {width} and "
+                        f"0 <= y <= {height}",
+                        field=field,
                     )
 
 

@@ -1,0 +1,65 @@
+"""Flags and configuration shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from imgembed.config import ServerConfig
+from imgembed.errors import ImgembedError
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        action="append",
+        help="SAM 2 model: sam2[.1]-hiera-{tiny,small,base-plus,large}, or a hub id; repeat to "
+        "serve several (IMGEMBED_MODEL; default sam2.1-hiera-tiny)",
+    )
+    group.add_argument(
+        "--weights",
+        action="append",
+        help="hub id, Hugging Face folder, Meta .pt checkpoint, or 'dummy' for random untrained "
+        "weights; once for all models or once per --model (IMGEMBED_WEIGHTS or SAM2_CHECKPOINT; "
+        "default: the model's hub repository)",
+    )
+    group.add_argument(
+        "--meta-config",
+        help="Meta config name for a .pt checkpoint, e.g. sam2.1_hiera_t.yaml "
+        "(IMGEMBED_META_CONFIG or SAM2_MODEL_CFG)",
+    )
+    group.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), help="IMGEMBED_DEVICE; default auto"
+    )
+
+
+def config_from_args(args: argparse.Namespace, **extra: Any) -> ServerConfig:
+    from imgembed.settings import server_config_from_env
+
+    overrides = {
+        "model": args.model,
+        "weights": args.weights,
+        "meta_config": args.meta_config,
+        "device": args.device,
+        **extra,
+    }
+    config_file = Path(args.config) if getattr(args, "config", None) else None
+    return server_config_from_env(os.environ, overrides, config_file)
+
+
+def read_image_file(path_text: str) -> bytes:
+    """The bytes of an image file named on the command line.
+
+    Raises:
+        ImgembedError: The file does not exist or cannot be read.
+    """
+    path = Path(path_text)
+    if not path.is_file():
+        raise ImgembedError(f"image file {path} does not exist", field="image")
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ImgembedError(f"image file {path} cannot be read: {error}", field="image") from error
