@@ -58,6 +58,8 @@ class ServedModel:
         batcher: Groups encode requests into batches; created when the engine starts.
         warmup_seconds: Time the start-up warm-up pass took, ``None`` without one.
         cache: Encoder features of recent images, by ``image_id``.
+        preparing: Requests admitted and decoding, not yet in the batcher's queue; they count
+            against the queue limit so a burst is refused before it spends CPU on decoding.
     """
 
     spec: ModelSpec
@@ -69,6 +71,7 @@ class ServedModel:
     batcher: DynamicBatcher[torch.Tensor, Sam2Features] | None = field(default=None, repr=False)
     warmup_seconds: float | None = None
     cache: FeatureCache = field(default_factory=lambda: FeatureCache(0), repr=False)
+    preparing: int = 0
 
     def encode_batch(self, pixel_values: list[torch.Tensor]) -> list[Sam2Features]:
         """Encodes ``[3,1024,1024]`` images in one forward pass; one ``[1,...]`` result each."""
@@ -376,8 +379,13 @@ class Engine:
             resize_mode=resize_mode or self.config.default_resize_mode
         )
         started = time.perf_counter()
-        decoded = await self.load_image(image)
-        image_key = await self.run_cpu(image_id_for, decoded.pixels, options.resize_mode)
+        served.batcher.refuse_if_full(served.preparing)
+        served.preparing += 1
+        try:
+            decoded = await self.load_image(image)
+            image_key = await self.run_cpu(image_id_for, decoded.pixels, options.resize_mode)
+        finally:
+            served.preparing -= 1
         decoded_at = time.perf_counter()
         timings = {"decode": decoded_at - started}
         cached = served.cache.get(image_key)

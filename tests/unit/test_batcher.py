@@ -160,6 +160,24 @@ def test_a_full_queue_refuses_with_429_instead_of_growing() -> None:
     asyncio.run(scenario())
 
 
+def test_admission_counts_requests_still_decoding_against_the_limit() -> None:
+    async def scenario() -> None:
+        model = FakeModel()
+        batcher, _ = make_batcher(model, max_batch_size=1, max_queue_size=2)
+        first = await hold_first_batch(model, batcher)
+        batcher.refuse_if_full(waiting_elsewhere=1)  # 0 queued + 1 decoding < 2: admitted
+        queued = asyncio.create_task(batcher.submit(1, deadline=FAR))
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFullError, match="limit") as caught:
+            batcher.refuse_if_full(waiting_elsewhere=1)  # 1 queued + 1 decoding: full
+        assert caught.value.status_code == 429
+        model.gate.set()
+        assert await asyncio.gather(first, queued) == [0, 2]
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
 def test_expired_work_is_dropped_not_computed() -> None:
     async def scenario() -> None:
         model = FakeModel()

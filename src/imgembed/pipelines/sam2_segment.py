@@ -196,23 +196,23 @@ def upscale_logits(low_res: torch.Tensor, mapping: FrameMapping) -> torch.Tensor
     return logits[0]  # [1,K,H,W] -> [K,H,W]
 
 
-def mask_boxes_and_areas(masks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """``[K,4]`` XYXY boxes (continuous pixel coordinates) and ``[K]`` areas of ``[K,H,W]`` masks."""
-    rows = masks.any(dim=2)  # [K,H]
-    columns = masks.any(dim=1)  # [K,W]
-    boxes = np.zeros((masks.shape[0], 4), np.float32)
-    for index in range(masks.shape[0]):
-        row_hits = torch.nonzero(rows[index]).flatten()
-        column_hits = torch.nonzero(columns[index]).flatten()
-        if len(row_hits) == 0:
-            continue
-        boxes[index] = (
-            column_hits[0].item(),
-            row_hits[0].item(),
-            column_hits[-1].item() + 1,
-            row_hits[-1].item() + 1,
-        )
-    areas = masks.flatten(1).sum(dim=1).numpy().astype(np.int64)  # [K,H,W] -> [K,H*W] -> [K]
+def mask_boxes_and_areas(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``[K,4]`` float32 XYXY boxes (continuous pixel coordinates; zeros for an empty mask) and
+    ``[K]`` int64 areas of ``[K,H,W]`` bool masks."""
+    count, height, width = masks.shape
+    rows = masks.any(axis=2)  # [K,H]
+    columns = masks.any(axis=1)  # [K,W]
+    boxes = np.stack(
+        [
+            columns.argmax(axis=1),
+            rows.argmax(axis=1),
+            width - columns[:, ::-1].argmax(axis=1),
+            height - rows[:, ::-1].argmax(axis=1),
+        ],
+        axis=1,
+    ).astype(np.float32)  # 4 x [K] -> [K,4]
+    boxes[~rows.any(axis=1)] = 0.0
+    areas = np.count_nonzero(masks.reshape(count, -1), axis=1).astype(np.int64)  # [K,H*W] -> [K]
     return boxes, areas
 
 
@@ -237,10 +237,10 @@ def postprocess_object(
         refined = fill_holes_and_remove_sprinkles(
             refined, options.max_hole_area, options.max_sprinkle_area, MASK_THRESHOLD
         )
-    masks = upscale_logits(refined, mapping) > MASK_THRESHOLD  # [K,H,W] bool
+    masks = (upscale_logits(refined, mapping) > MASK_THRESHOLD).numpy()  # [K,H,W] bool
     boxes, areas = mask_boxes_and_areas(masks)
     return ObjectMasks(
-        masks=masks.numpy(),
+        masks=masks,
         scores=scores.float().numpy(),
         low_res_logits=low_res_logits.float().numpy(),
         boxes=boxes,

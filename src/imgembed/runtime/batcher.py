@@ -118,6 +118,25 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         """Items in the batch now running."""
         return self._running
 
+    def refuse_if_full(self, waiting_elsewhere: int = 0) -> None:
+        """Admission check before a request spends CPU on work the queue would refuse.
+
+        Args:
+            waiting_elsewhere: Requests admitted but not queued yet (still decoding), counted
+                against the queue's limit.
+
+        Raises:
+            QueueFullError: Queued plus ``waiting_elsewhere`` items reach ``max_queue_size``.
+        """
+        if self._queue.qsize() + waiting_elsewhere >= self.settings.max_queue_size:
+            raise self._queue_full()
+
+    def _queue_full(self) -> QueueFullError:
+        return QueueFullError(
+            f"model {self.name} has {self.settings.max_queue_size} requests waiting, its "
+            "limit; retry after the Retry-After delay or send fewer requests at once",
+        )
+
     def start(self) -> None:
         """Starts the worker task on the running event loop."""
         if self._worker is None:
@@ -157,10 +176,7 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         try:
             self._queue.put_nowait(pending)
         except asyncio.QueueFull as error:
-            raise QueueFullError(
-                f"model {self.name} has {self.settings.max_queue_size} requests waiting, its "
-                "limit; retry after the Retry-After delay or send fewer requests at once",
-            ) from error
+            raise self._queue_full() from error
         return await future
 
     async def _work(self) -> None:
