@@ -1,0 +1,19 @@
+"""The engine: owns the loaded models and the worker pools; usable as a library without HTTP.
+
+    async with Engine(ServerConfig(models=(ModelSpec("sam2.1-hiera-tiny", weights="dummy"),))) as engine:
+        result = await engine.sam2_embed(ImageBytes(open("cat.jpg", "rb").read()))
+
+:class:`Engine` is the core (:mod:`imgembed.engine.core`: models, batchers, caches, worker pools,
+image input) plus one class of task methods per model family (:mod:`imgembed.engine.sam2`).
+"""
+
+from __future__ import annotations
+
+from imgembed.engine.core import EngineCore, ServedModel
+from imgembed.engine.sam2 import Sam2EmbedResult, Sam2SegmentResult, Sam2Tasks
+
+__all__ = ["Engine", "EngineCore", "Sam2EmbedResult", "Sam2SegmentResult", "ServedModel"]
+
+
+class Engine(Sam2Tasks):
+    """Loads the configured models and serves requests against them."""
