@@ -1,0 +1,82 @@
+"""The Lance table layout of a collection: schema, rows in, items out, id predicates.
+
+Needs the ``search`` extra (``pip install 'imgembed[search]'``); see
+:mod:`imgembed.search.lancedb_store` for what each column holds and why.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+
+from imgembed.search.filters import filter_document, sql_string
+from imgembed.search.store import Item
+
+try:
+    import pyarrow as pa
+except ImportError as e:
+    raise ImportError(
+        "the LanceDB vector store needs the 'search' extra: pip install 'imgembed[search]'"
+    ) from e
+
+FILTER_COLUMN = "filter_doc"
+"""The JSON column filters run on."""
+ITEM_COLUMNS = ["id", "metadata"]
+"""Columns every read returns (``vector`` too when vectors are asked for)."""
+SCHEMA_MARK = {"imgembed.kind": "vector-collection", "imgembed.metric": "cosine"}
+"""Schema metadata that marks a Lance table as one of this store's collections."""
+
+
+def collection_schema(dimension: int) -> pa.Schema:
+    """The Lance schema of a collection with ``dimension``-long vectors."""
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("vector", pa.list_(pa.float32(), dimension), nullable=False),
+            pa.field("metadata", pa.string(), nullable=False),
+            pa.field(FILTER_COLUMN, pa.json_(pa.string())),
+        ],
+        metadata=SCHEMA_MARK,
+    )
+
+
+def is_collection_schema(schema: pa.Schema) -> bool:
+    """Whether a Lance table's schema carries this store's mark."""
+    marks = schema.metadata or {}
+    return all(marks.get(k.encode()) == v.encode() for k, v in SCHEMA_MARK.items())
+
+
+def item_rows(ids: list[str], unit: np.ndarray, texts: list[str], dimension: int) -> pa.Table:
+    """The Arrow rows of an add: ids, ``[N,D]`` unit vectors, metadata text, filter documents."""
+    documents = [json.dumps(filter_document(json.loads(text))) for text in texts]
+    flat = pa.array(np.ascontiguousarray(unit).reshape(-1))  # [N*D], row-major
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(flat, dimension),
+            "metadata": pa.array(texts, pa.string()),
+            FILTER_COLUMN: pa.array(documents, pa.json_(pa.string())),
+        },
+        schema=collection_schema(dimension),
+    )
+
+
+def table_items(table: pa.Table, dimension: int, with_vectors: bool) -> list[Item]:
+    """Rows of a query result as items; vectors ``[D]`` float32 when asked for."""
+    ids = table["id"].to_pylist()
+    metadata = [json.loads(text) for text in table["metadata"].to_pylist()]
+    if not with_vectors:
+        return [Item(id=i, vector=None, metadata=m) for i, m in zip(ids, metadata, strict=True)]
+    values = table["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    vectors = values.astype(np.float32).reshape(len(ids), dimension)  # [N*D] -> [N,D]
+    return [
+        Item(id=i, vector=v.copy(), metadata=m)
+        for i, v, m in zip(ids, vectors, metadata, strict=True)
+    ]
+
+
+def id_in_sql(ids: Sequence[str]) -> str:
+    """``id IN (...)`` with every id a quoted SQL literal."""
+    return "id IN (" + ", ".join(sql_string(i) for i in ids) + ")"
