@@ -104,7 +104,12 @@ def dummy_engine(monkeypatch: pytest.MonkeyPatch) -> Any:
     [
         ({"id": "1"}, "input", '"input" is missing'),
         ({"id": "2", "input": "embed"}, "input", "not an object"),
-        ({"id": "3", "input": {"action": "segment"}}, "input.action", "unknown action"),
+        ({"id": "3", "input": {"action": "embed_everything"}}, "input.action", "unknown action"),
+        ({"id": "11", "input": {"action": "segment", "image_b64": PNG_B64}}, "input.points", "no prompt"),
+        ({"id": "12", "input": {"action": "segment", "image_b64": PNG_B64, "points": [[1, 1]], "point_labels": [4]}}, "input.point_labels[0]", "must be one of"),
+        ({"id": "13", "input": {"action": "segment", "image_b64": PNG_B64, "box": [50, 0, 10, 9]}}, "input.box", "x0 <= x1"),
+        ({"id": "14", "input": {"action": "segment", "image_b64": PNG_B64, "points": [[900, 1]]}}, "input.points", "outside"),
+        ({"id": "15", "input": {"action": "segment", "image_id": "f" * 32, "points": [[1, 1]]}}, "input.image_id", "send the image again"),
         ({"id": "4", "input": {"action": "embed_image"}}, "input.image_b64", "no image given"),
         ({"id": "5", "input": {"image_b64": "@@"}}, "input.image_b64", "not valid base64"),
         ({"id": "6", "input": {"image_b64": PNG_B64, "dtype": "int8"}}, "input.dtype", "float16"),
@@ -121,3 +126,21 @@ def test_handler_refusals_name_the_field(
     assert set(result) == {"error", "code", "field"}
     assert result["field"] == field
     assert phrase in result["error"]
+
+
+def test_segment_action_through_the_sdk_test_mode() -> None:
+    event = {
+        "input": {
+            "action": "segment",
+            "image_b64": PNG_B64,
+            "points": [[30, 20]],
+            "multimask_output": False,
+            "return_low_res_logits": False,
+        }
+    }
+    status, output = run_local_test(event, {"IMGEMBED_WEIGHTS": "dummy", "IMGEMBED_WARMUP": "0"})
+    assert status == 0, output
+    assert "completed successfully" in output
+    result = job_result_text(output)
+    for field in ("'image_id'", "'objects'", "'segmentation'", "'counts'", "'score'"):
+        assert field in result, result

@@ -164,6 +164,7 @@ class Sam2Tasks(EngineCore):
         model: str | None = None,
         options: sam2_embed.Sam2EmbedOptions | None = None,
         deadline: float | None = None,
+        field_prefix: str = "",
     ) -> Sam2EmbedResult:
         """Computes SAM 2 features for one image, or reads them from the cache.
 
@@ -174,6 +175,7 @@ class Sam2Tasks(EngineCore):
             options: Dtype, levels and resize mode; defaults when ``None``.
             deadline: ``time.monotonic()`` after which unstarted work is dropped; by default
                 ``request_timeout_s`` from now.
+            field_prefix: Prefix of request field names in error messages (``input.``).
 
         Returns:
             The features as ``[C,H,W]`` arrays in the requested dtype, with the frame mapping.
@@ -190,6 +192,7 @@ class Sam2Tasks(EngineCore):
             model=model,
             resize_mode=options.resize_mode,
             deadline=deadline,
+            image_id_field=f"{field_prefix}image_id",
         )
         finishing_at = time.perf_counter()
         embedding = await self.run_cpu(sam2_embed.finish, cached.features, cached.mapping, options)
@@ -212,6 +215,7 @@ class Sam2Tasks(EngineCore):
         resize_mode: ResizeMode | None = None,
         options: sam2_segment.SegmentOptions | None = None,
         deadline: float | None = None,
+        field_prefix: str = "",
     ) -> Sam2SegmentResult:
         """Segments objects from prompts: encode once (or read the cache), decode all objects.
 
@@ -224,6 +228,7 @@ class Sam2Tasks(EngineCore):
                 cached ``image_id``, whose mode is fixed).
             options: Single/multi-mask output, hole filling and sprinkle removal.
             deadline: ``time.monotonic()`` after which unstarted encoder work is dropped.
+            field_prefix: Prefix of request field names in error messages (``input.``).
 
         Returns:
             Masks at the original image size for each object, in request order.
@@ -236,7 +241,12 @@ class Sam2Tasks(EngineCore):
         """
         options = options or sam2_segment.SegmentOptions()
         cached, served, hit, timings = await self.sam2_image(
-            image, image_id=image_id, model=model, resize_mode=resize_mode, deadline=deadline
+            image,
+            image_id=image_id,
+            model=model,
+            resize_mode=resize_mode,
+            deadline=deadline,
+            image_id_field=f"{field_prefix}image_id",
         )
         sam2_segment.check_in_image(objects, cached.mapping.orig_hw)
         decoding_at = time.perf_counter()

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from imgembed.errors import InvalidInputError
+from imgembed.masks.regions import fill_holes_and_remove_sprinkles
 from imgembed.models.sam2_decoder import LOW_RES_MASK_SIZE
 from imgembed.preprocess.sam2_frame import FrameMapping
 
@@ -232,8 +233,6 @@ def postprocess_object(
     """
     refined = low_res_logits
     if options.max_hole_area > 0 or options.max_sprinkle_area > 0:
-        from imgembed.masks.regions import fill_holes_and_remove_sprinkles
-
         refined = fill_holes_and_remove_sprinkles(
             refined, options.max_hole_area, options.max_sprinkle_area, MASK_THRESHOLD
         )

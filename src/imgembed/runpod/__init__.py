@@ -16,13 +16,15 @@ from typing import Any
 
 from imgembed.engine import Engine
 from imgembed.errors import ImgembedError, InvalidInputError
-from imgembed.schemas import Sam2EmbedRequest, parse_request, sam2_embed_inputs
+from imgembed.schemas import Sam2EmbedRequest, image_source, parse_request, sam2_embed_inputs
+from imgembed.segment_schemas import Sam2SegmentRequest, segment_objects
 from imgembed.settings import server_config_from_env
 from imgembed.wire import sam2_embed_json
+from imgembed.wire_segment import sam2_segment_json
 
 logger = logging.getLogger(__name__)
 
-ACTIONS = ("embed_image",)
+ACTIONS = ("embed_image", "segment")
 """Actions the handler understands, as the seed worker names them."""
 
 _engine: Engine | None = None
@@ -52,9 +54,32 @@ async def _embed_image(engine: Engine, job_input: dict[str, Any]) -> dict[str, A
         body, default_resize_mode=engine.config.default_resize_mode, prefix="input."
     )
     result = await engine.sam2_embed(
-        image, image_id=body.image_id, model=served.name, options=options
+        image, image_id=body.image_id, model=served.name, options=options, field_prefix="input."
     )
     return await engine.run_cpu(sam2_embed_json, result, body.encoding)
+
+
+async def _segment(engine: Engine, job_input: dict[str, Any]) -> dict[str, Any]:
+    body = parse_request(Sam2SegmentRequest, job_input, prefix="input.")
+    assert isinstance(body, Sam2SegmentRequest)
+    image = image_source(body, upload=None, prefix="input.")
+    objects = segment_objects(body, engine.config.limits, prefix="input.")
+    served = engine.resolve_model(body.model, field_name="input.model")
+    result = await engine.sam2_segment(
+        image,
+        objects,
+        image_id=body.image_id,
+        model=served.name,
+        resize_mode=body.resize_mode,
+        options=body.options(),
+        field_prefix="input.",
+    )
+    return await engine.run_cpu(
+        lambda: sam2_segment_json(result, body.mask_format, with_logits=body.return_low_res_logits)
+    )
+
+
+_RUNNERS = {"embed_image": _embed_image, "segment": _segment}
 
 
 async def handler(job: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +105,7 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
                 field="input.action",
             )
         engine = await _get_engine()
-        return await _embed_image(engine, job_input)
+        return await _RUNNERS[action](engine, job_input)
     except ImgembedError as error:
         logger.warning("job %s refused: %s", job_id, error.message)
         return {"error": error.message, "code": error.code, "field": error.field}

@@ -16,9 +16,11 @@ from imgembed.codecs import BINARY_HEADER_LENGTH, BINARY_MEDIA_TYPE
 from imgembed.engine import Engine
 from imgembed.errors import InvalidInputError, UnsupportedMediaTypeError
 from imgembed.metrics import CONTENT_TYPE
-from imgembed.schemas import Sam2EmbedRequest, parse_request, sam2_embed_inputs
+from imgembed.schemas import Sam2EmbedRequest, image_source, parse_request, sam2_embed_inputs
+from imgembed.segment_schemas import Sam2SegmentRequest, segment_objects
 from imgembed.server.errors import invalid_json
 from imgembed.wire import sam2_embed_binary, sam2_embed_json
+from imgembed.wire_segment import sam2_segment_json
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -124,6 +126,45 @@ async def _read_multipart(request: Request) -> tuple[dict[str, str], bytes | Non
     return fields, upload, upload_field
 
 
+async def _read_body(
+    request: Request, *, json_form_values: bool = False
+) -> tuple[Any, bytes | None, str]:
+    """The request's JSON object (or form fields), the uploaded file's bytes and its field.
+
+    Args:
+        request: The request.
+        json_form_values: Parse each multipart form value as JSON where it is JSON (``[[10, 20]]``,
+            ``false``), keeping it as a string otherwise; for endpoints whose fields are lists.
+
+    Raises:
+        UnsupportedMediaTypeError: The body is neither JSON nor multipart.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        fields, upload, upload_field = await _read_multipart(request)
+        if json_form_values:
+            return (
+                {name: _form_value(value) for name, value in fields.items()},
+                upload,
+                upload_field,
+            )
+        return fields, upload, upload_field
+    if content_type in ("application/json", ""):
+        return await _read_json(request), None, UPLOAD_FIELDS[0]
+    raise UnsupportedMediaTypeError(
+        f"Content-Type {content_type!r} is not accepted; send application/json or "
+        "multipart/form-data",
+        field="content-type",
+    )
+
+
+def _form_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 @router.post(
     "/v1/sam2/embed",
     summary="SAM 2 image features",
@@ -134,19 +175,7 @@ async def _read_multipart(request: Request) -> tuple[dict[str, str], bytes | Non
 )
 async def sam2_embed(request: Request) -> Response:
     engine = _engine(request)
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    upload: bytes | None = None
-    upload_field = UPLOAD_FIELDS[0]
-    if content_type == "multipart/form-data":
-        payload, upload, upload_field = await _read_multipart(request)
-    elif content_type in ("application/json", ""):
-        payload = await _read_json(request)
-    else:
-        raise UnsupportedMediaTypeError(
-            f"Content-Type {content_type!r} is not accepted; send application/json or "
-            "multipart/form-data",
-            field="content-type",
-        )
+    payload, upload, upload_field = await _read_body(request)
     body = parse_request(Sam2EmbedRequest, payload)
     assert isinstance(body, Sam2EmbedRequest)
     image, options = sam2_embed_inputs(
@@ -174,6 +203,51 @@ async def sam2_embed(request: Request) -> Response:
         )
     encoded = await engine.run_cpu(
         lambda: json.dumps(sam2_embed_json(result, body.encoding)).encode()
+    )
+    return Response(encoded, media_type="application/json")
+
+
+@router.post(
+    "/v1/sam2/segment",
+    summary="SAM 2 masks from prompts",
+    description="Segments objects from points, boxes and earlier masks, in pixels of the original "
+    "image. The image comes as JSON (image_b64, input_image_url, or the image_id of an earlier "
+    "response, which skips the encoder) or as a multipart upload (field 'file'; other fields as "
+    "JSON values). Masks come back as COCO RLE, PNG, polygons or npz.",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": Sam2SegmentRequest.model_json_schema()}},
+        }
+    },
+    tags=["sam2"],
+)
+async def sam2_segment(request: Request) -> Response:
+    engine = _engine(request)
+    payload, upload, upload_field = await _read_body(request, json_form_values=True)
+    body = parse_request(Sam2SegmentRequest, payload)
+    assert isinstance(body, Sam2SegmentRequest)
+    image = image_source(body, upload=upload, upload_field=upload_field)
+    objects = segment_objects(body, engine.config.limits)
+    served = engine.resolve_model(body.model)
+    request.state.model = served.name
+    work = engine.sam2_segment(
+        image,
+        objects,
+        image_id=body.image_id,
+        model=served.name,
+        resize_mode=body.resize_mode,
+        options=body.options(),
+    )
+    try:
+        result = await _unless_disconnected(request, work)
+    except ClientDisconnectedError:
+        logger.info("client closed the connection; request %s dropped", request.state.request_id)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    encoded = await engine.run_cpu(
+        lambda: json.dumps(
+            sam2_segment_json(result, body.mask_format, with_logits=body.return_low_res_logits)
+        ).encode()
     )
     return Response(encoded, media_type="application/json")
 
