@@ -15,6 +15,7 @@ import sys
 from imgembed.cli import sam2
 from imgembed.cli.common import add_model_flags, config_from_args
 from imgembed.errors import ImgembedError
+from imgembed.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("IMGEMBED_LOG_LEVEL", "INFO"),
         help="IMGEMBED_LOG_LEVEL; default INFO",
     )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("IMGEMBED_LOG_FORMAT", "text"),
+        help="text, or json for one JSON object per line (IMGEMBED_LOG_FORMAT; default text)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the HTTP server")
@@ -66,10 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``imgembed`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format)
     try:
         return args.handler(args)
     except ImgembedError as error:

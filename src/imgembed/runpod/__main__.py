@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
+from imgembed.logs import configure_logging
 from imgembed.runpod import handler
 
 
@@ -16,7 +16,10 @@ def main() -> None:
         raise SystemExit(
             "the RunPod worker needs the runpod SDK: pip install 'imgembed[runpod]'"
         ) from error
-    logging.basicConfig(level=os.environ.get("IMGEMBED_LOG_LEVEL", "INFO").upper())
+    configure_logging(
+        os.environ.get("IMGEMBED_LOG_LEVEL", "INFO"),
+        "json" if os.environ.get("IMGEMBED_LOG_FORMAT") == "json" else "text",
+    )
     runpod.serverless.start({"handler": handler})
 
 

@@ -116,7 +116,15 @@ class RequestContextMiddleware:
                 status["code"],
                 seconds * 1000,
                 request_id,
-                extra={"request_id": request_id},
+                extra={
+                    "request_id": request_id,
+                    "method": scope.get("method"),
+                    "path": scope.get("path"),
+                    "route": template,
+                    "status": status["code"],
+                    "duration_ms": round(seconds * 1000, 2),
+                    "model": model,
+                },
             )
 
 
