@@ -35,6 +35,8 @@ pytestmark = pytest.mark.e2e
 MODEL = "sam2.1-hiera-tiny"
 PNG_B64 = base64.b64encode(encode(Image.fromarray(gradient_rgb()), "PNG")).decode()
 WHITE_B64 = base64.b64encode(encode(Image.new("RGB", (40, 30), "white"), "PNG")).decode()
+OTHER_B64 = base64.b64encode(encode(Image.fromarray(gradient_rgb()[::-1].copy()), "PNG")).decode()
+"""A second image: the same one would wait on the first request's encoder pass, not queue."""
 
 
 def post(base_url: str, body: dict[str, Any], timeout: float = 300) -> httpx.Response:
@@ -48,7 +50,7 @@ def test_work_of_a_client_that_disconnects_is_dropped(tmp_path: Path) -> None:
         busy.start()
         time.sleep(0.3)
         with pytest.raises(httpx.ReadTimeout):
-            post(server, {"image_b64": PNG_B64}, timeout=0.5)
+            post(server, {"image_b64": OTHER_B64}, timeout=0.5)
         busy.join(timeout=300)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -60,6 +62,35 @@ def test_work_of_a_client_that_disconnects_is_dropped(tmp_path: Path) -> None:
         assert metric(text, "imgembed_dropped_total", model=MODEL) == 1
         assert metric(text, "imgembed_batch_size_count", model=MODEL) == 1
         assert post(server, {"image_b64": PNG_B64}).status_code == 200
+
+
+def test_v2_work_of_a_client_that_disconnects_is_dropped(tmp_path: Path) -> None:
+    env = {"IMGEMBED_MAX_BATCH_SIZE": "1"}
+
+    def infer(image_b64: str, timeout: float) -> httpx.Response:
+        body = {
+            "inputs": [
+                {"name": "image_bytes", "shape": [1], "datatype": "BYTES", "data": [image_b64]}
+            ]
+        }
+        return httpx.post(f"{server}/v2/models/sam2_encoder/infer", json=body, timeout=timeout)
+
+    with imgembed_server(["--weights", "dummy"], env, log_path=tmp_path / "s.log") as server:
+        busy = threading.Thread(target=post, args=(server, {"image_b64": PNG_B64}))
+        busy.start()
+        time.sleep(0.3)
+        with pytest.raises(httpx.ReadTimeout):
+            infer(OTHER_B64, timeout=0.5)
+        busy.join(timeout=300)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            text = httpx.get(f"{server}/metrics", timeout=10).text
+            if metric(text, "imgembed_requests_total", status="499"):
+                break
+            time.sleep(0.2)
+        assert metric(text, "imgembed_requests_total", status="499") == 1
+        assert metric(text, "imgembed_dropped_total", model=MODEL) == 1
+        assert metric(text, "imgembed_batch_size_count", model=MODEL) == 1
 
 
 class RaisesOnWhiteImages(torch.nn.Module):

@@ -110,7 +110,8 @@ def test_full_queue_answers_429_and_late_work_504_then_serves_again(
     }
     log = tmp_path_factory.mktemp("pressure") / "server.log"
     with imgembed_server(["--weights", "dummy"], env, log_path=log) as server:
-        responses = asyncio.run(embed_concurrently(server, [(32, 32)] * 6))
+        # Six different images: one image sent six times would be encoded once (the cache).
+        responses = asyncio.run(embed_concurrently(server, [(32, 32 + i) for i in range(6)]))
         statuses = [response.status_code for response in responses]
         assert set(statuses) <= {200, 429, 504}, statuses
         assert 200 in statuses

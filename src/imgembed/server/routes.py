@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -18,16 +16,17 @@ from imgembed.errors import InvalidInputError, UnsupportedMediaTypeError
 from imgembed.metrics import CONTENT_TYPE
 from imgembed.schemas import Sam2EmbedRequest, image_source, parse_request, sam2_embed_inputs
 from imgembed.segment_schemas import Sam2SegmentRequest, segment_objects
+from imgembed.server.disconnect import (
+    CLIENT_CLOSED_REQUEST,
+    ClientDisconnectedError,
+    unless_disconnected,
+)
 from imgembed.server.errors import invalid_json
 from imgembed.wire import sam2_embed_binary, sam2_embed_json
 from imgembed.wire_segment import sam2_segment_json
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
-ResultT = TypeVar("ResultT")
-
-CLIENT_CLOSED_REQUEST = 499
-"""Status recorded (nginx's convention) for a request whose client left before the answer."""
 
 UPLOAD_FIELDS = ("file", "image")
 """Multipart field names an image upload may use."""
@@ -66,36 +65,6 @@ _EMBED_OPENAPI: dict[str, Any] = {
 
 def _engine(request: Request) -> Engine:
     return request.app.state.engine
-
-
-class ClientDisconnectedError(Exception):
-    """The client closed the connection before its answer was ready."""
-
-
-async def _unless_disconnected(request: Request, work: Awaitable[ResultT]) -> ResultT:
-    """Awaits ``work``, cancelling it if the client disconnects first.
-
-    Cancelling drops the request's place in its model's queue, so nobody computes an answer that
-    nobody will read. The body must already be read: the next ASGI message is the disconnect.
-
-    Raises:
-        ClientDisconnectedError: The client went away; ``work`` was cancelled.
-    """
-    task = asyncio.ensure_future(work)
-
-    async def wait_for_disconnect() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(wait_for_disconnect())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        raise ClientDisconnectedError(request.url.path)
-    return task.result()
 
 
 async def _read_json(request: Request) -> Any:
@@ -187,7 +156,7 @@ async def sam2_embed(request: Request) -> Response:
     served = engine.resolve_model(body.model)
     request.state.model = served.name
     try:
-        result = await _unless_disconnected(
+        result = await unless_disconnected(
             request,
             engine.sam2_embed(image, image_id=body.image_id, model=served.name, options=options),
         )
@@ -240,7 +209,7 @@ async def sam2_segment(request: Request) -> Response:
         options=body.options(),
     )
     try:
-        result = await _unless_disconnected(request, work)
+        result = await unless_disconnected(request, work)
     except ClientDisconnectedError:
         logger.info("client closed the connection; request %s dropped", request.state.request_id)
         return Response(status_code=CLIENT_CLOSED_REQUEST)

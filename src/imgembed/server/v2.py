@@ -27,6 +27,11 @@ import imgembed
 from imgembed.codecs import BINARY_HEADER_LENGTH
 from imgembed.engine import Engine
 from imgembed.errors import ImgembedError, ServiceUnavailableError, UnknownModelError
+from imgembed.server.disconnect import (
+    CLIENT_CLOSED_REQUEST,
+    ClientDisconnectedError,
+    unless_disconnected,
+)
 from imgembed.server.errors import error_response
 from imgembed.server.v2_models import V2Model, v2_models
 from imgembed.server.v2_request import decompress_body, parse_infer_request
@@ -207,7 +212,13 @@ async def infer(request: Request, model_name: str, model_version: str = "") -> R
     wanted = requested_outputs(parsed, model.outputs, model.name)
     tensors = await engine.run_cpu(model.read_inputs, parsed)
     timeout_s = min(parsed.timeout_s or math.inf, engine.config.request_timeout_s)
-    results = await model.infer(engine, tensors, deadline=arrived + timeout_s)
+    try:
+        results = await unless_disconnected(
+            request, model.infer(engine, tensors, deadline=arrived + timeout_s)
+        )
+    except ClientDisconnectedError:
+        logger.info("client closed the connection; request %s dropped", request.state.request_id)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     datatypes = {spec.name: spec.datatype for spec in model.outputs}
     outputs = [
         OutputTensor(name, datatypes[name], results[name], binary)
