@@ -364,7 +364,7 @@ def test_bad_list_requests(store: Any) -> None:
     assert caught.value.field == "filter"
 
 
-@pytest.mark.parametrize("index_type", ["IVF_PQ", "IVF_HNSW_SQ"])
+@pytest.mark.parametrize("index_type", ["IVF_SQ", "IVF_PQ", "IVF_HNSW_SQ"])
 def test_approximate_index_finds_well_separated_neighbours(
     store_path: Path, index_type: str
 ) -> None:
@@ -393,6 +393,55 @@ def test_approximate_index_finds_well_separated_neighbours(
     with LanceDBStore(store_path, options) as reopened:
         assert reopened.get_collection("ann").indexed
         assert reopened.search("ann", queries[7], top_k=1)[0].id == ids[7]
+
+
+def test_indexed_search_probes_further_for_a_narrow_filter(store_path: Path) -> None:
+    rng = np.random.default_rng(10)
+    rare = {3, 150, 301, 422, 509}
+    options = LanceDBOptions(index_threshold=512, num_partitions=8, nprobes=1)
+    with LanceDBStore(store_path, options) as store:
+        store.create_collection("narrow", 16)
+        ids = [f"n{i}" for i in range(512)]
+        store.add_items(
+            "narrow", ids, rng.standard_normal((512, 16)), [{"rare": i in rare} for i in range(512)]
+        )
+        assert store.get_collection("narrow").indexed
+        for query in rng.standard_normal((5, 16)):
+            hits = store.search("narrow", query, top_k=5, filter={"rare": True})
+            assert {hit.id for hit in hits} == {f"n{i}" for i in rare}
+
+
+def test_index_is_rebuilt_when_the_collection_outgrows_it(store_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    options = LanceDBOptions(
+        index_threshold=100, index_rebuild_growth=2.0, optimize_every_writes=1000
+    )
+    with LanceDBStore(store_path, options) as store:
+        store.create_collection("grow", 8)
+        store.add_items("grow", [f"a{i}" for i in range(120)], rng.standard_normal((120, 8)))
+        table = store._open("grow").table
+        assert table.index_stats("vector_idx").num_indexed_rows == 120
+        store.add_items("grow", [f"b{i}" for i in range(100)], rng.standard_normal((100, 8)))
+        assert table.index_stats("vector_idx").num_unindexed_rows == 100
+        store.add_items("grow", [f"c{i}" for i in range(30)], rng.standard_normal((30, 8)))
+        stats = table.index_stats("vector_idx")
+        assert (stats.num_indexed_rows, stats.num_unindexed_rows) == (250, 0)
+
+
+def test_failed_upkeep_does_not_fail_the_stored_write(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_optimize(*args: object) -> None:
+        raise RuntimeError("disk trouble during compaction")
+
+    monkeypatch.setattr(LanceDBStore, "_optimize", broken_optimize)
+    with LanceDBStore(
+        store_path, LanceDBOptions(index_threshold=None, optimize_every_writes=1)
+    ) as store:
+        store.create_collection("c", 2)
+        assert store.add_items("c", ["a"], [[1, 0]]).inserted == 1
+        assert store.get_items("c", ["a"])[0].id == "a"
+    assert "upkeep of collection 'c' failed" in caplog.text
 
 
 def test_concurrent_writers_and_readers(store: Any) -> None:

@@ -16,15 +16,27 @@ Table layout (one row per item):
 
 Search is cosine (``distance_type="cosine"``; the score is ``1 - distance``). A collection is searched
 exactly (every row compared) until it holds ``index_threshold`` items; the write that reaches the
-threshold then builds an approximate nearest-neighbour index (IVF_PQ by default, or IVF_HNSW_SQ),
-and later writes fold new rows into it every ``optimize_every_writes`` writes (rows not yet in the
-index are still searched, exactly). Recall trade-off: IVF_PQ looks at the ``nprobes`` partitions
-nearest the query and ranks by 8-bit product-quantised distances, then re-ranks
-``refine_factor * top_k`` candidates with the full vectors; more probes or a larger refine factor
-mean higher recall and slower queries (``benchmarks/RESULTS.md``, section "Vector search", measures
-recall@10 against exact search). ``exact=True`` on a search ignores the index. Filters are applied
-before the vector search (pre-filtering), so a filtered search still returns ``top_k`` hits when
-that many items pass.
+threshold then builds an approximate nearest-neighbour index, and later writes fold new rows into
+it every ``optimize_every_writes`` writes (rows not yet in the index are still searched, exactly).
+``exact=True`` on a search ignores the index.
+
+Index types and their recall trade-offs (numbers: ``benchmarks/RESULTS.md``, "Vector search"). All
+three split the vectors into IVF partitions (Lance picks about one per 8k rows unless
+``num_partitions`` says otherwise) and search the ``nprobes`` partitions nearest the query; fewer
+probes than partitions is where recall is lost on large collections:
+
+- ``IVF_SQ`` (default): vectors quantised to 8 bits per value (a quarter of float32), candidates
+  then re-ranked with the full vectors (``refine_factor * top_k`` of them). Builds in seconds;
+  with refinement its recall is close to exact search whenever the probes cover the neighbours.
+- ``IVF_PQ``: product quantisation (``num_sub_vectors`` codes of 8 bits, 1/64 of float32 at
+  ``dimension / 16`` sub-vectors): the smallest index, slow to train, and the coarsest distances,
+  so recall depends heavily on ``refine_factor`` and on how clustered the data are.
+- ``IVF_HNSW_SQ``: a navigable graph per partition over 8-bit vectors (search breadth ``ef``):
+  fewer distance computations per query on large partitions, slowest to build.
+
+Filters are applied before the vector search (pre-filtering), and an indexed search probes further
+partitions while a filter leaves fewer than ``top_k`` hits, so a filtered search returns ``top_k``
+hits whenever that many items pass.
 
 Durability: each write is one Lance commit (atomic: all of a request's rows or none); on a local
 path the store then fsyncs the files the commit wrote (:mod:`imgembed.search.durability`) before
@@ -82,7 +94,7 @@ from imgembed.search.validation import (
 
 try:
     import lancedb
-    from lancedb.index import HnswSq, IvfPq
+    from lancedb.index import HnswSq, IvfPq, IvfSq
     from lancedb.query import ColumnOrdering
 except ImportError as e:
     raise ImportError(
@@ -91,7 +103,7 @@ except ImportError as e:
 
 logger = logging.getLogger(__name__)
 
-IndexType = Literal["IVF_PQ", "IVF_HNSW_SQ"]
+IndexType = Literal["IVF_SQ", "IVF_PQ", "IVF_HNSW_SQ"]
 
 
 @dataclass(frozen=True)
@@ -101,15 +113,17 @@ class LanceDBOptions:
     Attributes:
         index_threshold: Items at which a collection gets an approximate index; None never builds
             one (every search exact).
-        index_type: ``"IVF_PQ"`` (small index, recall set by ``nprobes`` and ``refine_factor``) or
-            ``"IVF_HNSW_SQ"`` (graph per partition over 8-bit scalar-quantised vectors: higher recall
-            per probe, larger index, slower to build).
-        num_partitions: IVF partitions; None lets Lance choose (about sqrt of the rows).
+        index_type: ``"IVF_SQ"``, ``"IVF_PQ"`` or ``"IVF_HNSW_SQ"`` (trade-offs in the module
+            docstring).
+        num_partitions: IVF partitions; None lets Lance choose (about one per 8,000 rows).
         num_sub_vectors: PQ sub-vectors (IVF_PQ only); None lets Lance choose.
-        nprobes: Partitions searched per query.
+        nprobes: Partitions searched per query (more only when a filter leaves too few hits).
         refine_factor: Candidates re-ranked with full vectors, as a multiple of ``top_k``; None
             ranks by the index's compressed distances alone.
         ef: HNSW search breadth (IVF_HNSW_SQ only).
+        index_rebuild_growth: Rebuild the index (new partitions) when the collection has grown
+            by this factor since the index was built (or since the store opened it), so that
+            partitions stay near their intended size.
         optimize_every_writes: Writes to a collection between compactions (merging small files,
             folding new rows into the index, dropping old versions).
         keep_old_versions: How long replaced data files stay on disk for readers still using them.
@@ -119,12 +133,13 @@ class LanceDBOptions:
     """
 
     index_threshold: int | None = 50_000
-    index_type: IndexType = "IVF_PQ"
+    index_type: IndexType = "IVF_SQ"
     num_partitions: int | None = None
     num_sub_vectors: int | None = None
     nprobes: int = 20
     refine_factor: int | None = 10
     ef: int = 100
+    index_rebuild_growth: float = 4.0
     optimize_every_writes: int = 100
     keep_old_versions: timedelta = timedelta(minutes=10)
     sync_writes: bool = True
@@ -141,6 +156,7 @@ class _Collection:
     lock: threading.Lock
     syncer: TreeSyncer | None
     indexed: bool
+    rows_at_index_build: int = 0
     writes_since_optimize: int = 0
     dropped: bool = False
 
@@ -323,7 +339,8 @@ class LanceDBStore:
         if exact or not collection.indexed:
             query = query.bypass_vector_index()
         else:
-            query = query.nprobes(self.options.nprobes)
+            # Probe nprobes partitions; more only while a filter leaves fewer than top_k hits.
+            query = query.minimum_nprobes(self.options.nprobes).maximum_nprobes(0)
             if self.options.refine_factor is not None:
                 query = query.refine_factor(self.options.refine_factor)
             if self.options.index_type == "IVF_HNSW_SQ":
@@ -411,23 +428,47 @@ class LanceDBStore:
             self._sync(collection)
 
     def _after_write(self, name: str, collection: _Collection) -> None:
-        """Index and compaction upkeep after a committed write, then the fsync (lock held)."""
-        collection.writes_since_optimize += 1
-        threshold = self.options.index_threshold
-        if (
-            threshold is not None
-            and not collection.indexed
-            and collection.table.count_rows() >= threshold
-        ):
-            self._build_index(name, collection)
-        elif collection.writes_since_optimize >= self.options.optimize_every_writes:
-            self._optimize(name, collection)
+        """Makes a committed write durable, then does index and compaction upkeep (lock held).
+
+        A failed upkeep is logged, not raised: the write itself is stored and flushed, and the
+        upkeep is tried again after the next write.
+        """
         self._sync(collection)
+        collection.writes_since_optimize += 1
+        try:
+            upkept = False
+            if self._index_due(collection):
+                self._build_index(name, collection)
+                upkept = True
+            if collection.writes_since_optimize >= self.options.optimize_every_writes:
+                self._optimize(name, collection)
+                upkept = True
+            if upkept:
+                self._sync(collection)
+        except (OSError, RuntimeError, ValueError):
+            logger.exception(
+                "index or compaction upkeep of collection %r failed; the write itself is stored, "
+                "and the upkeep is tried again after the next write",
+                name,
+            )
+
+    def _index_due(self, collection: _Collection) -> bool:
+        """Whether the collection reached the threshold, or outgrew its index's partitions."""
+        threshold = self.options.index_threshold
+        if threshold is None:
+            return False
+        rows = collection.table.count_rows()
+        if not collection.indexed:
+            return rows >= threshold
+        growth = self.options.index_rebuild_growth
+        return rows >= max(threshold, growth * collection.rows_at_index_build)
 
     def _build_index(self, name: str, collection: _Collection) -> None:
         options = self.options
-        if options.index_type == "IVF_PQ":
-            config: Any = IvfPq(
+        if options.index_type == "IVF_SQ":
+            config: Any = IvfSq(distance_type="cosine", num_partitions=options.num_partitions)
+        elif options.index_type == "IVF_PQ":
+            config = IvfPq(
                 distance_type="cosine",
                 num_partitions=options.num_partitions,
                 num_sub_vectors=options.num_sub_vectors,
@@ -438,7 +479,7 @@ class LanceDBStore:
         logger.info("building %s index on collection %r (%d items)", options.index_type, name, rows)
         collection.table.create_index("vector", config=config, replace=True)
         collection.indexed = True
-        collection.writes_since_optimize = 0
+        collection.rows_at_index_build = rows
 
     def _optimize(self, name: str, collection: _Collection) -> None:
         logger.info("optimizing collection %r", name)
@@ -479,6 +520,7 @@ class LanceDBStore:
             lock=threading.Lock(),
             syncer=syncer,
             indexed=any("vector" in index.columns for index in table.list_indices()),
+            rows_at_index_build=table.count_rows(),
             # Each uncompacted write left a small fragment: count those a previous process left.
             writes_since_optimize=int(table.stats()["fragment_stats"]["num_small_fragments"]),
         )
