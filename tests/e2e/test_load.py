@@ -278,7 +278,7 @@ def load_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_mixed_concurrent_clients_each_get_their_own_answer_and_batches_form(
     load_server: str,
 ) -> None:
-    probes = mixed_probes(good_images=4, bad=16, seed=3)
+    probes = mixed_probes(good_images=6, bad=16, seed=3)
     good = [probe for probe in probes if probe.status == 200]
     before = scrape(load_server)
     answers = asyncio.run(run_clients(load_server, probes, clients=8))
@@ -303,7 +303,9 @@ def test_mixed_concurrent_clients_each_get_their_own_answer_and_batches_form(
 
     items = grew("imgembed_batch_size_sum", model=MODEL)
     batches = grew("imgembed_batch_size_count", model=MODEL)
-    assert items == len(good), "every accepted request is computed exactly once"
+    # Each image is sent twice; the second request is served by the embedding cache, or shares the
+    # first one's encoder pass when both are in flight at once: one encode per distinct image.
+    assert items == len(by_image), "every distinct image is encoded exactly once"
     assert batches < items, f"{items} requests in {batches} batches: none held more than one"
     route = "/v1/sam2/embed"
     assert grew("imgembed_requests_total", route=route, status="200") == len(good)
@@ -328,6 +330,11 @@ def test_full_queue_refuses_a_burst_with_429_and_memory_stays_bounded(
     image_b64 = as_b64(noise_image(64, 64, seed=7, image_format="PNG"))
     body = {"image_b64": image_b64, "include_high_res": False, "dtype": "float16"}
 
+    def burst_body(number: int) -> dict[str, Any]:
+        """A different image per request: identical ones would share one encoder pass."""
+        image = as_b64(noise_image(64, 64, seed=100 + number, image_format="PNG"))
+        return {**body, "image_b64": image}
+
     async def burst(server: str) -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=burst_size)
         async with httpx.AsyncClient(
@@ -336,7 +343,9 @@ def test_full_queue_refuses_a_burst_with_429_and_memory_stays_bounded(
             url = f"{server}/v1/sam2/embed"
             return await asyncio.gather(
                 *(
-                    client.post(url, json=body, headers={"x-request-id": f"burst-{number}"})
+                    client.post(
+                        url, json=burst_body(number), headers={"x-request-id": f"burst-{number}"}
+                    )
                     for number in range(burst_size)
                 )
             )
