@@ -262,6 +262,7 @@ class Sam2Tasks(EngineCore):
                     group.mask_input,
                     group.has_mask_input,
                     options.multimask_output,
+                    clamp=False,
                 )
                 for group in groups
             ]
@@ -411,6 +412,8 @@ class Sam2Tasks(EngineCore):
         mask_input: torch.Tensor,
         has_mask_input: torch.Tensor,
         multimask_output: bool,
+        *,
+        clamp: bool = True,
     ) -> Sam2MaskPrediction:
         """Runs :func:`decode_masks` on the model's device; float32 CPU results (device thread)."""
         device = served.placement.device
@@ -423,6 +426,7 @@ class Sam2Tasks(EngineCore):
                 mask_input.to(device),
                 has_mask_input.to(device),
                 multimask_output=multimask_output,
+                clamp=clamp,
             )
         return Sam2MaskPrediction(
             masks=prediction.masks.float().cpu(),

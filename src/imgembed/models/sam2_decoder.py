@@ -112,6 +112,7 @@ def decode_masks(
     has_mask_input: torch.Tensor,
     *,
     multimask_output: bool = True,
+    clamp: bool = True,
 ) -> Sam2MaskPrediction:
     """Decodes B prompts into three candidate masks each, or one.
 
@@ -133,10 +134,14 @@ def decode_masks(
         has_mask_input: ``[1|B]`` float, 1 to use ``mask_input``, 0 to ignore it.
         multimask_output: Three candidates per prompt; ``False`` for one, with the stability
             fallback described in the module docstring.
+        clamp: Clamp the logits to ±32 (the exported graph's and Meta's returned low-resolution
+            masks). ``False`` gives the raw logits, which Meta's predictor upscales to the image
+            (clamping before a bilinear upscale can flip pixels near strong edges).
 
     Returns:
-        ``[B,K,256,256]`` clamped mask logits and ``[B,K]`` IoU predictions (K = 3, or 1 without
-        ``multimask_output``), in the dtype the computation ran in, on the model's device.
+        ``[B,K,256,256]`` mask logits (clamped unless ``clamp`` is false) and ``[B,K]`` IoU
+        predictions (K = 3, or 1 without ``multimask_output``), in the dtype the computation ran
+        in, on the model's device.
 
     Raises:
         ValueError: A tensor's shape does not fit; the message names it.
@@ -169,7 +174,7 @@ def decode_masks(
             features.high_res_feats_1.expand(batch, -1, -1, -1),
         ],
     )  # masks [B,1,K,256,256], iou_predictions [B,1,K]
-    return Sam2MaskPrediction(
-        masks=masks[:, 0].clamp(-MASK_LOGIT_LIMIT, MASK_LOGIT_LIMIT),  # -> [B,K,256,256]
-        iou_predictions=iou_predictions[:, 0],  # -> [B,K]
-    )
+    masks = masks[:, 0]  # [B,1,K,256,256] -> [B,K,256,256]
+    if clamp:
+        masks = masks.clamp(-MASK_LOGIT_LIMIT, MASK_LOGIT_LIMIT)
+    return Sam2MaskPrediction(masks=masks, iou_predictions=iou_predictions[:, 0])  # iou -> [B,K]

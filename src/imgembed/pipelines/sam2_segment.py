@@ -28,7 +28,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from imgembed.errors import InvalidInputError
 from imgembed.masks.regions import fill_holes_and_remove_sprinkles
-from imgembed.models.sam2_decoder import LOW_RES_MASK_SIZE
+from imgembed.models.sam2_decoder import LOW_RES_MASK_SIZE, MASK_LOGIT_LIMIT
 from imgembed.preprocess.sam2_frame import FrameMapping
 
 MASK_THRESHOLD = 0.0
@@ -226,7 +226,8 @@ def postprocess_object(
     """Turns one object's decoder output into masks at the original size (CPU stage).
 
     Args:
-        low_res_logits: ``[K,256,256]`` float32 CPU logits.
+        low_res_logits: ``[K,256,256]`` float32 CPU logits, unclamped (they are upscaled as they
+            are, as Meta's predictor does, and returned clamped to ±32).
         scores: ``[K]`` float32 predicted IoU.
         mapping: The image's frame mapping.
         options: Hole and sprinkle settings.
@@ -241,7 +242,7 @@ def postprocess_object(
     return ObjectMasks(
         masks=masks,
         scores=scores.float().numpy(),
-        low_res_logits=low_res_logits.float().numpy(),
+        low_res_logits=low_res_logits.float().clamp(-MASK_LOGIT_LIMIT, MASK_LOGIT_LIMIT).numpy(),
         boxes=boxes,
         areas=areas,
     )
