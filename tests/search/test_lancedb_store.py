@@ -141,6 +141,15 @@ def test_sql_looking_ids_are_plain_ids(store: Any) -> None:
     )
 
 
+def test_vector_lengths_do_not_matter(store: Any) -> None:
+    store.create_collection("c", 3)
+    store.add_items("c", ["huge", "tiny"], [[1e300, 1e300, 0], [0, 0, 1e-300]])
+    huge, tiny = store.get_items("c", ["huge", "tiny"])
+    np.testing.assert_allclose(huge.vector, [2**-0.5, 2**-0.5, 0], atol=1e-7)
+    np.testing.assert_allclose(tiny.vector, [0, 0, 1], atol=1e-7)
+    assert store.search("c", [1e-200, 1e-200, 0], top_k=1)[0].score == pytest.approx(1.0, abs=1e-6)
+
+
 def test_get_items_order_missing_and_vectors(store: Any) -> None:
     store.create_collection("c", 3)
     store.add_items("c", ["a", "b"], [[3, 0, 4], [0, 2, 0]], [{"x": [1, {"y": None}]}, {}])

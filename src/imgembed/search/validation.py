@@ -157,14 +157,17 @@ def unit_vectors(vectors: object, count: int, dimension: int, *, field: str) -> 
     if not finite.all():
         bad = int(np.flatnonzero(~finite)[0])
         raise InvalidInputError(f"{field}[{bad}] holds NaN or infinity", field=field)
-    norms = np.linalg.norm(array, axis=1)
-    if not (norms > 0).all():
-        bad = int(np.flatnonzero(~(norms > 0))[0])
+    # Scale each row by its largest magnitude first, so huge values cannot overflow the norm.
+    largest = np.abs(array).max(axis=1)  # [count]
+    if not (largest > 0).all():
+        bad = int(np.flatnonzero(~(largest > 0))[0])
         raise InvalidInputError(
             f"{field}[{bad}] is all zeros; a zero vector has no direction to compare by cosine",
             field=field,
         )
-    return (array / norms[:, None]).astype(np.float32)  # [count, dimension], rows of norm 1
+    scaled = array / largest[:, None]  # [count, dimension], entries in [-1, 1]
+    unit = scaled / np.linalg.norm(scaled, axis=1, keepdims=True)  # [count, dimension]
+    return unit.astype(np.float32)
 
 
 def unit_query(vector: object, dimension: int) -> np.ndarray:
