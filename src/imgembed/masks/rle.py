@@ -41,13 +41,24 @@ def _as_bool_tensor(masks: torch.Tensor | np.ndarray) -> torch.Tensor:
     return tensor if tensor.dtype == torch.bool else tensor != 0
 
 
-def masks_to_counts(masks: torch.Tensor | np.ndarray) -> list[list[int]]:
+def masks_to_counts(
+    masks: torch.Tensor | np.ndarray,
+    *,
+    crop_box: tuple[int, int, int, int] | None = None,
+    image_hw: tuple[int, int] | None = None,
+) -> list[list[int]]:
     """Run lengths of each mask in column-major order, starting with a (possibly empty) zero run.
 
-    Works on any device; the change positions are found there and only they come to the CPU.
+    Works on any device; run starts and ends are found there and only they come to the CPU. With
+    ``crop_box`` and ``image_hw`` the masks are crops and the runs are those of the whole image
+    with zeros outside the crop (Meta's ``uncrop_masks`` then encoding), without building the
+    image-sized masks.
 
     Args:
-        masks: ``[N,H,W]`` bool (or 0/1) masks.
+        masks: ``[N,h,w]`` bool (or 0/1) masks.
+        crop_box: ``(x0, y0, x1, y1)`` where the masks sit in the image, ``x1 - x0 = w`` and
+            ``y1 - y0 = h``; ``None``: the masks are the whole image.
+        image_hw: ``(H, W)`` of the image; required with ``crop_box``.
 
     Returns:
         One list of run lengths per mask, summing to ``H*W``.
@@ -56,30 +67,63 @@ def masks_to_counts(masks: torch.Tensor | np.ndarray) -> list[list[int]]:
     if tensor.ndim != 3:
         raise ValueError(f"masks must be [N,H,W], got {list(tensor.shape)}")
     count, height, width = tensor.shape
-    pixels = height * width
+    left, top, image_height, image_width = 0, 0, height, width
+    if crop_box is not None:
+        if image_hw is None:
+            raise ValueError("image_hw is required with crop_box")
+        left, top, right, bottom = crop_box
+        image_height, image_width = image_hw
+        if (right - left, bottom - top) != (width, height):
+            raise ValueError(f"crop_box {list(crop_box)} does not fit masks of {height}x{width}")
+    pixels = image_height * image_width
     if count == 0:
         return []
-    if pixels == 0:
-        return [[0] for _ in range(count)]
-    flat = tensor.transpose(1, 2).reshape(count, pixels)  # [N,H,W] -> [N,W,H] -> [N,W*H]
-    changes = torch.nonzero(flat[:, 1:] != flat[:, :-1])  # [C,2]: (mask, position before change)
-    first_values = flat[:, 0].cpu().numpy()
-    changes = changes.cpu().numpy()
-    per_mask = np.bincount(changes[:, 0], minlength=count)
-    boundaries = np.split(changes[:, 1] + 1, np.cumsum(per_mask)[:-1])
+    if height * width == 0:
+        return [[pixels] for _ in range(count)]
+    flat = tensor.transpose(1, 2).reshape(count, width * height)  # [N,h,w] -> [N,w,h] -> [N,w*h]
+    before = torch.zeros_like(flat)  # the pixel before each one in the image's column-major order
+    before[:, 1:] = flat[:, :-1]
+    after = torch.zeros_like(flat)
+    after[:, :-1] = flat[:, 1:]
+    if height != image_height:  # crop columns are not adjacent in the image: runs break there
+        before[:, ::height] = False
+        after[:, height - 1 :: height] = False
+    starts = torch.nonzero(flat & ~before).cpu().numpy()  # [S,2] (mask, crop position)
+    ends = torch.nonzero(flat & ~after).cpu().numpy()  # [S,2] (mask, last position of the run)
+
+    def image_position(crop_position: np.ndarray) -> np.ndarray:
+        column, row = np.divmod(crop_position, height)
+        return (column + left) * image_height + row + top
+
+    per_mask = np.bincount(starts[:, 0], minlength=count)
+    boundaries = np.stack(
+        [image_position(starts[:, 1]), image_position(ends[:, 1]) + 1], axis=1
+    ).reshape(-1)  # [2S]: start, end (exclusive), start, end, ... in mask order
+    split = np.split(boundaries, 2 * np.cumsum(per_mask)[:-1])
     result = []
-    for index in range(count):
-        edges = np.concatenate(([0], boundaries[index], [pixels]))
-        runs = np.diff(edges).tolist()
-        result.append([0, *runs] if first_values[index] else runs)
+    for edges in split:
+        runs = np.diff(np.concatenate(([0], edges, [pixels]))).tolist()
+        if len(edges) and edges[-1] == pixels:
+            runs.pop()  # a run of ones reaching the last pixel: no empty run of zeros after it
+        result.append(runs)
     return result
 
 
-def masks_to_uncompressed_rle(masks: torch.Tensor | np.ndarray) -> list[RleDict]:
-    """Uncompressed COCO RLEs of ``[N,H,W]`` masks, as Meta's ``mask_to_rle_pytorch`` returns."""
+def masks_to_uncompressed_rle(
+    masks: torch.Tensor | np.ndarray,
+    *,
+    crop_box: tuple[int, int, int, int] | None = None,
+    image_hw: tuple[int, int] | None = None,
+) -> list[RleDict]:
+    """Uncompressed COCO RLEs of ``[N,H,W]`` masks, as Meta's ``mask_to_rle_pytorch`` returns.
+
+    With ``crop_box`` and ``image_hw``, RLEs of crops placed in the whole image (see
+    :func:`masks_to_counts`).
+    """
     tensor = _as_bool_tensor(masks)
-    height, width = int(tensor.shape[-2]), int(tensor.shape[-1])
-    return [{"size": [height, width], "counts": runs} for runs in masks_to_counts(tensor)]
+    size = list(image_hw) if image_hw is not None else [tensor.shape[-2], tensor.shape[-1]]
+    counts = masks_to_counts(tensor, crop_box=crop_box, image_hw=image_hw)
+    return [{"size": [int(side) for side in size], "counts": runs} for runs in counts]
 
 
 def encode_counts(counts: list[int] | np.ndarray) -> str:

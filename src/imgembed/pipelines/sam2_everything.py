@@ -1,0 +1,489 @@
+"""SAM 2 "segment everything": Meta's automatic mask generator, step for step, on any device.
+
+The same work as ``SAM2AutomaticMaskGenerator.generate`` (sam2 1.1.0), so that on the same weights
+the same masks come out:
+
+1. Crops (:func:`~imgembed.pipelines.sam2_everything_params.crop_boxes`): the whole image, plus
+   ``(2**i)**2`` overlapping crops for each crop layer ``i``. Each crop is encoded once.
+2. Prompts: a regular grid of single foreground points per crop (``points_per_side**2``, fewer
+   in deeper layers), mapped into the 1024 frame as the reference does (``x / w * 1024``), decoded
+   ``points_per_batch`` at a time (three masks per point, or one).
+3. Per batch: optionally each mask fed back once as the mask prompt with its point
+   (``use_m2m``); masks with predicted IoU not above ``pred_iou_thresh`` dropped; SAM 2's hole
+   filling and sprinkle removal on the 256x256 logits when ``min_mask_region_area`` is set; the
+   logits upscaled straight to the crop size (bilinear, ``align_corners=False``); masks with a
+   stability score (IoU of the masks cut at ``threshold +- offset``) below
+   ``stability_score_thresh`` dropped; masks whose box touches a crop edge that is not an image
+   edge (within 20 pixels) dropped; the rest run-length encoded in the whole image's frame.
+4. Box NMS within each crop (scores: predicted IoU), then across crops (masks from smaller crops
+   win), without torchvision.
+
+The records are the reference's: ``segmentation`` (``[H,W]`` bool, uncompressed RLE or COCO RLE),
+``area``, ``bbox`` (XYWH; right and bottom on the last pixel, as the reference), ``predicted_iou``,
+``point_coords`` (``[[x, y]]`` in image pixels), ``stability_score``, ``crop_box`` (XYWH).
+
+Models are not loaded here and nothing touches HTTP: the caller brings two callables, ``encode``
+(an RGB crop to features, stretched to 1024x1024 as SAM 2 was trained) and ``decode`` (prompts to
+low-resolution mask logits, :func:`imgembed.models.sam2_decoder.decode_masks` semantics). For
+results identical to the reference, ``decode`` should return the decoder's logits unclamped: the
+reference upscales unclamped logits (it clamps only what it feeds back for ``use_m2m``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from imgembed.errors import InvalidInputError
+from imgembed.masks.boxes import batched_nms, box_area, masks_to_boxes
+from imgembed.masks.regions import fill_holes_and_remove_sprinkles
+from imgembed.masks.rle import RleDict, encode_counts, masks_to_counts, rle_to_mask
+from imgembed.models.sam2 import SAM2_INPUT_SIZE, Sam2Features
+from imgembed.models.sam2_decoder import LOW_RES_MASK_SIZE, MASK_LOGIT_LIMIT, Sam2MaskPrediction
+from imgembed.pipelines.sam2_everything_params import (
+    Sam2EverythingParams,
+    auto_points_per_batch,
+    crop_boxes,
+    layer_point_grids,
+    postprocess_chunk,
+)
+
+logger = logging.getLogger(__name__)
+
+CROP_EDGE_TOLERANCE = 20.0
+"""Pixels within which a mask's box counts as touching a crop edge (the reference's ``atol``)."""
+
+
+class EncodeFn(Protocol):
+    """Features of one RGB image: ``[h,w,3]`` uint8 in, batch-1 features on the compute device."""
+
+    def __call__(self, image: np.ndarray) -> Sam2Features: ...
+
+
+class DecodeFn(Protocol):
+    """:func:`~imgembed.models.sam2_decoder.decode_masks` with the model bound."""
+
+    def __call__(
+        self,
+        features: Sam2Features,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+        multimask_output: bool,
+    ) -> Sam2MaskPrediction: ...
+
+
+@dataclass(frozen=True)
+class MaskRecord:
+    """One mask, with the reference generator's fields.
+
+    Attributes:
+        segmentation: ``[H,W]`` bool array, ``{"size": [H, W], "counts": [runs]}`` or
+            ``{"size": [H, W], "counts": "<COCO string>"}``, per ``output_mode``.
+        area: Pixels in the mask.
+        bbox: ``[x, y, w, h]`` box in image pixels: ``x + w`` is the last column inside.
+        predicted_iou: The decoder's quality estimate.
+        point_coords: ``[[x, y]]``, the prompt point in image pixels.
+        stability_score: IoU of the mask cut at ``mask_threshold +- stability_score_offset``.
+        crop_box: ``[x, y, w, h]`` of the crop the mask came from.
+    """
+
+    segmentation: np.ndarray | RleDict
+    area: int
+    bbox: list[float]
+    predicted_iou: float
+    point_coords: list[list[float]]
+    stability_score: float
+    crop_box: list[float]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as the reference's dict (same keys, same order)."""
+        return {
+            "segmentation": self.segmentation,
+            "area": self.area,
+            "bbox": self.bbox,
+            "predicted_iou": self.predicted_iou,
+            "point_coords": self.point_coords,
+            "stability_score": self.stability_score,
+            "crop_box": self.crop_box,
+        }
+
+
+@dataclass(frozen=True)
+class EverythingResult:
+    """Masks of one image and how they were made.
+
+    Attributes:
+        records: Masks in the reference's order (by NMS score, see the module docstring).
+        image_hw: ``(H, W)`` of the image.
+        points_per_batch: Prompts per decoder pass that were used.
+        crops: Crops encoded (1 without crop layers).
+        prompts: Prompts decoded, refinement passes included.
+        timings_ms: Wall time of ``encode``, ``decode`` and ``postprocess`` (on a GPU, work queued
+            in one phase may finish in the next) and ``total``.
+    """
+
+    records: list[MaskRecord]
+    image_hw: tuple[int, int]
+    points_per_batch: int
+    crops: int
+    prompts: int
+    timings_ms: dict[str, float]
+
+
+@dataclass
+class _Candidates:
+    """Masks kept so far, one row each, the rows of every field aligned."""
+
+    counts: list[list[int]] = field(default_factory=list)
+    boxes: list[torch.Tensor] = field(default_factory=list)  # [n,4] int64 XYXY inclusive, image
+    iou: list[torch.Tensor] = field(default_factory=list)  # [n] float32
+    stability: list[torch.Tensor] = field(default_factory=list)  # [n] float32
+    points: list[torch.Tensor] = field(default_factory=list)  # [n,2] float32 XY, image
+    crop_boxes: list[torch.Tensor] = field(default_factory=list)  # [n,4] int64 XYXY
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Each tensor field as one CPU tensor (empty with the right shape when there are none)."""
+        empty = {"boxes": (0, 4), "iou": (0,), "stability": (0,), "points": (0, 2)}
+        empty["crop_boxes"] = (0, 4)
+        result = {}
+        for name, shape in empty.items():
+            parts = [part.cpu() for part in getattr(self, name)]
+            dtype = torch.int64 if name in ("boxes", "crop_boxes") else torch.float32
+            result[name] = torch.cat(parts) if parts else torch.zeros(shape, dtype=dtype)
+        return result
+
+    def add(self, other: _Candidates) -> None:
+        self.counts.extend(other.counts)
+        for name in ("boxes", "iou", "stability", "points", "crop_boxes"):
+            getattr(self, name).extend(getattr(other, name))
+
+    def select(self, keep: torch.Tensor) -> _Candidates:
+        """The rows at ``keep`` (indices), in that order."""
+        tensors = self.tensors()
+        indices = keep.cpu()
+        return _Candidates(
+            counts=[self.counts[index] for index in indices.tolist()],
+            **{name: [tensor[indices]] for name, tensor in tensors.items()},
+        )
+
+
+@dataclass
+class _Clock:
+    encode: float = 0.0
+    decode: float = 0.0
+    postprocess: float = 0.0
+    prompts: int = 0
+
+
+def generate_everything(
+    image: np.ndarray,
+    encode: EncodeFn,
+    decode: DecodeFn,
+    params: Sam2EverythingParams | None = None,
+) -> EverythingResult:
+    """Segments everything in an image (see the module docstring).
+
+    Args:
+        image: ``[H,W,3]`` uint8 RGB.
+        encode: Features of a crop; its tensors' device is where all the work runs.
+        decode: Mask logits for prompts in the 1024 frame.
+        params: Generator settings; the reference's defaults when ``None``.
+
+    Returns:
+        The masks as records and facts about the run.
+
+    Raises:
+        InvalidInputError: The image is not ``[H,W,3]`` uint8 with both sides at least 1.
+    """
+    params = params or Sam2EverythingParams()
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+        raise InvalidInputError(
+            f"image must be [H,W,3] uint8 RGB with H, W >= 1, got {list(image.shape)} "
+            f"{image.dtype}",
+            field="image",
+        )
+    started = time.perf_counter()
+    image_hw = (int(image.shape[0]), int(image.shape[1]))
+    grids = layer_point_grids(params)
+    crops = crop_boxes(image_hw, params.crop_n_layers, params.crop_overlap_ratio)
+    clock = _Clock()
+    kept = _Candidates()
+    batch_size = params.points_per_batch or 0
+    for crop_box, layer in crops:
+        crop_result, batch_size = _process_crop(
+            image, crop_box, grids[layer], params, encode, decode, clock
+        )
+        kept.add(crop_result)
+    if len(crops) > 1:
+        tensors = kept.tensors()
+        scores = 1 / box_area(tensors["crop_boxes"])  # smaller crops first
+        keep = batched_nms(
+            tensors["boxes"].float(),
+            scores,
+            torch.zeros(len(scores), dtype=torch.int64),
+            params.crop_nms_thresh,
+        )
+        kept = kept.select(keep)
+    records = _records(kept, image_hw, params)
+    total = time.perf_counter() - started
+    logger.debug(
+        "segment everything: %d masks from %d crops in %.3f s", len(records), len(crops), total
+    )
+    return EverythingResult(
+        records=records,
+        image_hw=image_hw,
+        points_per_batch=batch_size,
+        crops=len(crops),
+        prompts=clock.prompts,
+        timings_ms={
+            "encode": clock.encode * 1000,
+            "decode": clock.decode * 1000,
+            "postprocess": clock.postprocess * 1000,
+            "total": total * 1000,
+        },
+    )
+
+
+def _process_crop(
+    image: np.ndarray,
+    crop_box: tuple[int, int, int, int],
+    grid: np.ndarray,
+    params: Sam2EverythingParams,
+    encode: EncodeFn,
+    decode: DecodeFn,
+    clock: _Clock,
+) -> tuple[_Candidates, int]:
+    """Masks of one crop after NMS within it, in image coordinates; and the batch size used."""
+    left, top, right, bottom = crop_box
+    crop = np.ascontiguousarray(image[top:bottom, left:right])
+    crop_hw = (bottom - top, right - left)
+    tick = time.perf_counter()
+    features = encode(crop)
+    clock.encode += time.perf_counter() - tick
+    device = features.image_embed.device
+    batch_size = params.points_per_batch or auto_points_per_batch(device)
+    chunk = postprocess_chunk(device, crop_hw)
+    # Grid in crop pixels, float64 then float32 as the reference: [P,2] XY.
+    points = torch.as_tensor(grid * np.array([[crop_hw[1], crop_hw[0]]]), dtype=torch.float32)
+    image_hw = (image.shape[0], image.shape[1])
+    found = _Candidates()
+    for start in range(0, len(points), batch_size):
+        batch = points[start : start + batch_size].to(device)
+        found.add(
+            _process_batch(
+                features,
+                batch,
+                crop_hw,
+                crop_box,
+                image_hw,
+                params,
+                decode,
+                batch_size,
+                chunk,
+                clock,
+            )
+        )
+    tick = time.perf_counter()
+    tensors = found.tensors()
+    keep = batched_nms(
+        tensors["boxes"].float(),
+        tensors["iou"],
+        torch.zeros(len(tensors["iou"]), dtype=torch.int64),
+        params.box_nms_thresh,
+    )
+    found = found.select(keep)
+    tensors = found.tensors()
+    offset = torch.tensor([left, top])
+    result = _Candidates(
+        counts=found.counts,
+        boxes=[tensors["boxes"] + offset.repeat(2)],  # crop frame -> image frame
+        iou=[tensors["iou"]],
+        stability=[tensors["stability"]],
+        points=[tensors["points"] + offset],
+        crop_boxes=[tensors["crop_boxes"]],
+    )
+    clock.postprocess += time.perf_counter() - tick
+    return result, batch_size
+
+
+def _to_model_frame(points: torch.Tensor, crop_hw: tuple[int, int]) -> torch.Tensor:
+    """``[n,2]`` XY crop pixels -> the 1024 frame, in the reference's float32 operation order."""
+    scaled = points.clone()
+    scaled[:, 0] = scaled[:, 0] / crop_hw[1]
+    scaled[:, 1] = scaled[:, 1] / crop_hw[0]
+    return scaled * SAM2_INPUT_SIZE
+
+
+def _refine(
+    features: Sam2Features,
+    frame_points: torch.Tensor,
+    low_res: torch.Tensor,
+    params: Sam2EverythingParams,
+    decode: DecodeFn,
+    batch_size: int,
+    clock: _Clock,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``use_m2m``: each mask's clamped logits fed back with its point, one output mask each.
+
+    Args:
+        frame_points: ``[M,2]`` XY in the 1024 frame.
+        low_res: ``[M,256,256]`` logits.
+
+    Returns:
+        ``[M,256,256]`` refined logits and ``[M]`` predicted IoU, float32.
+    """
+    masks, scores = [], []
+    for start in range(0, len(frame_points), batch_size):
+        stop = start + batch_size
+        count = len(frame_points[start:stop])
+        prompt = low_res[start:stop].clamp(-MASK_LOGIT_LIMIT, MASK_LOGIT_LIMIT)[:, None]
+        prediction = decode(
+            features,
+            frame_points[start:stop, None, :],  # [m,2] -> [m,1,2]
+            torch.ones(count, 1, dtype=torch.int32, device=low_res.device),
+            prompt,  # [m,1,256,256]
+            torch.ones(count, device=low_res.device),
+            multimask_output=False,
+        )
+        clock.prompts += count
+        masks.append(prediction.masks[:, 0].float())  # [m,1,256,256] -> [m,256,256]
+        scores.append(prediction.iou_predictions[:, 0].float())  # [m,1] -> [m]
+    return torch.cat(masks), torch.cat(scores)
+
+
+def stability_scores(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
+    """``[n]`` IoU of ``[n,H,W]`` masks cut at ``threshold + offset`` and ``threshold - offset``.
+
+    The first mask always lies inside the second, so the IoU is a ratio of pixel counts (NaN for
+    two empty masks, which no threshold keeps).
+    """
+    inner = (logits > threshold + offset).sum(dim=(-1, -2), dtype=torch.int64)
+    outer = (logits > threshold - offset).sum(dim=(-1, -2), dtype=torch.int64)
+    return inner.to(torch.float32) / outer.to(torch.float32)
+
+
+def _near_crop_edge(
+    boxes: torch.Tensor, crop_box: tuple[int, int, int, int], image_hw: tuple[int, int]
+) -> torch.Tensor:
+    """``[n]`` bool: a box side within 20 pixels of a crop edge that is not an image edge."""
+    left, top = crop_box[:2]
+    in_image = (boxes + torch.tensor([left, top, left, top], device=boxes.device)).float()
+    crop = torch.tensor(crop_box, dtype=torch.float32, device=boxes.device)
+    whole = torch.tensor([0, 0, image_hw[1], image_hw[0]], dtype=torch.float32, device=boxes.device)
+    near_crop = torch.isclose(in_image, crop[None], atol=CROP_EDGE_TOLERANCE, rtol=0)
+    near_image = torch.isclose(in_image, whole[None], atol=CROP_EDGE_TOLERANCE, rtol=0)
+    return (near_crop & ~near_image).any(dim=1)
+
+
+def _process_batch(
+    features: Sam2Features,
+    points: torch.Tensor,
+    crop_hw: tuple[int, int],
+    crop_box: tuple[int, int, int, int],
+    image_hw: tuple[int, int],
+    params: Sam2EverythingParams,
+    decode: DecodeFn,
+    batch_size: int,
+    chunk: int,
+    clock: _Clock,
+) -> _Candidates:
+    """Decodes one batch of grid points and keeps the masks that pass every per-mask filter.
+
+    Args:
+        points: ``[B,2]`` float32 XY in crop pixels, on the features' device.
+
+    Returns:
+        Candidates with boxes and points still in the crop's frame, RLE counts in the image's.
+    """
+    device = points.device
+    frame_points = _to_model_frame(points, crop_hw)  # [B,2]
+    tick = time.perf_counter()
+    prediction = decode(
+        features,
+        frame_points[:, None, :],  # [B,2] -> [B,1,2]
+        torch.ones(len(points), 1, dtype=torch.int32, device=device),
+        torch.zeros(1, 1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE, device=device),
+        torch.zeros(1, device=device),
+        multimask_output=params.multimask_output,
+    )
+    clock.prompts += len(points)
+    per_point = prediction.masks.shape[1]
+    low_res = prediction.masks.float().flatten(0, 1)  # [B,K,256,256] -> [B*K,256,256]
+    iou = prediction.iou_predictions.float().flatten(0, 1)  # [B,K] -> [B*K]
+    points = points.repeat_interleave(per_point, dim=0)  # [B*K,2]
+    if params.use_m2m:
+        frame_points = frame_points.repeat_interleave(per_point, dim=0)  # [B*K,2]
+        low_res, iou = _refine(features, frame_points, low_res, params, decode, batch_size, clock)
+    clock.decode += time.perf_counter() - tick
+    tick = time.perf_counter()
+    if params.pred_iou_thresh > 0.0:
+        keep = iou > params.pred_iou_thresh
+        low_res, iou, points = low_res[keep], iou[keep], points[keep]
+    if params.min_mask_region_area > 0 and len(low_res):
+        area = params.min_mask_region_area
+        low_res = fill_holes_and_remove_sprinkles(low_res, area, area, params.mask_threshold)
+    found = _Candidates()
+    for start in range(0, len(low_res), chunk):
+        logits = F.interpolate(
+            low_res[start : start + chunk, None],  # [c,256,256] -> [c,1,256,256]
+            crop_hw,
+            mode="bilinear",
+            align_corners=False,
+        )[:, 0]  # [c,1,h,w] -> [c,h,w]
+        stability = stability_scores(logits, params.mask_threshold, params.stability_score_offset)
+        keep = torch.ones_like(stability, dtype=torch.bool)
+        if params.stability_score_thresh > 0.0:
+            keep = stability >= params.stability_score_thresh
+        masks = logits[keep] > params.mask_threshold  # [c',h,w]
+        boxes = masks_to_boxes(masks)  # [c',4] crop frame, inclusive
+        inside = ~_near_crop_edge(boxes, crop_box, image_hw)
+        masks = masks[inside]
+        found.counts.extend(masks_to_counts(masks, crop_box=crop_box, image_hw=image_hw))
+        found.boxes.append(boxes[inside])
+        found.iou.append(iou[start : start + chunk][keep][inside])
+        found.stability.append(stability[keep][inside])
+        found.points.append(points[start : start + chunk][keep][inside])
+        found.crop_boxes.append(torch.tensor([crop_box]).expand(len(masks), 4))
+    clock.postprocess += time.perf_counter() - tick
+    return found
+
+
+def _records(
+    kept: _Candidates, image_hw: tuple[int, int], params: Sam2EverythingParams
+) -> list[MaskRecord]:
+    tensors = kept.tensors()
+    size = [image_hw[0], image_hw[1]]
+    records = []
+    for index, counts in enumerate(kept.counts):
+        plain: RleDict = {"size": size, "counts": counts}
+        if params.output_mode == "coco_rle":
+            segmentation: np.ndarray | RleDict = {"size": size, "counts": encode_counts(counts)}
+        elif params.output_mode == "binary_mask":
+            segmentation = rle_to_mask(plain)
+        else:
+            segmentation = plain
+        records.append(
+            MaskRecord(
+                segmentation=segmentation,
+                area=int(sum(counts[1::2])),
+                bbox=_xywh(tensors["boxes"][index]),
+                predicted_iou=float(tensors["iou"][index]),
+                point_coords=[tensors["points"][index].tolist()],
+                stability_score=float(tensors["stability"][index]),
+                crop_box=_xywh(tensors["crop_boxes"][index]),
+            )
+        )
+    return records
+
+
+def _xywh(box: torch.Tensor) -> list[float]:
+    left, top, right, bottom = (float(value) for value in box.tolist())
+    return [left, top, right - left, bottom - top]
