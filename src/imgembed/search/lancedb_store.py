@@ -132,7 +132,7 @@ class LanceDBOptions:
         filter_limits: Bounds on filters.
     """
 
-    index_threshold: int | None = 50_000
+    index_threshold: int | None = 10_000
     index_type: IndexType = "IVF_SQ"
     num_partitions: int | None = None
     num_sub_vectors: int | None = None
