@@ -137,3 +137,29 @@ def test_encode_rejects_wrong_rank() -> None:
         encode_coco_rle(np.zeros((2, 2, 2), bool))
     with pytest.raises(ValueError, match=r"\[N,H,W\]"):
         masks_to_counts(np.zeros((2, 2), bool))
+
+
+def test_crops_encode_in_the_image_frame_like_meta_uncrop_then_encode() -> None:
+    amg = pytest.importorskip("sam2.utils.amg", reason="Meta's sam2 is test-only")
+    rng = np.random.default_rng(6)
+    for trial in range(120):
+        height, width = (int(side) for side in rng.integers(1, 30, 2))
+        left, top = int(rng.integers(0, width)), int(rng.integers(0, height))
+        right, bottom = (
+            int(rng.integers(left + 1, width + 1)),
+            int(rng.integers(top + 1, height + 1)),
+        )
+        if trial % 4 == 0:
+            top, bottom = 0, height  # full-height crops: runs continue across columns
+        crops = torch.from_numpy(rng.random((3, bottom - top, right - left)) < rng.random())
+        if trial % 5 == 0:
+            crops[:] = True  # a run reaching the image's last pixel
+        box = (left, top, right, bottom)
+        expected = amg.mask_to_rle_pytorch(amg.uncrop_masks(crops, list(box), height, width))
+        assert masks_to_uncompressed_rle(crops, crop_box=box, image_hw=(height, width)) == expected
+    with pytest.raises(ValueError, match="does not fit"):
+        masks_to_counts(
+            torch.zeros(1, 2, 2, dtype=torch.bool), crop_box=(0, 0, 3, 2), image_hw=(4, 4)
+        )
+    with pytest.raises(ValueError, match="image_hw"):
+        masks_to_counts(torch.zeros(1, 2, 2, dtype=torch.bool), crop_box=(0, 0, 2, 2))
