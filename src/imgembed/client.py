@@ -293,6 +293,43 @@ class ImgembedClient:
             untrained=bool(result["weights"]["untrained"]),
         )
 
+    def sam2_segment_everything(
+        self,
+        image: str | Path | bytes | np.ndarray | Any,
+        *,
+        model: str | None = None,
+        **settings: Any,
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Every object in an image (the automatic mask generator) on the server.
+
+        Args:
+            image: The image as for :meth:`sam2_embed`.
+            model: Model name or alias; the server's default when ``None``.
+            **settings: Generator settings with Meta's names (``points_per_side=32``,
+                ``pred_iou_thresh=0.8``, ``crop_n_layers=0``, ...).
+
+        Returns:
+            ``[N,H,W]`` bool masks and the N records (``area``, ``bbox`` XYWH,
+            ``predicted_iou``, ``point_coords``, ``stability_score``, ``crop_box``), in the same
+            order.
+
+        Raises:
+            ImgembedClientError: The server refused the request; carries its code and field.
+        """
+        body: dict[str, Any] = {**settings, "output_mode": "binary_mask"}
+        if model is not None:
+            body["model"] = model
+        route = "/v1/sam2/segment-everything"
+        if isinstance(image, str) and image.startswith(("http://", "https://", "data:")):
+            response = self._http.post(route, json={**body, "input_image_url": image})
+        else:
+            form = {name: json.dumps(value) for name, value in body.items()}
+            files = {"file": ("image", _image_bytes(image), "application/octet-stream")}
+            response = self._http.post(route, data=form, files=files)
+        result = self._json(response)
+        masks = decode_npz(base64.b64decode(result["masks_npz"]))["masks"].astype(bool)
+        return masks, result["masks"]
+
     def _json(self, response: httpx.Response) -> Any:
         if response.status_code != 200:
             self._raise(response)

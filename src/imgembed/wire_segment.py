@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from imgembed.codecs import encode_npz
-from imgembed.engine import Sam2SegmentResult
+from imgembed.engine import Sam2EverythingResult, Sam2SegmentResult
 from imgembed.masks.png import encode_png
 from imgembed.masks.polygons import mask_to_polygons
 from imgembed.masks.rle import encode_coco_rle
@@ -99,4 +99,47 @@ def sam2_segment_json(
     }
     if mask_format == "npz":
         body["masks_npz"] = _npz(result.objects, with_logits)
+    return body
+
+
+def sam2_everything_json(result: Sam2EverythingResult, output_mode: str) -> dict[str, Any]:
+    """The JSON response of a segment-everything request.
+
+    ``masks`` holds the reference generator's records (``segmentation``, ``area``, ``bbox`` XYWH,
+    ``predicted_iou``, ``point_coords``, ``stability_score``, ``crop_box``) in its order. With
+    ``binary_mask`` their ``segmentation`` is left out and ``masks_npz`` holds one base64 ``.npz``
+    whose ``masks`` is ``[N,H,W]`` bool, in the same order.
+    """
+    everything = result.everything
+    served = result.model
+    records = []
+    for record in everything.records:
+        entry = record.as_dict()
+        if output_mode == "binary_mask":
+            del entry["segmentation"]
+        records.append(entry)
+    body: dict[str, Any] = {
+        "image_id": result.image_id,
+        "cache_hit": result.cache_hit,
+        "model": served.name,
+        "device": served.placement.device_name,
+        "weights": {"source": served.loaded.source, "untrained": served.loaded.untrained},
+        "image_size": list(everything.image_hw),
+        "output_mode": output_mode,
+        "count": len(records),
+        "masks": records,
+        "points_per_batch": everything.points_per_batch,
+        "crops": everything.crops,
+        "prompts": everything.prompts,
+        "timings_ms": {
+            **result.timings_ms,
+            **{f"generate_{k}": round(v, 2) for k, v in everything.timings_ms.items()},
+        },
+    }
+    if output_mode == "binary_mask":
+        height, width = everything.image_hw
+        masks = np.zeros((len(records), height, width), dtype=bool)
+        for index, record in enumerate(everything.records):
+            masks[index] = record.segmentation
+        body["masks_npz"] = _b64(encode_npz({"masks": masks}, compress=True))
     return body

@@ -123,3 +123,34 @@ def test_segment_refuses_bad_prompts_in_one_line(
     assert completed.returncode == 2, completed.stderr
     assert "Traceback" not in completed.stderr
     assert phrase in completed.stderr
+
+
+def test_segment_everything_writes_records_and_an_overlay(tmp_path: Path) -> None:
+    image = tmp_path / "photo.png"
+    image.write_bytes(encode(Image.fromarray(gradient_rgb(60, 90)), "PNG"))
+    output = tmp_path / "masks.json"
+    completed = imgembed(
+        "segment-everything", str(image), "-o", str(output), "--points-per-side", "3",
+        "--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--weights", "dummy",
+        env={"IMGEMBED_WARMUP": "false"},
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    summary = json.loads(completed.stdout)
+    body = json.loads(output.read_text())
+    assert summary["masks"] == body["count"] > 0
+    assert body["masks"][0]["segmentation"]["size"] == [60, 90]
+    assert Image.open(tmp_path / "masks_overlay.png").size == (90, 60)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--box-nms-thresh", "3"), ("--points-per-side", "1000")]
+)
+def test_segment_everything_refuses_bad_settings_in_one_line(
+    tmp_path: Path, flag: str, value: str
+) -> None:
+    image = tmp_path / "photo.png"
+    image.write_bytes(encode(Image.fromarray(gradient_rgb(60, 90)), "PNG"))
+    completed = imgembed("segment-everything", str(image), flag, value, "--weights", "dummy")
+    assert completed.returncode == 2, completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert flag.removeprefix("--").replace("-", "_") in completed.stderr

@@ -110,6 +110,8 @@ def dummy_engine(monkeypatch: pytest.MonkeyPatch) -> Any:
         ({"id": "13", "input": {"action": "segment", "image_b64": PNG_B64, "box": [50, 0, 10, 9]}}, "input.box", "x0 <= x1"),
         ({"id": "14", "input": {"action": "segment", "image_b64": PNG_B64, "points": [[900, 1]]}}, "input.points", "outside"),
         ({"id": "15", "input": {"action": "segment", "image_id": "f" * 32, "points": [[1, 1]]}}, "input.image_id", "send the image again"),
+        ({"id": "16", "input": {"action": "segment_everything", "image_b64": PNG_B64, "box_nms_thresh": 5}}, "input.box_nms_thresh", "box_nms_thresh"),
+        ({"id": "17", "input": {"action": "segment_everything", "image_b64": PNG_B64, "points_per_side": 0}}, "input.points_per_side", "greater than or equal to 1"),
         ({"id": "4", "input": {"action": "embed_image"}}, "input.image_b64", "no image given"),
         ({"id": "5", "input": {"image_b64": "@@"}}, "input.image_b64", "not valid base64"),
         ({"id": "6", "input": {"image_b64": PNG_B64, "dtype": "int8"}}, "input.dtype", "float16"),
@@ -144,3 +146,20 @@ def test_segment_action_through_the_sdk_test_mode() -> None:
     result = job_result_text(output)
     for field in ("'image_id'", "'objects'", "'segmentation'", "'counts'", "'score'"):
         assert field in result, result
+
+
+def test_segment_everything_action(dummy_engine: None) -> None:
+    job = {
+        "id": "everything-1",
+        "input": {
+            "action": "segment_everything",
+            "image_b64": PNG_B64,
+            "points_per_side": 2,
+            "pred_iou_thresh": 0,
+            "stability_score_thresh": 0,
+        },
+    }
+    result = asyncio.run(runpod_adapter.handler(job))
+    assert "error" not in result, result
+    assert result["count"] == len(result["masks"]) > 0
+    assert result["masks"][0]["segmentation"]["size"] == [48, 64]

@@ -240,3 +240,28 @@ def test_last_an_evicted_image_id_says_to_send_the_image_again(server: str, imag
         ok(segment(server, {"image_b64": png, "points": [[5, 5]]}))
     response = segment(server, {"image_id": image_id, "points": [[5, 5]]})
     assert_refused(response, 404, "image_id", "send the image again", server)
+
+
+def test_python_client_returns_numpy_masks_and_refines(server: str, image_id: str) -> None:
+    from imgembed.client import ImgembedClient, ImgembedClientError
+
+    with ImgembedClient(server) as client:
+        first = client.sam2_segment(PNG, points=np.array([[40.0, 30.0]]))
+        assert first.masks.shape == (1, 3, HEIGHT, WIDTH)
+        assert first.masks.dtype == bool
+        assert first.low_res_logits is not None
+        best = int(first.scores[0].argmax())
+        refined = client.sam2_segment(
+            image_id=first.image_id,
+            points=[[40, 30], [100, 70]],
+            point_labels=[1, 0],
+            mask_input=first.low_res_logits[0, best],
+            multimask_output=False,
+        )
+        assert refined.cache_hit is True
+        assert refined.best_masks().shape == (1, HEIGHT, WIDTH)
+        np.testing.assert_array_equal(refined.areas[0], refined.masks[0].sum(axis=(1, 2)))
+        with pytest.raises(ImgembedClientError) as caught:
+            client.sam2_segment(image_id=first.image_id, points=[[1000, 1]])
+        assert caught.value.status_code == 400
+        assert caught.value.field == "points"

@@ -137,6 +137,68 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segment_everything(args: argparse.Namespace) -> int:
+    from imgembed.engine import Engine
+    from imgembed.masks.rle import rle_to_mask
+    from imgembed.preprocess.image import decode_image
+    from imgembed.schemas import parse_request
+    from imgembed.segment_schemas import Sam2EverythingRequest
+    from imgembed.types import ImageBytes
+    from imgembed.wire_segment import sam2_everything_json
+
+    data = read_image_file(args.image)
+    settings = {
+        name: getattr(args, name)
+        for name in (
+            "points_per_side",
+            "points_per_batch",
+            "pred_iou_thresh",
+            "stability_score_thresh",
+            "box_nms_thresh",
+            "crop_n_layers",
+            "min_mask_region_area",
+        )
+        if getattr(args, name) is not None
+    }
+    request = parse_request(
+        Sam2EverythingRequest, {**settings, "use_m2m": args.use_m2m, "output_mode": "coco_rle"}
+    )
+    assert isinstance(request, Sam2EverythingRequest)
+    params = request.params()
+    config = config_from_args(args)
+    image = decode_image(data, config.limits, field="image")
+
+    async def run() -> Any:
+        async with Engine(config) as engine:
+            return await engine.sam2_segment_everything(
+                ImageBytes(data, field="image"), params=params
+            )
+
+    result = asyncio.run(run())
+    output = Path(args.output)
+    body = sam2_everything_json(result, "coco_rle")
+    output.write_text(json.dumps(body, indent=1))
+    records = result.everything.records
+    binary = [rle_to_mask(record.segmentation) for record in records]  # type: ignore[arg-type]
+    overlay_path = (
+        Path(args.overlay) if args.overlay else output.with_name(f"{output.stem}_overlay.png")
+    )
+    draw_overlay(image.pixels, binary).save(overlay_path)
+    print(
+        json.dumps(
+            {
+                "masks": len(records),
+                "output": str(output),
+                "overlay": str(overlay_path),
+                "untrained": result.model.loaded.untrained,
+                "timings_ms": body["timings_ms"],
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
 def add_commands(commands: Any) -> None:
     """Registers ``embed``, ``segment`` and ``segment-everything``."""
     embed = commands.add_parser("embed", help="compute SAM 2 features of one image into an .npz")
@@ -177,3 +239,23 @@ def add_commands(commands: Any) -> None:
     segment.add_argument("--resize-mode", choices=("stretch", "letterbox"))
     add_model_flags(segment)
     segment.set_defaults(handler=_segment)
+
+    everything = commands.add_parser(
+        "segment-everything",
+        help="every object in an image (automatic mask generator) into a JSON file and an overlay",
+    )
+    everything.add_argument("image", help="image file")
+    everything.add_argument(
+        "-o", "--output", default="masks.json", help="records as JSON, COCO RLE segmentations"
+    )
+    everything.add_argument("--overlay", help="overlay picture (default: OUTPUT_overlay.png)")
+    everything.add_argument("--points-per-side", type=int, help="default 32")
+    everything.add_argument("--points-per-batch", type=int, help="default: sized to the device")
+    everything.add_argument("--pred-iou-thresh", type=float, help="default 0.8")
+    everything.add_argument("--stability-score-thresh", type=float, help="default 0.95")
+    everything.add_argument("--box-nms-thresh", type=float, help="default 0.7")
+    everything.add_argument("--crop-n-layers", type=int, help="default 0")
+    everything.add_argument("--min-mask-region-area", type=int, help="default 0")
+    everything.add_argument("--use-m2m", action="store_true", help="refine each mask once")
+    add_model_flags(everything)
+    everything.set_defaults(handler=_segment_everything)

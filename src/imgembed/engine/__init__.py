@@ -4,16 +4,25 @@
         result = await engine.sam2_embed(ImageBytes(open("cat.jpg", "rb").read()))
 
 :class:`Engine` is the core (:mod:`imgembed.engine.core`: models, batchers, caches, worker pools,
-image input) plus one class of task methods per model family (:mod:`imgembed.engine.sam2`).
+image input) plus task methods per model family (:mod:`imgembed.engine.sam2`,
+:mod:`imgembed.engine.sam2_everything`).
 """
 
 from __future__ import annotations
 
 from imgembed.engine.core import EngineCore, ServedModel
-from imgembed.engine.sam2 import Sam2EmbedResult, Sam2SegmentResult, Sam2Tasks
+from imgembed.engine.sam2 import Sam2EmbedResult, Sam2SegmentResult
+from imgembed.engine.sam2_everything import Sam2EverythingResult, Sam2EverythingTasks
 
-__all__ = ["Engine", "EngineCore", "Sam2EmbedResult", "Sam2SegmentResult", "ServedModel"]
+__all__ = [
+    "Engine",
+    "EngineCore",
+    "Sam2EmbedResult",
+    "Sam2EverythingResult",
+    "Sam2SegmentResult",
+    "ServedModel",
+]
 
 
-class Engine(Sam2Tasks):
+class Engine(Sam2EverythingTasks):
     """Loads the configured models and serves requests against them."""

@@ -15,6 +15,7 @@ from imgembed.errors import NotFoundError, ServiceUnavailableError
 from imgembed.models.sam2 import Sam2Features
 from imgembed.models.sam2_decoder import Sam2MaskPrediction, decode_masks
 from imgembed.pipelines import sam2_embed, sam2_segment
+from imgembed.preprocess.image import DecodedImage
 from imgembed.preprocess.sam2_frame import FrameMapping
 from imgembed.runtime.feature_cache import CachedImage, image_id_for
 from imgembed.types import ImageInput
@@ -72,6 +73,7 @@ class Sam2Tasks(EngineCore):
         resize_mode: ResizeMode | None = None,
         deadline: float | None = None,
         image_id_field: str = "image_id",
+        decoded: DecodedImage | None = None,
     ) -> tuple[CachedImage, ServedModel, bool, dict[str, float]]:
         """An image's encoder features: from the cache when they are there, else encoded and cached.
 
@@ -85,6 +87,7 @@ class Sam2Tasks(EngineCore):
             deadline: ``time.monotonic()`` after which unstarted work is dropped; by default
                 ``request_timeout_s`` from now.
             image_id_field: Request field of ``image_id``, for error messages.
+            decoded: ``image`` already decoded by the caller (it is not fetched or decoded again).
 
         Returns:
             The cache entry (features on the model's device in its compute dtype, batch 1, and the
@@ -119,7 +122,8 @@ class Sam2Tasks(EngineCore):
         served.batcher.refuse_if_full(served.preparing)
         served.preparing += 1
         try:
-            decoded = await self.load_image(image)
+            if decoded is None:
+                decoded = await self.load_image(image)
             image_key = await self.run_cpu(image_id_for, decoded.pixels, options.resize_mode)
         finally:
             served.preparing -= 1

@@ -17,14 +17,14 @@ from typing import Any
 from imgembed.engine import Engine
 from imgembed.errors import ImgembedError, InvalidInputError
 from imgembed.schemas import Sam2EmbedRequest, image_source, parse_request, sam2_embed_inputs
-from imgembed.segment_schemas import Sam2SegmentRequest, segment_objects
+from imgembed.segment_schemas import Sam2EverythingRequest, Sam2SegmentRequest, segment_objects
 from imgembed.settings import server_config_from_env
 from imgembed.wire import sam2_embed_json
-from imgembed.wire_segment import sam2_segment_json
+from imgembed.wire_segment import sam2_everything_json, sam2_segment_json
 
 logger = logging.getLogger(__name__)
 
-ACTIONS = ("embed_image", "segment")
+ACTIONS = ("embed_image", "segment", "segment_everything")
 """Actions the handler understands, as the seed worker names them."""
 
 _engine: Engine | None = None
@@ -79,7 +79,22 @@ async def _segment(engine: Engine, job_input: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-_RUNNERS = {"embed_image": _embed_image, "segment": _segment}
+async def _segment_everything(engine: Engine, job_input: dict[str, Any]) -> dict[str, Any]:
+    body = parse_request(Sam2EverythingRequest, job_input, prefix="input.")
+    assert isinstance(body, Sam2EverythingRequest)
+    image = image_source(body, upload=None, prefix="input.")
+    assert image is not None  # the request has no image_id field
+    params = body.params(prefix="input.")
+    served = engine.resolve_model(body.model, field_name="input.model")
+    result = await engine.sam2_segment_everything(image, model=served.name, params=params)
+    return await engine.run_cpu(sam2_everything_json, result, body.output_mode)
+
+
+_RUNNERS = {
+    "embed_image": _embed_image,
+    "segment": _segment,
+    "segment_everything": _segment_everything,
+}
 
 
 async def handler(job: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from imgembed.engine import Engine
 from imgembed.errors import InvalidInputError, UnsupportedMediaTypeError
 from imgembed.metrics import CONTENT_TYPE
 from imgembed.schemas import Sam2EmbedRequest, image_source, parse_request, sam2_embed_inputs
-from imgembed.segment_schemas import Sam2SegmentRequest, segment_objects
+from imgembed.segment_schemas import Sam2EverythingRequest, Sam2SegmentRequest, segment_objects
 from imgembed.server.disconnect import (
     CLIENT_CLOSED_REQUEST,
     ClientDisconnectedError,
@@ -23,7 +23,7 @@ from imgembed.server.disconnect import (
 )
 from imgembed.server.errors import invalid_json
 from imgembed.wire import sam2_embed_binary, sam2_embed_json
-from imgembed.wire_segment import sam2_segment_json
+from imgembed.wire_segment import sam2_everything_json, sam2_segment_json
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -217,6 +217,43 @@ async def sam2_segment(request: Request) -> Response:
         lambda: json.dumps(
             sam2_segment_json(result, body.mask_format, with_logits=body.return_low_res_logits)
         ).encode()
+    )
+    return Response(encoded, media_type="application/json")
+
+
+@router.post(
+    "/v1/sam2/segment-everything",
+    summary="SAM 2 automatic masks",
+    description="Every object in the image: Meta's automatic mask generator (a grid of point "
+    "prompts, optional crops, quality and stability filters, non-maximum suppression) with its "
+    "parameter names and defaults, and its output records. JSON (image_b64 or input_image_url) "
+    "or multipart (field 'file'; other fields as JSON values).",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": Sam2EverythingRequest.model_json_schema()}},
+        }
+    },
+    tags=["sam2"],
+)
+async def sam2_segment_everything(request: Request) -> Response:
+    engine = _engine(request)
+    payload, upload, upload_field = await _read_body(request, json_form_values=True)
+    body = parse_request(Sam2EverythingRequest, payload)
+    assert isinstance(body, Sam2EverythingRequest)
+    image = image_source(body, upload=upload, upload_field=upload_field)
+    params = body.params()
+    served = engine.resolve_model(body.model)
+    request.state.model = served.name
+    assert image is not None  # the request has no image_id field
+    work = engine.sam2_segment_everything(image, model=served.name, params=params)
+    try:
+        result = await unless_disconnected(request, work)
+    except ClientDisconnectedError:
+        logger.info("client closed the connection; request %s dropped", request.state.request_id)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    encoded = await engine.run_cpu(
+        lambda: json.dumps(sam2_everything_json(result, body.output_mode)).encode()
     )
     return Response(encoded, media_type="application/json")
 

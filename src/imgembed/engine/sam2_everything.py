@@ -1,0 +1,125 @@
+"""The engine's "segment everything" task: Meta's automatic mask generator on a served model."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from imgembed.engine.core import ServedModel
+from imgembed.engine.sam2 import Sam2Tasks, _milliseconds
+from imgembed.models.sam2 import SAM2_INPUT_SIZE, Sam2Features
+from imgembed.models.sam2_decoder import Sam2MaskPrediction, decode_masks
+from imgembed.pipelines import sam2_embed
+from imgembed.pipelines.sam2_everything import EverythingResult, generate_everything
+from imgembed.pipelines.sam2_everything_params import Sam2EverythingParams
+from imgembed.preprocess.sam2_frame import sam2_pixel_values
+from imgembed.types import ImageInput
+
+
+@dataclass(frozen=True)
+class Sam2EverythingResult:
+    """Every mask of an image.
+
+    Attributes:
+        everything: The generator's records and facts about the run.
+        model: The model that made them.
+        image_id: Names the whole image's cached features in later requests.
+        cache_hit: The whole image's features came from the cache.
+        timings_ms: Milliseconds per stage.
+    """
+
+    everything: EverythingResult
+    model: ServedModel
+    image_id: str
+    cache_hit: bool
+    timings_ms: dict[str, float]
+
+
+class Sam2EverythingTasks(Sam2Tasks):
+    """``segment everything`` on top of the SAM 2 tasks."""
+
+    async def sam2_segment_everything(
+        self,
+        image: ImageInput,
+        *,
+        model: str | None = None,
+        params: Sam2EverythingParams | None = None,
+        deadline: float | None = None,
+    ) -> Sam2EverythingResult:
+        """Finds every object in an image with a grid of point prompts (and optional crops).
+
+        The whole image's features go through the cache and the dynamic batcher like any embed
+        request (an image embedded or segmented before is not encoded again); crops, when
+        ``crop_n_layers`` asks for them, and all decoding run on the model's device thread as one
+        job, which other requests to the model wait behind.
+
+        Args:
+            image: The image (decoded pixels are needed, so an ``image_id`` alone is not enough).
+            model: Model name or alias; ``None`` for the default model.
+            params: The generator's settings; the reference's defaults when ``None``.
+            deadline: ``time.monotonic()`` after which unstarted encoder work is dropped.
+
+        Returns:
+            The masks as the reference's records, with the run's facts.
+
+        Raises:
+            QueueFullError: The model's queue is full (429).
+            DeadlineExceededError: The deadline passed before the encoder ran (504).
+        """
+        params = params or Sam2EverythingParams()
+        served = self.resolve_model(model)
+        if served.batcher is not None:
+            served.batcher.refuse_if_full(served.preparing)
+        started = time.perf_counter()
+        decoded = await self.load_image(image)
+        cached, served, hit, timings = await self.sam2_image(
+            image, model=model, resize_mode="stretch", deadline=deadline, decoded=decoded
+        )
+        whole_image = cached.features
+        placement = served.placement
+
+        def encode(crop: np.ndarray) -> Sam2Features:
+            if crop.shape == decoded.pixels.shape:
+                return whole_image
+            pixel_values, _ = sam2_pixel_values(torch.from_numpy(crop), SAM2_INPUT_SIZE, "stretch")
+            return sam2_embed.encode(served.loaded.model, placement, [pixel_values])
+
+        def decode(
+            features: Sam2Features,
+            point_coords: torch.Tensor,
+            point_labels: torch.Tensor,
+            mask_input: torch.Tensor,
+            has_mask_input: torch.Tensor,
+            multimask_output: bool,
+        ) -> Sam2MaskPrediction:
+            with placement.autocast():
+                prediction = decode_masks(
+                    served.loaded.model,
+                    features,
+                    point_coords,
+                    point_labels,
+                    mask_input,
+                    has_mask_input,
+                    multimask_output=multimask_output,
+                    clamp=False,
+                )
+            return Sam2MaskPrediction(prediction.masks.float(), prediction.iou_predictions.float())
+
+        def run() -> EverythingResult:
+            with torch.inference_mode():
+                return generate_everything(decoded.pixels, encode, decode, params)
+
+        loop = asyncio.get_running_loop()
+        everything = await loop.run_in_executor(served.device_executor, run)
+        timings["generate"] = time.perf_counter() - started
+        return Sam2EverythingResult(
+            everything=everything,
+            model=served,
+            image_id=cached.image_id,
+            cache_hit=hit,
+            timings_ms=_milliseconds(timings),
+        )
