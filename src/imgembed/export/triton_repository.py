@@ -1,0 +1,237 @@
+"""A Triton model repository for SAM 2: ``tritonserver --model-repository DIR`` serves it as is.
+
+Layout::
+
+    DIR/
+      sam2_encoder/config.pbtxt
+      sam2_encoder/1/model.onnx       the ONNX encoder (imgembed.export.onnx_export)
+      sam2_decoder/config.pbtxt
+      sam2_decoder/1/model.onnx       the ONNX decoder (three masks per prompt)
+      imgembed-export.json            the export's metadata plus the Triton settings
+
+Triton reads only the model folders; the JSON at the top is for people and tools. The configs
+(:mod:`imgembed.export.triton_config`) match the graphs and imgembed's own v2 models, so a client
+written against imgembed's ``/v2`` endpoints runs against this repository unchanged.
+
+Needs the ``onnx`` extra (``pip install 'imgembed[onnx]'``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from imgembed.export.onnx_export import DEFAULT_OPSET, export_loaded_onnx
+from imgembed.export.onnx_metadata import METADATA_FILE, ExportResult, read_export, write_metadata
+from imgembed.export.onnx_precision import Precision
+from imgembed.export.output_dir import move_into_place, prepare_output_dir, staging_dir
+from imgembed.export.pbtxt import render_pbtxt
+from imgembed.export.triton_config import (
+    TritonRepositorySettings,
+    check_repository_settings,
+    model_config,
+)
+from imgembed.models.sam2_loading import load_sam2
+from imgembed.models.sam2_registry import resolve_variant
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.pbtxt"
+MODEL_FILE = "model.onnx"
+MODEL_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class TritonExportResult:
+    """What a Triton export wrote.
+
+    Attributes:
+        out_dir: The repository folder (pass it to ``tritonserver --model-repository``).
+        model_dirs: Model name to its folder.
+        config_paths: Model name to its ``config.pbtxt``.
+        model_paths: Model name to its ``1/model.onnx``.
+        metadata: The contents of ``imgembed-export.json``.
+    """
+
+    out_dir: Path
+    model_dirs: dict[str, Path]
+    config_paths: dict[str, Path]
+    model_paths: dict[str, Path]
+    metadata: dict[str, Any]
+
+
+Role = Literal["encoder", "decoder"]
+
+
+def _layout(settings: TritonRepositorySettings) -> dict[Role, tuple[str, str]]:
+    """Graph role to (model name, relative path of its graph)."""
+    return {
+        "encoder": (settings.encoder_name, f"{settings.encoder_name}/{MODEL_VERSION}/{MODEL_FILE}"),
+        "decoder": (settings.decoder_name, f"{settings.decoder_name}/{MODEL_VERSION}/{MODEL_FILE}"),
+    }
+
+
+def _file_names(settings: TritonRepositorySettings) -> list[str]:
+    """Every path, relative to the repository, an export writes."""
+    layout = _layout(settings)
+    configs = [f"{name}/{CONFIG_FILE}" for name, _ in layout.values()]
+    return [path for _, path in layout.values()] + configs + [METADATA_FILE]
+
+
+def _fill_repository(
+    export: ExportResult, staging: Path, settings: TritonRepositorySettings, *, move: bool
+) -> dict[str, Any]:
+    """Puts the graphs and writes the configs and metadata into ``staging``.
+
+    Args:
+        export: The ONNX export.
+        staging: The folder being filled.
+        settings: Names and serving settings.
+        move: Move the graphs (an export made for this repository) instead of copying them.
+
+    Returns:
+        The repository's metadata.
+    """
+    model_id = str(export.metadata["model_id"])
+    graphs = dict(export.metadata["graphs"])
+    for role, (name, relative) in _layout(settings).items():
+        target = staging / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if move:
+            os.replace(export.files[role], target)
+        else:
+            shutil.copyfile(export.files[role], target)
+        config = render_pbtxt(model_config(role, settings, model_id))
+        (staging / name / CONFIG_FILE).write_text(config, encoding="utf-8")
+        graphs[role] = {**graphs[role], "file": relative, "triton_model": name}
+    graphs.pop("decoder_single_mask", None)
+    metadata = {
+        **export.metadata,
+        "graphs": graphs,
+        "triton": {
+            **dataclasses.asdict(settings),
+            "configs": {name: f"{name}/{CONFIG_FILE}" for name, _ in _layout(settings).values()},
+        },
+    }
+    write_metadata(staging / METADATA_FILE, metadata)
+    return metadata
+
+
+def _result(
+    folder: Path, settings: TritonRepositorySettings, metadata: dict[str, Any]
+) -> TritonExportResult:
+    layout = _layout(settings)
+    return TritonExportResult(
+        out_dir=folder,
+        model_dirs={name: folder / name for name, _ in layout.values()},
+        config_paths={name: folder / name / CONFIG_FILE for name, _ in layout.values()},
+        model_paths={name: folder / relative for name, relative in layout.values()},
+        metadata=metadata,
+    )
+
+
+def export_triton_from_onnx(
+    onnx_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    settings: TritonRepositorySettings | None = None,
+    overwrite: bool = False,
+) -> TritonExportResult:
+    """Builds a Triton repository from an existing ONNX export, without tracing again.
+
+    Args:
+        onnx_dir: A folder :func:`~imgembed.export.onnx_export.export_onnx` wrote (any precision).
+        out_dir: The repository folder; created if missing.
+        settings: Model names and serving settings; the defaults batch the encoder.
+        overwrite: Replace existing files of the same names.
+
+    Returns:
+        The written repository.
+
+    Raises:
+        InvalidInputError: ``onnx_dir`` is not an export, ``out_dir`` cannot be written, or a
+            setting is one Triton would refuse.
+        ConflictError: The repository files exist and ``overwrite`` is off.
+    """
+    settings = settings or TritonRepositorySettings()
+    check_repository_settings(settings)
+    export = read_export(onnx_dir)
+    folder = prepare_output_dir(out_dir, _file_names(settings), overwrite=overwrite)
+    with staging_dir(folder) as staging:
+        metadata = _fill_repository(export, staging, settings, move=False)
+        move_into_place(staging, folder, _file_names(settings))
+    logger.info("Wrote a Triton repository for %s to %s", export.metadata["model_id"], folder)
+    return _result(folder, settings, metadata)
+
+
+def export_triton(
+    model_name: str,
+    weights: str | None,
+    out_dir: str | os.PathLike[str],
+    *,
+    settings: TritonRepositorySettings | None = None,
+    meta_config: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    precision: Precision = "fp32",
+    device: str | torch.device = "cpu",
+    overwrite: bool = False,
+    hub_cache_dir: str | None = None,
+    hub_offline: bool = False,
+    hub_endpoint: str | None = None,
+) -> TritonExportResult:
+    """Loads a SAM 2 model, exports it to ONNX and writes a Triton model repository.
+
+    Args:
+        model_name: Any name :func:`~imgembed.models.sam2_registry.resolve_variant` accepts.
+        weights: As :func:`~imgembed.models.sam2_loading.load_sam2` takes them (``"dummy"`` for
+            random untrained weights).
+        out_dir: The repository folder; created if missing.
+        settings: Model names and serving settings (batching, queue delay, instances,
+            TensorRT); the defaults batch the encoder and leave the decoder unbatched.
+        meta_config: Meta's config name for a ``.pt`` checkpoint, when it is not implied.
+        opset: ONNX opset.
+        precision: ``fp32``, ``fp16`` or ``int8`` graphs (the configs' tensors stay FP32).
+        device: Where the model is traced.
+        overwrite: Replace existing files of the same names.
+        hub_cache_dir: Hugging Face cache folder for hub weights.
+        hub_offline: Never contact the hub.
+        hub_endpoint: Hub address, for mirrors.
+
+    Returns:
+        The written repository.
+
+    Raises:
+        UnknownModelError: ``model_name`` names no SAM 2 model.
+        InvalidInputError: ``out_dir`` cannot be written, or a setting is one Triton would
+            refuse, or the opset or precision is not supported.
+        ConflictError: The repository files exist and ``overwrite`` is off.
+        ModelLoadError: The weights cannot be loaded.
+    """
+    variant = resolve_variant(model_name)
+    settings = settings or TritonRepositorySettings()
+    check_repository_settings(settings)
+    folder = prepare_output_dir(out_dir, _file_names(settings), overwrite=overwrite)
+    loaded = load_sam2(
+        variant.name,
+        weights,
+        meta_config,
+        device=torch.device(device),
+        hub_cache_dir=hub_cache_dir,
+        hub_offline=hub_offline,
+        hub_endpoint=hub_endpoint,
+    )
+    with staging_dir(folder) as staging:
+        export = export_loaded_onnx(
+            loaded, staging / "onnx", opset=opset, precision=precision, single_mask_decoder=False
+        )
+        metadata = _fill_repository(export, staging, settings, move=True)
+        move_into_place(staging, folder, _file_names(settings))
+    logger.info("Wrote a Triton repository for %s to %s", variant.name, folder)
+    return _result(folder, settings, metadata)
