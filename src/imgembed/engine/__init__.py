@@ -10,9 +10,10 @@ image input) plus task methods per model family (:mod:`imgembed.engine.sam2`,
 
 from __future__ import annotations
 
-from imgembed.engine.core import EngineCore, ServedModel
+from imgembed.engine.core import EngineCore
 from imgembed.engine.sam2 import Sam2EmbedResult, Sam2SegmentResult
 from imgembed.engine.sam2_everything import Sam2EverythingResult, Sam2EverythingTasks
+from imgembed.engine.served import ServedModel, ServedSam2, ServedSiglip
 
 __all__ = [
     "Engine",
@@ -21,6 +22,8 @@ __all__ = [
     "Sam2EverythingResult",
     "Sam2SegmentResult",
     "ServedModel",
+    "ServedSam2",
+    "ServedSiglip",
 ]
 
 

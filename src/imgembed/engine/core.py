@@ -9,28 +9,32 @@ blocks.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Self, TypeVar
 
 import torch
 
 from imgembed.config import ModelSpec, ServerConfig
+from imgembed.engine.served import (
+    FAMILY_NAMES,
+    Family,
+    ServedModel,
+    ServedSam2,
+    ServedSiglip,
+)
 from imgembed.errors import UnknownModelError
 from imgembed.metrics import Metrics
-from imgembed.models.sam2 import SAM2_INPUT_SIZE, Sam2Features
 from imgembed.models.sam2_loading import LoadedSam2, load_sam2
 from imgembed.models.sam2_registry import resolve_variant
-from imgembed.pipelines import sam2_embed
+from imgembed.models.siglip_loading import LoadedSiglip, load_siglip
+from imgembed.models.siglip_registry import is_siglip_name, resolve_siglip_variant
 from imgembed.preprocess.fetch import fetch_url_bytes
 from imgembed.preprocess.image import DecodedImage, decode_base64_image, decode_image
-from imgembed.runtime.batcher import DynamicBatcher
-from imgembed.runtime.device import DevicePlacement, choose_placement
+from imgembed.runtime.device import choose_placement
 from imgembed.runtime.feature_cache import CachedImage, FeatureCache
 from imgembed.types import ImageBase64, ImageInput, ImageURL
 
@@ -39,79 +43,20 @@ logger = logging.getLogger(__name__)
 ResultT = TypeVar("ResultT")
 
 
-@dataclass
-class ServedModel:
-    """A loaded model and how it is served.
-
-    Attributes:
-        spec: The configuration it was loaded from.
-        loaded: Weights, architecture and provenance.
-        placement: Device and compute precision.
-        names: Every name a request may use for it (canonical name, hub id, Meta file names).
-        load_seconds: Wall time the load took.
-        device_executor: The single thread that runs this model's forward passes.
-        batcher: Groups encode requests into batches; created when the engine starts.
-        warmup_seconds: Time the start-up warm-up pass took, ``None`` without one.
-        cache: Encoder features of recent images, by ``image_id``.
-        preparing: Requests admitted and decoding, not yet in the batcher's queue; they count
-            against the queue limit so a burst is refused before it spends CPU on decoding.
-    """
-
-    spec: ModelSpec
-    loaded: LoadedSam2
-    placement: DevicePlacement
-    names: frozenset[str]
-    load_seconds: float
-    device_executor: ThreadPoolExecutor = field(repr=False)
-    batcher: DynamicBatcher[torch.Tensor, Sam2Features] | None = field(default=None, repr=False)
-    warmup_seconds: float | None = None
-    cache: FeatureCache = field(default_factory=lambda: FeatureCache(0), repr=False)
-    preparing: int = 0
-
-    def encode_batch(self, pixel_values: list[torch.Tensor]) -> list[Sam2Features]:
-        """Encodes ``[3,1024,1024]`` images in one forward pass; one ``[1,...]`` result each."""
-        features = sam2_embed.encode(self.loaded.model, self.placement, pixel_values)
-        return [features[index] for index in range(len(pixel_values))]
-
-    @property
-    def name(self) -> str:
-        return self.loaded.variant.name
-
-    def describe(self) -> dict[str, Any]:
-        """The model as ``/v1/models`` lists it."""
-        variant = self.loaded.variant
-        return {
-            "id": variant.name,
-            "object": "model",
-            "task": "sam2-image-embedding",
-            "aliases": sorted(self.names - {variant.name}),
-            "weights": {
-                "source": self.loaded.source,
-                "location": self.loaded.weights_location,
-                "untrained": self.loaded.untrained,
-            },
-            "meta_config": variant.meta_config,
-            "device": self.placement.device_name,
-            "compute_dtype": self.placement.compute_dtype,
-            "input_size": [1024, 1024],
-            "load_seconds": round(self.load_seconds, 3),
-            "warmup_seconds": None
-            if self.warmup_seconds is None
-            else round(self.warmup_seconds, 3),
-            "batching": dataclasses.asdict(self.spec.batching),
-            "cache": {"max_bytes": self.cache.max_bytes, **vars(self.cache.stats)},
-        }
-
-
 class EngineCore:
     """Loads the configured models, runs the worker pools, and fetches and decodes images; the task
-    methods live in the subclasses (:class:`~imgembed.engine.sam2.Sam2Tasks`)."""
+    methods live in the subclasses (:class:`~imgembed.engine.sam2.Sam2Tasks`, ...)."""
 
     def __init__(
-        self, config: ServerConfig, *, loader: Callable[..., LoadedSam2] = load_sam2
+        self,
+        config: ServerConfig,
+        *,
+        loader: Callable[..., LoadedSam2] = load_sam2,
+        siglip_loader: Callable[..., LoadedSiglip] = load_siglip,
     ) -> None:
         self.config = config
         self._loader = loader
+        self._siglip_loader = siglip_loader
         self._models: dict[str, ServedModel] = {}
         self._by_name: dict[str, ServedModel] = {}
         self._cpu_pool: ThreadPoolExecutor | None = None
@@ -153,42 +98,24 @@ class EngineCore:
                 max_workers=self.config.compute_threads, thread_name_prefix="imgembed-cpu"
             )
         await asyncio.to_thread(self.load)
-        for served in self._models.values():
-            if served.batcher is None:
-                batcher = DynamicBatcher(
-                    served.name,
-                    served.encode_batch,
-                    served.device_executor,
-                    served.spec.batching,
-                    on_batch=self.metrics.batch_observer(served.name),
-                )
-                batcher.start()
-                served.batcher = batcher
-                self.metrics.track_model(
-                    served.name,
-                    queued=lambda batcher=batcher: batcher.queued,
-                    in_flight=lambda batcher=batcher: batcher.in_flight,
-                    load_s=served.load_seconds,
-                )
-                if served.spec.warmup:
-                    await self._warm_up(served)
-        self._ready = True
-
-    async def _warm_up(self, served: ServedModel) -> None:
-        """One forward pass on a blank image, on the model's own thread."""
-        started = time.perf_counter()
-        blank = torch.zeros(3, SAM2_INPUT_SIZE, SAM2_INPUT_SIZE)  # [3,1024,1024]
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(served.device_executor, served.encode_batch, [blank])
-        served.warmup_seconds = time.perf_counter() - started
-        logger.info("warmed up %s in %.1f s", served.name, served.warmup_seconds)
+        for served in self._models.values():
+            if served.batchers():
+                continue
+            served.start(self.metrics)
+            if served.spec.warmup:
+                started = time.perf_counter()
+                await loop.run_in_executor(served.device_executor, served.warm_up)
+                served.warmup_seconds = time.perf_counter() - started
+                logger.info("warmed up %s in %.1f s", served.name, served.warmup_seconds)
+        self._ready = True
 
     async def close(self) -> None:
         """Stops the worker pools; in-flight work finishes first."""
         self._ready = False
         for served in self._models.values():
-            if served.batcher is not None:
-                await served.batcher.close()
+            for batcher in served.batchers():
+                await batcher.close()
             served.device_executor.shutdown(wait=True)
         if self._cpu_pool is not None:
             self._cpu_pool.shutdown(wait=True)
@@ -197,51 +124,92 @@ class EngineCore:
     def _load(self, spec: ModelSpec) -> ServedModel:
         placement = choose_placement(spec.device)
         started = time.perf_counter()
-        loaded = self._loader(spec.name, spec.weights, spec.meta_config, device=placement.device)
+        if is_siglip_name(spec.name):
+            loaded_siglip = self._siglip_loader(spec.name, spec.weights, device=placement.device)
+            location, source = loaded_siglip.weights_location, loaded_siglip.source
+            siglip_variant = loaded_siglip.variant
+            names = {siglip_variant.name, siglip_variant.hub_id}
+        else:
+            loaded = self._loader(
+                spec.name, spec.weights, spec.meta_config, device=placement.device
+            )
+            location, source = loaded.weights_location, loaded.source
+            variant = loaded.variant
+            names = {variant.name, variant.hub_id, variant.meta_checkpoint, variant.meta_config}
+            names.add(variant.meta_config.rsplit("/", 1)[-1])
         seconds = time.perf_counter() - started
-        variant = loaded.variant
-        names = {variant.name, variant.hub_id, variant.meta_checkpoint, variant.meta_config}
-        names.add(variant.meta_config.rsplit("/", 1)[-1])
         if spec.alias:
             names.add(spec.alias)
+        common = {
+            "spec": spec,
+            "placement": placement,
+            "names": frozenset(names),
+            "load_seconds": seconds,
+        }
+        served: ServedModel
+        if is_siglip_name(spec.name):
+            served = ServedSiglip(
+                loaded=loaded_siglip, **common, device_executor=self._thread(spec)
+            )
+        else:
+            served = ServedSam2(
+                loaded=loaded,
+                **common,
+                device_executor=self._thread(spec),
+                cache=FeatureCache(
+                    self.config.cache_bytes, on_change=self.metrics.cache_observer(variant.name)
+                ),
+            )
         logger.info(
             "loaded %s from %s (%s) on %s, compute %s, in %.1f s",
-            variant.name,
-            loaded.weights_location,
-            loaded.source,
+            served.name,
+            location,
+            source,
             placement.device,
             placement.compute_dtype,
             seconds,
         )
-        return ServedModel(
-            spec=spec,
-            loaded=loaded,
-            placement=placement,
-            names=frozenset(names),
-            load_seconds=seconds,
-            device_executor=ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix=f"imgembed-{variant.name}"
-            ),
-            cache=FeatureCache(
-                self.config.cache_bytes, on_change=self.metrics.cache_observer(variant.name)
-            ),
-        )
+        return served
 
-    def resolve_model(self, name: str | None, *, field_name: str = "model") -> ServedModel:
-        """The served model a request names, or the default when it names none.
+    @staticmethod
+    def _thread(spec: ModelSpec) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"imgembed-{spec.name}")
+
+    def resolve_model(
+        self, name: str | None, *, field_name: str = "model", family: Family | None = None
+    ) -> ServedModel:
+        """The served model a request names, or the default (of ``family``) when it names none.
+
+        Args:
+            name: A model name or alias, or ``None``/empty for the default.
+            field_name: The request field, for error messages.
+            family: The family the route needs; a model of another family is refused.
 
         Raises:
-            UnknownModelError: No served model has that name; the message lists those served.
+            UnknownModelError: No served model has that name, or it is of the wrong family; the
+                message lists the models served for the route.
         """
+        candidates = [
+            served for served in self._models.values() if family is None or served.family == family
+        ]
+        wanted = FAMILY_NAMES[family] + " " if family is not None else ""
         if name is None or name == "":
-            return next(iter(self._models.values()))
+            if not candidates:
+                raise UnknownModelError(
+                    f"this server serves no {wanted}model; start it with --model naming one "
+                    f"(served now: {', '.join(sorted(self._models))})",
+                    field=field_name,
+                )
+            return candidates[0]
         served = self._by_name.get(name.lower())
         if served is None:
-            try:
-                variant = resolve_variant(name)
-            except UnknownModelError:
-                variant = None
-            served = self._models.get(variant.name) if variant is not None else None
+            served = self._models.get(_canonical_name(name) or "")
+        if served is not None and family is not None and served.family != family:
+            raise UnknownModelError(
+                f"model {name!r} is a {FAMILY_NAMES[served.family]} model; this route needs a "
+                f"{wanted}model: {', '.join(sorted(c.name for c in candidates)) or 'none served'}",
+                field=field_name,
+            )
         if served is None:
             available = ", ".join(sorted(self._models))
             raise UnknownModelError(
@@ -249,6 +217,18 @@ class EngineCore:
                 "Start the server with --model to serve another",
                 field=field_name,
             )
+        return served
+
+    def resolve_sam2(self, name: str | None, *, field_name: str = "model") -> ServedSam2:
+        """The SAM 2 model a request names (see :meth:`resolve_model`)."""
+        served = self.resolve_model(name, field_name=field_name, family="sam2")
+        assert isinstance(served, ServedSam2)
+        return served
+
+    def resolve_siglip(self, name: str | None, *, field_name: str = "model") -> ServedSiglip:
+        """The SigLIP 2 model a request names (see :meth:`resolve_model`)."""
+        served = self.resolve_model(name, field_name=field_name, family="siglip")
+        assert isinstance(served, ServedSiglip)
         return served
 
     def device_memory(self) -> dict[str, int]:
@@ -281,3 +261,13 @@ class EngineCore:
         return await self.run_cpu(
             partial(decode_image, data, self.config.limits, field=image.field)
         )
+
+
+def _canonical_name(name: str) -> str | None:
+    """The canonical name of any spelling of a SAM 2 or SigLIP 2 model, ``None`` if unknown."""
+    for resolve in (resolve_variant, resolve_siglip_variant):
+        try:
+            return resolve(name).name
+        except UnknownModelError:
+            continue
+    return None

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from imgembed.config import ResizeMode
-from imgembed.engine.core import EngineCore, ServedModel
+from imgembed.engine.core import EngineCore
+from imgembed.engine.served import ServedSam2
 from imgembed.errors import NotFoundError, ServiceUnavailableError
 from imgembed.models.sam2 import Sam2Features
 from imgembed.models.sam2_decoder import Sam2MaskPrediction, decode_masks
@@ -34,7 +35,7 @@ class Sam2EmbedResult:
     """
 
     embedding: sam2_embed.Sam2Embedding
-    model: ServedModel
+    model: ServedSam2
     image_id: str
     cache_hit: bool
     timings_ms: dict[str, float]
@@ -55,7 +56,7 @@ class Sam2SegmentResult:
 
     objects: list[sam2_segment.ObjectMasks]
     mapping: FrameMapping
-    model: ServedModel
+    model: ServedSam2
     image_id: str
     cache_hit: bool
     timings_ms: dict[str, float]
@@ -74,7 +75,7 @@ class Sam2Tasks(EngineCore):
         deadline: float | None = None,
         image_id_field: str = "image_id",
         decoded: DecodedImage | None = None,
-    ) -> tuple[CachedImage, ServedModel, bool, dict[str, float]]:
+    ) -> tuple[CachedImage, ServedSam2, bool, dict[str, float]]:
         """An image's encoder features: from the cache when they are there, else encoded and cached.
 
         Concurrent requests for the same uncached image share one encoder pass.
@@ -98,7 +99,7 @@ class Sam2Tasks(EngineCore):
             QueueFullError: The model's queue is full (429).
             DeadlineExceededError: The deadline passed before the encoder ran (504).
         """
-        served = self.resolve_model(model)
+        served = self.resolve_sam2(model)
         if served.batcher is None:
             raise ServiceUnavailableError(
                 "the engine is not started; use 'async with Engine(config)' or await start()"
@@ -347,7 +348,7 @@ class Sam2Tasks(EngineCore):
             DeadlineExceededError: The deadline passed before an image was encoded (504).
             ServiceUnavailableError: The engine is not started.
         """
-        served = self.resolve_model(model)
+        served = self.resolve_sam2(model)
         if served.batcher is None:
             raise ServiceUnavailableError(
                 "the engine is not started; use 'async with Engine(config)' or await start()"
@@ -394,7 +395,7 @@ class Sam2Tasks(EngineCore):
         Raises:
             ServiceUnavailableError: The engine is not started.
         """
-        served = self.resolve_model(model)
+        served = self.resolve_sam2(model)
         if not self._ready:
             raise ServiceUnavailableError(
                 "the engine is not started; use 'async with Engine(config)' or await start()"
@@ -409,7 +410,7 @@ class Sam2Tasks(EngineCore):
 
     @staticmethod
     def _decode_on_device(
-        served: ServedModel,
+        served: ServedSam2,
         features: Sam2Features,
         point_coords: torch.Tensor,
         point_labels: torch.Tensor,

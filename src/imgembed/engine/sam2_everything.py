@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from imgembed.engine.core import ServedModel
 from imgembed.engine.sam2 import Sam2Tasks, _milliseconds
+from imgembed.engine.served import ServedSam2
 from imgembed.models.sam2 import SAM2_INPUT_SIZE, Sam2Features
 from imgembed.models.sam2_decoder import Sam2MaskPrediction, decode_masks
 from imgembed.pipelines import sam2_embed
@@ -33,7 +33,7 @@ class Sam2EverythingResult:
     """
 
     everything: EverythingResult
-    model: ServedModel
+    model: ServedSam2
     image_id: str
     cache_hit: bool
     timings_ms: dict[str, float]
@@ -71,7 +71,7 @@ class Sam2EverythingTasks(Sam2Tasks):
             DeadlineExceededError: The deadline passed before the encoder ran (504).
         """
         params = params or Sam2EverythingParams()
-        served = self.resolve_model(model)
+        served = self.resolve_sam2(model)
         if served.batcher is not None:
             served.batcher.refuse_if_full(served.preparing)
         started = time.perf_counter()

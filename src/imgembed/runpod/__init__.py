@@ -49,7 +49,7 @@ async def _embed_image(engine: Engine, job_input: dict[str, Any]) -> dict[str, A
             "npz_base64 or npz_base64_uncompressed",
             field="input.encoding",
         )
-    served = engine.resolve_model(body.model, field_name="input.model")
+    served = engine.resolve_sam2(body.model, field_name="input.model")
     image, options = sam2_embed_inputs(
         body, default_resize_mode=engine.config.default_resize_mode, prefix="input."
     )
@@ -64,7 +64,7 @@ async def _segment(engine: Engine, job_input: dict[str, Any]) -> dict[str, Any]:
     assert isinstance(body, Sam2SegmentRequest)
     image = image_source(body, upload=None, prefix="input.")
     objects = segment_objects(body, engine.config.limits, prefix="input.")
-    served = engine.resolve_model(body.model, field_name="input.model")
+    served = engine.resolve_sam2(body.model, field_name="input.model")
     result = await engine.sam2_segment(
         image,
         objects,
@@ -85,7 +85,7 @@ async def _segment_everything(engine: Engine, job_input: dict[str, Any]) -> dict
     image = image_source(body, upload=None, prefix="input.")
     assert image is not None  # the request has no image_id field
     params = body.params(prefix="input.")
-    served = engine.resolve_model(body.model, field_name="input.model")
+    served = engine.resolve_sam2(body.model, field_name="input.model")
     result = await engine.sam2_segment_everything(image, model=served.name, params=params)
     return await engine.run_cpu(sam2_everything_json, result, body.output_mode)
 

@@ -153,7 +153,7 @@ async def sam2_embed(request: Request) -> Response:
         upload=upload,
         upload_field=upload_field,
     )
-    served = engine.resolve_model(body.model)
+    served = engine.resolve_sam2(body.model)
     request.state.model = served.name
     try:
         result = await unless_disconnected(
@@ -198,7 +198,7 @@ async def sam2_segment(request: Request) -> Response:
     assert isinstance(body, Sam2SegmentRequest)
     image = image_source(body, upload=upload, upload_field=upload_field)
     objects = segment_objects(body, engine.config.limits)
-    served = engine.resolve_model(body.model)
+    served = engine.resolve_sam2(body.model)
     request.state.model = served.name
     work = engine.sam2_segment(
         image,
@@ -243,7 +243,7 @@ async def sam2_segment_everything(request: Request) -> Response:
     assert isinstance(body, Sam2EverythingRequest)
     image = image_source(body, upload=upload, upload_field=upload_field)
     params = body.params()
-    served = engine.resolve_model(body.model)
+    served = engine.resolve_sam2(body.model)
     request.state.model = served.name
     assert image is not None  # the request has no image_id field
     work = engine.sam2_segment_everything(image, model=served.name, params=params)

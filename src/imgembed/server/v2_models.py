@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgembed.engine import Engine, ServedModel
+from imgembed.engine import Engine, ServedSam2
 from imgembed.errors import InvalidInputError
 from imgembed.models.sam2 import (
     HIGH_RES_FEATS_0_SHAPE,
@@ -68,7 +68,7 @@ class V2Model(ABC):
     """
 
     name: str
-    served: ServedModel
+    served: ServedSam2
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
@@ -289,7 +289,7 @@ class Sam2DecoderModel(V2Model):
         }
 
 
-def _encoder(name: str, served: ServedModel) -> Sam2EncoderModel:
+def _encoder(name: str, served: ServedSam2) -> Sam2EncoderModel:
     return Sam2EncoderModel(
         name=name,
         served=served,
@@ -301,7 +301,7 @@ def _encoder(name: str, served: ServedModel) -> Sam2EncoderModel:
     )
 
 
-def _decoder(name: str, served: ServedModel) -> Sam2DecoderModel:
+def _decoder(name: str, served: ServedSam2) -> Sam2DecoderModel:
     return Sam2DecoderModel(
         name=name,
         served=served,
@@ -324,7 +324,8 @@ def _decoder(name: str, served: ServedModel) -> Sam2DecoderModel:
 def v2_models(engine: Engine) -> dict[str, V2Model]:
     """Every v2 model name the engine's models answer to, the default model's plain names first."""
     models: dict[str, V2Model] = {}
-    for index, served in enumerate(engine.models):
+    sam2_models = [served for served in engine.models if isinstance(served, ServedSam2)]
+    for index, served in enumerate(sam2_models):
         if index == 0:
             models["sam2_encoder"] = _encoder("sam2_encoder", served)
             models["sam2_decoder"] = _decoder("sam2_decoder", served)

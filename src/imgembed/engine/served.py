@@ -1,0 +1,265 @@
+"""A loaded model as the engine serves it: its device thread, batchers, cache and description.
+
+One class per model family: :class:`ServedSam2` (one batcher for the image encoder, the embedding
+cache) and :class:`ServedSiglip` (one batcher for images, one for texts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from imgembed.config import ModelSpec
+from imgembed.metrics import Metrics
+from imgembed.models.sam2 import SAM2_INPUT_SIZE, Sam2Features
+from imgembed.models.sam2_loading import LoadedSam2
+from imgembed.models.siglip_loading import LoadedSiglip
+from imgembed.pipelines import sam2_embed, siglip_embed
+from imgembed.preprocess.image import DecodedImage
+from imgembed.runtime.batcher import DynamicBatcher
+from imgembed.runtime.device import DevicePlacement
+from imgembed.runtime.feature_cache import FeatureCache
+
+logger = logging.getLogger(__name__)
+
+Family = Literal["sam2", "siglip"]
+"""Model families: SAM 2 (features and masks) and SigLIP 2 (image and text embeddings)."""
+FAMILY_NAMES: dict[Family, str] = {"sam2": "SAM 2", "siglip": "SigLIP 2"}
+TEXT_SUFFIX = "/text"
+"""Appended to a SigLIP model's name for its text batcher's metrics."""
+
+
+@dataclass(kw_only=True)
+class ServedModel(ABC):
+    """What every served model has.
+
+    Attributes:
+        spec: The configuration it was loaded from.
+        placement: Device and compute precision.
+        names: Every name a request may use for it (canonical name, hub id, aliases).
+        load_seconds: Wall time the load took.
+        device_executor: The single thread that runs this model's forward passes.
+        warmup_seconds: Time the start-up warm-up pass took, ``None`` without one.
+        preparing: Requests admitted and decoding, not yet in a batcher's queue; they count
+            against the queue limit so a burst is refused before it spends CPU on decoding.
+    """
+
+    spec: ModelSpec
+    placement: DevicePlacement
+    names: frozenset[str]
+    load_seconds: float
+    device_executor: ThreadPoolExecutor = field(repr=False)
+    warmup_seconds: float | None = None
+    preparing: int = 0
+
+    family: Family = field(init=False)
+
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """The canonical model name."""
+
+    @property
+    @abstractmethod
+    def source(self) -> str:
+        """What kind of place the weights came from."""
+
+    @property
+    @abstractmethod
+    def untrained(self) -> bool:
+        """Whether the weights are random (``dummy``)."""
+
+    @abstractmethod
+    def start(self, metrics: Metrics) -> None:
+        """Creates and starts the batchers (on the running event loop) and registers metrics."""
+
+    @abstractmethod
+    def batchers(self) -> list[DynamicBatcher[Any, Any]]:
+        """The started batchers (empty before :meth:`start`)."""
+
+    @abstractmethod
+    def warm_up(self) -> None:
+        """One forward pass of each kind on blank input (run on the device thread)."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """The model as ``/v1/models`` lists it."""
+
+    def _batcher(
+        self, name: str, run: Callable[[list[Any]], list[Any]], metrics: Metrics
+    ) -> DynamicBatcher[Any, Any]:
+        batcher: DynamicBatcher[Any, Any] = DynamicBatcher(
+            name,
+            run,
+            self.device_executor,
+            self.spec.batching,
+            on_batch=metrics.batch_observer(name),
+        )
+        batcher.start()
+        metrics.track_model(
+            name,
+            queued=lambda: batcher.queued,
+            in_flight=lambda: batcher.in_flight,
+            load_s=self.load_seconds,
+        )
+        return batcher
+
+    def _common_description(self, task: str, weights_location: str) -> dict[str, Any]:
+        return {
+            "id": self.name,
+            "object": "model",
+            "family": self.family,
+            "task": task,
+            "aliases": sorted(self.names - {self.name}),
+            "weights": {
+                "source": self.source,
+                "location": weights_location,
+                "untrained": self.untrained,
+            },
+            "device": self.placement.device_name,
+            "compute_dtype": self.placement.compute_dtype,
+            "load_seconds": round(self.load_seconds, 3),
+            "warmup_seconds": None
+            if self.warmup_seconds is None
+            else round(self.warmup_seconds, 3),
+            "batching": dataclasses.asdict(self.spec.batching),
+        }
+
+
+@dataclass(kw_only=True)
+class ServedSam2(ServedModel):
+    """A SAM 2 model: encoder batches and the embedding cache.
+
+    Attributes:
+        loaded: Weights, architecture and provenance.
+        batcher: Groups encode requests into batches; created by :meth:`start`.
+        cache: Encoder features of recent images, by ``image_id``.
+    """
+
+    loaded: LoadedSam2
+    batcher: DynamicBatcher[torch.Tensor, Sam2Features] | None = field(default=None, repr=False)
+    cache: FeatureCache = field(default_factory=lambda: FeatureCache(0), repr=False)
+
+    def __post_init__(self) -> None:
+        self.family = "sam2"
+
+    @property
+    def name(self) -> str:
+        return self.loaded.variant.name
+
+    @property
+    def source(self) -> str:
+        return self.loaded.source
+
+    @property
+    def untrained(self) -> bool:
+        return self.loaded.untrained
+
+    def encode_batch(self, pixel_values: list[torch.Tensor]) -> list[Sam2Features]:
+        """Encodes ``[3,1024,1024]`` images in one forward pass; one ``[1,...]`` result each."""
+        features = sam2_embed.encode(self.loaded.model, self.placement, pixel_values)
+        return [features[index] for index in range(len(pixel_values))]
+
+    def start(self, metrics: Metrics) -> None:
+        if self.batcher is None:
+            self.batcher = self._batcher(self.name, self.encode_batch, metrics)
+
+    def batchers(self) -> list[DynamicBatcher[Any, Any]]:
+        return [self.batcher] if self.batcher is not None else []
+
+    def warm_up(self) -> None:
+        self.encode_batch([torch.zeros(3, SAM2_INPUT_SIZE, SAM2_INPUT_SIZE)])  # [3,1024,1024]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **self._common_description("sam2-image-embedding", self.loaded.weights_location),
+            "meta_config": self.loaded.variant.meta_config,
+            "input_size": [SAM2_INPUT_SIZE, SAM2_INPUT_SIZE],
+            "cache": {"max_bytes": self.cache.max_bytes, **vars(self.cache.stats)},
+        }
+
+
+@dataclass(kw_only=True)
+class ServedSiglip(ServedModel):
+    """A SigLIP 2 model: one batcher for images, one for texts.
+
+    Attributes:
+        loaded: Model, tokenizer, image settings and provenance.
+        image_batcher: Groups prepared images into batches; created by :meth:`start`.
+        text_batcher: Groups tokenised texts into batches; created by :meth:`start`.
+    """
+
+    loaded: LoadedSiglip
+    image_batcher: DynamicBatcher[siglip_embed.PreparedSiglipImage, np.ndarray] | None = field(
+        default=None, repr=False
+    )
+    text_batcher: DynamicBatcher[torch.Tensor, np.ndarray] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.family = "siglip"
+
+    @property
+    def name(self) -> str:
+        return self.loaded.variant.name
+
+    @property
+    def source(self) -> str:
+        return self.loaded.source
+
+    @property
+    def untrained(self) -> bool:
+        return self.loaded.untrained
+
+    def embed_image_batch(
+        self, prepared: list[siglip_embed.PreparedSiglipImage]
+    ) -> list[np.ndarray]:
+        """``[D]`` float32 unit vectors of prepared images, in one forward pass."""
+        embeddings = siglip_embed.encode_images(self.loaded.model, self.placement, prepared)
+        vectors = siglip_embed.finish(embeddings)  # [B,D]
+        return list(vectors)
+
+    def embed_text_batch(self, input_ids: list[torch.Tensor]) -> list[np.ndarray]:
+        """``[D]`` float32 unit vectors of tokenised texts (``[L]`` ids each), in one pass."""
+        stacked = torch.stack(input_ids)  # B x [L] -> [B,L]
+        embeddings = siglip_embed.encode_texts(self.loaded.model, self.placement, stacked)
+        return list(siglip_embed.finish(embeddings))
+
+    def start(self, metrics: Metrics) -> None:
+        if self.image_batcher is None:
+            self.image_batcher = self._batcher(self.name, self.embed_image_batch, metrics)
+        if self.text_batcher is None:
+            self.text_batcher = self._batcher(
+                self.name + TEXT_SUFFIX, self.embed_text_batch, metrics
+            )
+
+    def batchers(self) -> list[DynamicBatcher[Any, Any]]:
+        return [b for b in (self.image_batcher, self.text_batcher) if b is not None]
+
+    def warm_up(self) -> None:
+        blank = DecodedImage(np.zeros((224, 224, 3), np.uint8), "PNG", "RGB", False)
+        prepared = siglip_embed.prepare_image(
+            blank, self.loaded.image_processing, siglip_embed.SiglipEmbedOptions()
+        )
+        self.embed_image_batch([prepared])
+        ids = siglip_embed.prepare_texts(
+            self.loaded.tokenizer, ["a photo"], max_length=self.loaded.text_max_length
+        )
+        self.embed_text_batch([ids[0]])
+
+    def describe(self) -> dict[str, Any]:
+        variant = self.loaded.variant
+        return {
+            **self._common_description("siglip-embedding", self.loaded.weights_location),
+            "hub_id": variant.hub_id,
+            "embedding_dim": self.loaded.embedding_dim,
+            "text_max_length": self.loaded.text_max_length,
+            "image_processing": dataclasses.asdict(self.loaded.image_processing),
+        }
