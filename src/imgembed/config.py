@@ -60,6 +60,9 @@ class InputLimits:
         min_image_side: Smallest accepted width or height in pixels.
         max_prompt_points: Most points one segmentation object may carry (boxes not counted).
         max_prompt_objects: Most objects (point sets or boxes) one segment request may decode.
+        max_batch_images: Most images one SigLIP embedding request may carry.
+        max_texts: Most texts one text embedding request may carry.
+        max_text_chars: Longest text accepted, in characters.
     """
 
     max_body_bytes: int = 48 * MEBIBYTE
@@ -67,6 +70,9 @@ class InputLimits:
     min_image_side: int = 2
     max_prompt_points: int = 64
     max_prompt_objects: int = 256
+    max_batch_images: int = 64
+    max_texts: int = 256
+    max_text_chars: int = 1000
 
 
 @dataclass(frozen=True)

@@ -182,6 +182,27 @@ SETTINGS: tuple[Setting, ...] = (
         "Most objects per segment request.",
     ),
     Setting(
+        "IMGEMBED_MAX_BATCH_IMAGES",
+        "limits.max_batch_images",
+        int,
+        InputLimits.max_batch_images,
+        "Most images per SigLIP embedding request.",
+    ),
+    Setting(
+        "IMGEMBED_MAX_TEXTS",
+        "limits.max_texts",
+        int,
+        InputLimits.max_texts,
+        "Most texts per text embedding request.",
+    ),
+    Setting(
+        "IMGEMBED_MAX_TEXT_CHARS",
+        "limits.max_text_chars",
+        int,
+        InputLimits.max_text_chars,
+        "Longest text, in characters.",
+    ),
+    Setting(
         "IMGEMBED_CACHE_BYTES",
         "cache_bytes",
         int,

@@ -5,7 +5,7 @@
 
 :class:`Engine` is the core (:mod:`imgembed.engine.core`: models, batchers, caches, worker pools,
 image input) plus task methods per model family (:mod:`imgembed.engine.sam2`,
-:mod:`imgembed.engine.sam2_everything`).
+:mod:`imgembed.engine.sam2_everything`, :mod:`imgembed.engine.siglip`).
 """
 
 from __future__ import annotations
@@ -14,18 +14,21 @@ from imgembed.engine.core import EngineCore
 from imgembed.engine.sam2 import Sam2EmbedResult, Sam2SegmentResult
 from imgembed.engine.sam2_everything import Sam2EverythingResult, Sam2EverythingTasks
 from imgembed.engine.served import ServedModel, ServedSam2, ServedSiglip
+from imgembed.engine.siglip import ImageOutcome, SiglipImagesResult, SiglipTasks
 
 __all__ = [
     "Engine",
     "EngineCore",
+    "ImageOutcome",
     "Sam2EmbedResult",
     "Sam2EverythingResult",
     "Sam2SegmentResult",
     "ServedModel",
     "ServedSam2",
     "ServedSiglip",
+    "SiglipImagesResult",
 ]
 
 
-class Engine(Sam2EverythingTasks):
+class Engine(Sam2EverythingTasks, SiglipTasks):
     """Loads the configured models and serves requests against them."""

@@ -3,9 +3,12 @@
     python -m imgembed.runpod                      # serve jobs (RunPod starts it like this)
     python -m imgembed.runpod --test_input '{"input": {"action": "embed_image", ...}}'
 
-The handler is :func:`handler` (``imgembed.runpod.handler``). Configuration comes from the same
-variables as ``imgembed serve`` (``IMGEMBED_*``, ``SAM2_CHECKPOINT``, ``SAM2_MODEL_CFG``). Errors
-come back as ``{"error": message, "code": ..., "field": ...}``, which RunPod marks as a failed job.
+Actions: ``embed_image`` (the SAM 2 seed's, the default), ``segment``, ``segment_everything``,
+``embed_images`` (the SigLIP seed's event, ``{"input": {"images": [...]}}``, needs no action) and
+``embed_texts``. The handler is :func:`handler` (``imgembed.runpod.handler``). Configuration comes
+from the same variables as ``imgembed serve`` (``IMGEMBED_*``, ``SAM2_CHECKPOINT``,
+``SAM2_MODEL_CFG``). Errors come back as ``{"error": message, "code": ..., "field": ...}``, which
+RunPod marks as a failed job.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ from imgembed.errors import ImgembedError, InvalidInputError
 from imgembed.schemas import Sam2EmbedRequest, image_source, parse_request, sam2_embed_inputs
 from imgembed.segment_schemas import Sam2EverythingRequest, Sam2SegmentRequest, segment_objects
 from imgembed.settings import server_config_from_env
+from imgembed.siglip_schemas import SiglipEmbedRequest, SiglipTextRequest, image_inputs
 from imgembed.wire import sam2_embed_json
 from imgembed.wire_segment import sam2_everything_json, sam2_segment_json
+from imgembed.wire_siglip import siglip_images_json, siglip_texts_json
 
 logger = logging.getLogger(__name__)
 
-ACTIONS = ("embed_image", "segment", "segment_everything")
+ACTIONS = ("embed_image", "segment", "segment_everything", "embed_images", "embed_texts")
 """Actions the handler understands, as the seed worker names them."""
 
 _engine: Engine | None = None
@@ -90,7 +95,26 @@ async def _segment_everything(engine: Engine, job_input: dict[str, Any]) -> dict
     return await engine.run_cpu(sam2_everything_json, result, body.output_mode)
 
 
+async def _embed_images(engine: Engine, job_input: dict[str, Any]) -> dict[str, Any]:
+    body = parse_request(SiglipEmbedRequest, job_input, prefix="input.")
+    assert isinstance(body, SiglipEmbedRequest)
+    images = image_inputs(body.images, field="input.images")
+    result = await engine.siglip_embed_images(images, model=body.model, field_prefix="input.")
+    return await engine.run_cpu(siglip_images_json, result, images)
+
+
+async def _embed_texts(engine: Engine, job_input: dict[str, Any]) -> dict[str, Any]:
+    body = parse_request(SiglipTextRequest, job_input, prefix="input.")
+    assert isinstance(body, SiglipTextRequest)
+    vectors, served = await engine.siglip_embed_texts(
+        body.texts, model=body.model, field_prefix="input."
+    )
+    return await engine.run_cpu(siglip_texts_json, vectors, served)
+
+
 _RUNNERS = {
+    "embed_images": _embed_images,
+    "embed_texts": _embed_texts,
     "embed_image": _embed_image,
     "segment": _segment,
     "segment_everything": _segment_everything,
@@ -113,7 +137,8 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
                 "or not an object",
                 field="input",
             )
-        action = job_input.get("action", "embed_image")
+        # The SigLIP seed's event has no action: {"input": {"images": [...]}}.
+        action = job_input.get("action", "embed_images" if "images" in job_input else "embed_image")
         if action not in ACTIONS:
             raise InvalidInputError(
                 f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}",

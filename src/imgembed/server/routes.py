@@ -22,11 +22,13 @@ from imgembed.server.disconnect import (
     unless_disconnected,
 )
 from imgembed.server.errors import invalid_json
+from imgembed.server.siglip_routes import router as siglip_router
 from imgembed.wire import sam2_embed_binary, sam2_embed_json
 from imgembed.wire_segment import sam2_everything_json, sam2_segment_json
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
+router.include_router(siglip_router)
 
 UPLOAD_FIELDS = ("file", "image")
 """Multipart field names an image upload may use."""
