@@ -17,6 +17,7 @@ from imgembed.errors import ImgembedError
 from imgembed.server import errors, v2
 from imgembed.server.middleware import RequestContextMiddleware
 from imgembed.server.routes import router
+from imgembed.ui.routes import router as ui_router
 
 
 def create_app(config: ServerConfig, *, engine: Engine | None = None) -> FastAPI:
@@ -49,6 +50,7 @@ def create_app(config: ServerConfig, *, engine: Engine | None = None) -> FastAPI
     app.state.engine = served_engine
     app.include_router(router)
     app.include_router(v2.router)
+    app.include_router(ui_router)
     app.add_exception_handler(ImgembedError, errors.handle_imgembed_error)
     app.add_exception_handler(RequestValidationError, errors.handle_validation_error)
     app.add_exception_handler(ValidationError, errors.handle_validation_error)
