@@ -1,0 +1,151 @@
+"""The SAM 2 decoder graphs the browser runs: exported from the served model on first request.
+
+Why on demand and not at start-up: an export traces the model (tens of seconds on a small CPU) and
+only people who open the page need it, so the service's start-up and readiness do not wait for
+it. Why on disk: the export is kept in a cache folder, keyed by the served weights, so it is paid
+once per set of weights, not once per process.
+
+The key is a hash of every parameter and buffer outside the image encoder (the prompt encoder, mask
+decoder and positional embedding the decoder graph is made of), the model name, and the versions
+of imgembed and of the export format: new weights, or a new exporter, get a new folder; a restart
+with the same weights finds the graphs already there. The export runs on a copy of the served
+model on the CPU, in a worker thread, so requests keep being served by the original meanwhile;
+concurrent first requests for one model share one export.
+
+Layout: ``<export_dir>/<model>-<key>/`` holds what :func:`~imgembed.export.onnx_export.
+export_loaded_onnx` writes (``decoder.onnx``, ``decoder_single_mask.onnx``,
+``imgembed-export.json``), so ``imgembed export`` output and this cache share one format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import hashlib
+import logging
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+import imgembed
+from imgembed.errors import ImgembedError, ServiceUnavailableError
+from imgembed.models.sam2_loading import LoadedSam2
+
+logger = logging.getLogger(__name__)
+
+DecoderGraph = Literal["decoder", "decoder_single_mask"]
+"""``decoder``: three masks per prompt; ``decoder_single_mask``: one, with the stability fallback."""
+
+DECODER_FILES: dict[DecoderGraph, str] = {
+    "decoder": "decoder.onnx",
+    "decoder_single_mask": "decoder_single_mask.onnx",
+}
+ENCODER_PREFIX = "vision_encoder."
+"""State-dict prefix of the image encoder, whose weights the decoder graphs do not hold."""
+CACHE_LAYOUT_VERSION = 1
+
+
+def default_export_dir() -> Path:
+    """``~/.cache/imgembed/ui-decoders``: where decoder graphs go when no folder is configured."""
+    return Path.home() / ".cache" / "imgembed" / "ui-decoders"
+
+
+def decoder_weights_key(loaded: LoadedSam2) -> str:
+    """A 20-hex-digit hash of what the decoder graphs are made of (see the module docstring)."""
+    digest = hashlib.blake2b(digest_size=10)
+    digest.update(
+        f"{loaded.variant.name}|imgembed {imgembed.__version__}|layout {CACHE_LAYOUT_VERSION}".encode()
+    )
+    for name, tensor in sorted(loaded.model.state_dict().items()):
+        if name.startswith(ENCODER_PREFIX):
+            continue
+        values = tensor.detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}:{list(values.shape)}".encode())
+        digest.update(values.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _export_decoders(loaded: LoadedSam2, folder: Path) -> None:
+    """Writes the decoder graphs of a CPU copy of ``loaded`` into ``folder`` (blocks for seconds)."""
+    try:
+        from imgembed.export.onnx_export import export_loaded_onnx
+    except ImportError as error:
+        raise ServiceUnavailableError(
+            "The browser page needs the SAM 2 decoder as ONNX, and exporting it needs the onnx "
+            f"extra, which is not installed ({error}). Install it on the server with "
+            "pip install 'imgembed[onnx]' and restart.",
+            field="model",
+        ) from error
+    model_copy = copy.deepcopy(loaded.model).to("cpu").eval()
+    export_loaded_onnx(
+        dataclasses.replace(loaded, model=model_copy),
+        folder,
+        single_mask_decoder=True,
+        overwrite=True,
+    )
+
+
+class DecoderExportCache:
+    """Decoder graphs per served model, exported on first request (see the module docstring).
+
+    Args:
+        export_dir: The cache folder; created when the first export runs.
+    """
+
+    def __init__(self, export_dir: Path) -> None:
+        self.export_dir = export_dir
+        self._keys: dict[int, str] = {}
+        self._exports: dict[Path, asyncio.Task[None]] = {}
+
+    def _export_finished(self, folder: Path, export: asyncio.Future[None]) -> None:
+        """Forgets a finished export (a failed one is retried by the next request) and logs a
+        failure, which is also raised to every request that waited for it."""
+        self._exports.pop(folder, None)
+        if not export.cancelled() and export.exception() is not None:
+            logger.error("decoder export into %s failed", folder, exc_info=export.exception())
+
+    async def graph_path(self, loaded: LoadedSam2, graph: DecoderGraph) -> Path:
+        """The ``.onnx`` file of ``graph`` for ``loaded``'s weights, exported first if missing.
+
+        Raises:
+            ServiceUnavailableError: The onnx extra is missing.
+            ImgembedError: The export failed (the message says why; the next request tries again).
+        """
+        key = self._keys.get(id(loaded.model))
+        if key is None:
+            key = await asyncio.to_thread(decoder_weights_key, loaded)
+            self._keys[id(loaded.model)] = key
+        folder = self.export_dir / f"{loaded.variant.name}-{key}"
+        path = folder / DECODER_FILES[graph]
+        if path.is_file():
+            return path
+        export = self._exports.get(folder)
+        if export is None:
+            logger.info(
+                "exporting the %s decoder for the browser page into %s (first use of these "
+                "weights; this takes a while once)",
+                loaded.variant.name,
+                folder,
+            )
+            export = asyncio.ensure_future(asyncio.to_thread(_export_decoders, loaded, folder))
+            self._exports[folder] = export
+            export.add_done_callback(lambda done: self._export_finished(folder, done))
+        try:
+            await asyncio.shield(export)
+        except ImgembedError:
+            raise
+        except Exception as error:
+            raise ImgembedError(
+                f"Exporting the {loaded.variant.name} decoder to ONNX for the browser page failed "
+                f"({type(error).__name__}: {error}); the server log has the details. The next "
+                "request tries again.",
+                field="model",
+            ) from error
+        if not path.is_file():
+            raise ImgembedError(
+                f"The decoder export for {loaded.variant.name} in {folder} has no {path.name}.",
+                field="model",
+            )
+        return path

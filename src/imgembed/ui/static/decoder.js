@@ -1,0 +1,142 @@
+// The SAM 2 decoder, run in the browser by onnxruntime-web (served by imgembed from /ui/vendor/).
+//
+// Inputs (samexporter's decoder graph, as imgembed exports it): image_embed [1,256,64,64],
+// high_res_feats_0 [1,32,256,256], high_res_feats_1 [1,64,128,128], point_coords [1,N,2] in the
+// 1024x1024 input frame, point_labels [1,N] (1 foreground, 0 background, 2/3 box corners),
+// mask_input [1,1,256,256], has_mask_input [1]. The graph appends SAM 2's padding point itself.
+// Outputs: masks [1,K,256,256] low-resolution logits and iou_predictions [1,K] (K = 3, or 1 for
+// the single-mask graph).
+
+import { LOW_RES } from "./masks.js";
+
+/** What this browser offers: WebAssembly (required) and WebGPU (used when it has an adapter). */
+export function capabilities() {
+  const wasm = typeof WebAssembly === "object" && WebAssembly !== null && typeof WebAssembly.instantiate === "function";
+  const webgpu = typeof navigator === "object" && "gpu" in navigator && Boolean(navigator.gpu);
+  return { wasm, webgpu, isolated: Boolean(globalThis.crossOriginIsolated) };
+}
+
+async function webgpuAdapter() {
+  try {
+    return Boolean(await navigator.gpu.requestAdapter());
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Loads onnxruntime-web: the WebGPU build where the browser has a WebGPU adapter, else the
+ * WebAssembly build.
+ * @param {URL} vendorBase Folder URL of the vendored files (ending in "/").
+ * @returns {Promise<{ort: object, backend: "webgpu"|"wasm", reason: string}>}
+ */
+export async function loadRuntime(vendorBase) {
+  const { webgpu, isolated } = capabilities();
+  let backend = "wasm";
+  let reason = "this browser offers no WebGPU";
+  if (webgpu) {
+    if (await webgpuAdapter()) {
+      backend = "webgpu";
+      reason = "";
+    } else {
+      reason = "this browser has WebGPU but no usable GPU adapter";
+    }
+  }
+  const file = backend === "webgpu" ? "ort.webgpu.min.mjs" : "ort.wasm.min.mjs";
+  const ort = await import(new URL(file, vendorBase).href);
+  ort.env.wasm.wasmPaths = vendorBase.href;
+  ort.env.wasm.numThreads = isolated ? Math.max(1, Math.min(4, navigator.hardwareConcurrency || 1)) : 1;
+  ort.env.logLevel = "warning";
+  return { ort, backend, reason };
+}
+
+/**
+ * An inference session for decoder graph bytes; falls back to WebAssembly when WebGPU fails.
+ * @returns {Promise<{session: object, backend: string}>}
+ */
+export async function createSession(runtime, graphBytes) {
+  const options = { graphOptimizationLevel: "all" };
+  if (runtime.backend === "webgpu") {
+    try {
+      const session = await runtime.ort.InferenceSession.create(graphBytes, { ...options, executionProviders: ["webgpu"] });
+      return { session, backend: "webgpu" };
+    } catch (error) {
+      console.warn("WebGPU session failed, using WebAssembly:", error);
+    }
+  }
+  const session = await runtime.ort.InferenceSession.create(graphBytes, { ...options, executionProviders: ["wasm"] });
+  return { session, backend: "wasm" };
+}
+
+/**
+ * The decoder's inputs for one prompt.
+ * @param {object} frame Maps original pixels into the input frame: {scale: {w, h}, pad: [top, left, ...]}.
+ * @param {{points: number[][], labels: number[], box: number[]|null}} prompt In original pixels;
+ *   the box goes first, as two corner points labelled 2 and 3, as the server's segment orders it.
+ * @returns {{coords: Float32Array, labels: Float32Array, count: number}}
+ */
+export function promptInputs(frame, prompt) {
+  const points = [];
+  const labels = [];
+  if (prompt.box) {
+    points.push([prompt.box[0], prompt.box[1]], [prompt.box[2], prompt.box[3]]);
+    labels.push(2, 3);
+  }
+  prompt.points.forEach((point, index) => {
+    points.push(point);
+    labels.push(prompt.labels[index]);
+  });
+  const coords = new Float32Array(points.length * 2);
+  points.forEach(([x, y], index) => {
+    coords[2 * index] = x * frame.scale.w + frame.pad[1];
+    coords[2 * index + 1] = y * frame.scale.h + frame.pad[0];
+  });
+  return { coords, labels: Float32Array.from(labels), count: points.length };
+}
+
+/**
+ * Runs the decoder on one prompt.
+ * @param {object} runtime From loadRuntime.
+ * @param {object} session From createSession.
+ * @param {Object<string, {data: Float32Array, dims: number[]}>} features The three feature tensors.
+ * @param {{coords: Float32Array, labels: Float32Array, count: number}} inputs From promptInputs.
+ * @returns {Promise<{masks: Float32Array[], scores: Float32Array}>} K 256x256 logit grids and K scores.
+ */
+export async function decode(runtime, session, features, inputs) {
+  const { Tensor } = runtime.ort;
+  const feeds = {
+    image_embed: new Tensor("float32", features.image_embed.data, features.image_embed.dims),
+    high_res_feats_0: new Tensor("float32", features.high_res_feats_0.data, features.high_res_feats_0.dims),
+    high_res_feats_1: new Tensor("float32", features.high_res_feats_1.data, features.high_res_feats_1.dims),
+    point_coords: new Tensor("float32", inputs.coords, [1, inputs.count, 2]),
+    point_labels: new Tensor("float32", inputs.labels, [1, inputs.count]),
+    mask_input: new Tensor("float32", new Float32Array(LOW_RES * LOW_RES), [1, 1, LOW_RES, LOW_RES]),
+    has_mask_input: new Tensor("float32", new Float32Array([0]), [1]),
+  };
+  // Graphs that give mask_input and has_mask_input zero defaults (overridable initializers) do not
+  // list them as inputs, and onnxruntime-web refuses a feed it does not list: leave them out then
+  // (the page always sends the defaults, zeros and 0).
+  for (const name of Object.keys(feeds)) {
+    if (!session.inputNames.includes(name)) {
+      if (name !== "mask_input" && name !== "has_mask_input") {
+        throw new Error(`the decoder graph has no input ${name}; its inputs are ${session.inputNames.join(", ")}`);
+      }
+      delete feeds[name];
+    }
+  }
+  const outputs = await session.run(feeds);
+  const count = outputs.masks.dims[1];
+  const all = await outputs.masks.getData();
+  const scores = Float32Array.from(await outputs.iou_predictions.getData());
+  const cells = LOW_RES * LOW_RES;
+  const masks = [];
+  for (let k = 0; k < count; k++) masks.push(Float32Array.from(all.subarray(k * cells, (k + 1) * cells)));
+  return { masks, scores };
+}
+
+/** Index of the highest score (the first on ties, as numpy's argmax). */
+export function bestIndex(scores) {
+  let best = 0;
+  for (let k = 1; k < scores.length; k++) if (scores[k] > scores[best]) best = k;
+  return best;
+}
