@@ -21,9 +21,9 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 # torch first and pinned: every later requirement accepts 2.13.0, so nothing replaces it.
 "${pip[@]}" install torch==2.13.0
 case "$mode" in
-  serve) "${pip[@]}" install -e ".[runpod]" ;;
+  serve) "${pip[@]}" install -e ".[runpod,search,onnx]" ;;
   test)
-    "${pip[@]}" install -e ".[test,runpod]"
+    "${pip[@]}" install -e ".[test,runpod,search,onnx]"
     # Meta's reference implementation, for parity tests only. --no-deps keeps torchvision out;
     # SAM2_BUILD_CUDA=0 skips its CUDA extension; its needs (hydra-core, iopath) are in [test].
     SAM2_BUILD_CUDA=0 "${pip[@]}" install --no-build-isolation --no-deps sam2==1.1.0

@@ -135,6 +135,8 @@ class ServerConfig:
         api_key: When set, every request outside ``public_paths`` needs
             ``Authorization: Bearer <api_key>``; ``None`` (the default) turns authentication off.
         public_paths: Paths answered without a key even when ``api_key`` is set.
+        collections_dir: Where the vector store keeps collections (a folder, or an object-store
+            URI LanceDB understands such as ``s3://bucket/prefix``); opened on first use.
         cache_bytes: Budget of the embedding cache per model, in bytes of feature storage (one
             SAM 2 image is 16 MiB in float32, 8 MiB in half precision); 0 turns caching off.
         shutdown_timeout_s: On SIGTERM the server stops accepting connections and waits this long
@@ -150,6 +152,7 @@ class ServerConfig:
     compute_threads: int = 2
     request_timeout_s: float = 120.0
     cache_bytes: int = 1024 * MEBIBYTE
+    collections_dir: str = "imgembed-data/collections"
     shutdown_timeout_s: float = 60.0
     api_key: str | None = field(default=None, repr=False)
     public_paths: tuple[str, ...] = (

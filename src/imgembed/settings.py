@@ -203,8 +203,16 @@ SETTINGS: tuple[Setting, ...] = (
         "Longest text, in characters.",
     ),
     Setting(
+        "IMGEMBED_COLLECTIONS_DIR",
+        "collections_dir",
+        str,
+        ServerConfig.collections_dir,
+        "Folder (or s3:// URI) of the vector store's collections.",
+    ),
+    Setting(
         "IMGEMBED_CACHE_BYTES",
         "cache_bytes",
+        "collections_dir",
         int,
         ServerConfig.cache_bytes,
         "Embedding cache budget per model in bytes (16 MiB per float32 SAM 2 image); 0 = off.",
@@ -258,6 +266,7 @@ _TOP_LEVEL_TARGETS = frozenset(
         "request_timeout_s",
         "shutdown_timeout_s",
         "cache_bytes",
+        "collections_dir",
         "api_key",
         "public_paths",
     }

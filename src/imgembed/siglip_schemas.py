@@ -72,20 +72,24 @@ def image_inputs(entries: object, *, field: str = "images") -> list[ImageInput]:
             f"{_kind(entries)}",
             field=field,
         )
-    images: list[ImageInput] = []
-    for index, entry in enumerate(entries):
-        where = f"{field}[{index}]"
-        if not isinstance(entry, str) or not entry.strip():
-            raise InvalidInputError(
-                f"{where} must be a non-empty string (an http(s) URL, a data: URI or base64 of "
-                f"the file), got {_kind(entry)}",
-                field=where,
-            )
-        if entry.startswith(URL_PREFIXES):
-            images.append(ImageURL(entry, field=where))
-        else:
-            images.append(ImageBase64(entry, field=where))
-    return images
+    return [image_input(entry, f"{field}[{index}]") for index, entry in enumerate(entries)]
+
+
+def image_input(entry: object, field: str) -> ImageInput:
+    """One image entry: a URL or ``data:`` URI, else base64.
+
+    Raises:
+        InvalidInputError: Not a non-empty string.
+    """
+    if not isinstance(entry, str) or not entry.strip():
+        raise InvalidInputError(
+            f"{field} must be a non-empty string (an http(s) URL, a data: URI or base64 of the "
+            f"file), got {_kind(entry)}",
+            field=field,
+        )
+    if entry.startswith(URL_PREFIXES):
+        return ImageURL(entry, field=field)
+    return ImageBase64(entry, field=field)
 
 
 def _kind(value: object) -> str:

@@ -16,6 +16,7 @@ from imgembed.errors import InvalidInputError, UnsupportedMediaTypeError
 from imgembed.metrics import CONTENT_TYPE
 from imgembed.schemas import Sam2EmbedRequest, image_source, parse_request, sam2_embed_inputs
 from imgembed.segment_schemas import Sam2EverythingRequest, Sam2SegmentRequest, segment_objects
+from imgembed.server.collection_routes import router as collection_router
 from imgembed.server.disconnect import (
     CLIENT_CLOSED_REQUEST,
     ClientDisconnectedError,
@@ -29,6 +30,7 @@ from imgembed.wire_segment import sam2_everything_json, sam2_segment_json
 logger = logging.getLogger(__name__)
 router = APIRouter()
 router.include_router(siglip_router)
+router.include_router(collection_router)
 
 UPLOAD_FIELDS = ("file", "image")
 """Multipart field names an image upload may use."""

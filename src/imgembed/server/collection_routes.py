@@ -1,0 +1,156 @@
+"""Collection routes: add images (embedded on the way in), search, list, delete. Parse, call, format.
+
+Items are stored in the embedded vector store (:mod:`imgembed.search`); data survives restarts and
+every acknowledged write is durable. Filters use the JSON language of
+:mod:`imgembed.search.filters`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+
+from imgembed.collection_schemas import AddItemsRequest, DeleteItemsRequest, SearchRequest
+from imgembed.engine import Engine
+from imgembed.errors import InvalidInputError
+from imgembed.schemas import parse_request
+from imgembed.search.store import CollectionInfo, Item
+from imgembed.server.errors import invalid_json
+from imgembed.siglip_schemas import image_input
+
+router = APIRouter(tags=["collections"])
+
+
+def _engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+async def _body(request: Request) -> Any:
+    try:
+        return json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise invalid_json(error) from error
+
+
+def _info(info: CollectionInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "dimension": info.dimension,
+        "count": info.count,
+        "metric": info.metric,
+        "indexed": info.indexed,
+    }
+
+
+def _item(item: Item) -> dict[str, Any]:
+    entry: dict[str, Any] = {"id": item.id, "metadata": item.metadata}
+    if item.vector is not None:
+        entry["vector"] = item.vector.tolist()
+    return entry
+
+
+@router.get("/v1/collections", summary="List collections")
+async def list_collections(request: Request) -> dict[str, Any]:
+    infos = await _engine(request).collection_call("list_collections")
+    return {"collections": [_info(info) for info in infos]}
+
+
+@router.get("/v1/collections/{name}", summary="Describe a collection")
+async def get_collection(request: Request, name: str) -> dict[str, Any]:
+    return _info(await _engine(request).collection_call("get_collection", name))
+
+
+@router.delete("/v1/collections/{name}", summary="Delete a collection and its items")
+async def delete_collection(request: Request, name: str) -> dict[str, Any]:
+    await _engine(request).collection_call("delete_collection", name)
+    return {"deleted": name}
+
+
+@router.post(
+    "/v1/collections/{name}/items",
+    summary="Add items",
+    description="Adds items, each with an id, metadata and an image (embedded with the SigLIP "
+    "model) or a vector. The collection is created on first use. Items whose image fails are "
+    "listed under warnings and not stored; the rest are stored in one atomic, durable write.",
+)
+async def add_items(request: Request, name: str) -> dict[str, Any]:
+    engine = _engine(request)
+    body = parse_request(AddItemsRequest, await _body(request))
+    assert isinstance(body, AddItemsRequest)
+    items = body.new_items(engine.config.limits.max_batch_images)
+    outcome = await engine.collection_add(
+        name, items, model=body.model, on_conflict=body.on_conflict
+    )
+    response: dict[str, Any] = {
+        "collection": _info(outcome.collection),
+        "inserted": outcome.result.inserted,
+        "updated": outcome.result.updated,
+    }
+    if outcome.failed:
+        response["warnings"] = {
+            "failed": [
+                {
+                    "index": index,
+                    "id": item.id,
+                    "error": error.message,
+                    "code": error.code,
+                    "field": item.field,
+                }
+                for index, item, error in outcome.failed
+            ],
+            "message": f"{len(outcome.failed)} of {len(items)} items could not be added",
+        }
+    return response
+
+
+@router.get("/v1/collections/{name}/items", summary="List items, in id order")
+async def list_items(
+    request: Request,
+    name: str,
+    limit: int = Query(default=100, ge=1, le=1000),
+    after: str | None = Query(default=None, description="next_after of the previous page"),
+    with_vectors: bool = Query(default=False),
+) -> dict[str, Any]:
+    page = await _engine(request).collection_call(
+        "list_items", name, limit=limit, after=after, with_vectors=with_vectors
+    )
+    return {"items": [_item(item) for item in page.items], "next_after": page.next_after}
+
+
+@router.post("/v1/collections/{name}/items/delete", summary="Delete items by id")
+async def delete_items(request: Request, name: str) -> dict[str, Any]:
+    body = parse_request(DeleteItemsRequest, await _body(request))
+    assert isinstance(body, DeleteItemsRequest)
+    deleted = await _engine(request).collection_call("delete_items", name, body.ids)
+    return {"deleted": deleted}
+
+
+@router.post(
+    "/v1/collections/{name}/search",
+    summary="Search a collection",
+    description="The top_k items most similar (cosine) to an image, a text or a vector, among "
+    "those whose metadata pass the filter.",
+)
+async def search(request: Request, name: str) -> dict[str, Any]:
+    engine = _engine(request)
+    body = parse_request(SearchRequest, await _body(request))
+    assert isinstance(body, SearchRequest)
+    image = None if body.image is None else image_input(body.image, "image")
+    if body.text is not None and not body.text.strip():
+        raise InvalidInputError("text is empty; send some words", field="text")
+    hits, model = await engine.collection_search(
+        name,
+        image=image,
+        text=body.text,
+        vector=body.vector,
+        top_k=body.top_k,
+        filter=body.filter,
+        model=body.model,
+    )
+    return {
+        "collection": name,
+        "model": model,
+        "hits": [{"id": hit.id, "score": hit.score, "metadata": hit.metadata} for hit in hits],
+    }
