@@ -212,7 +212,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "IMGEMBED_CACHE_BYTES",
         "cache_bytes",
-        "collections_dir",
         int,
         ServerConfig.cache_bytes,
         "Embedding cache budget per model in bytes (16 MiB per float32 SAM 2 image); 0 = off.",
