@@ -154,3 +154,42 @@ def test_segment_everything_refuses_bad_settings_in_one_line(
     assert completed.returncode == 2, completed.stderr
     assert "Traceback" not in completed.stderr
     assert flag.removeprefix("--").replace("-", "_") in completed.stderr
+
+
+def test_index_a_folder_then_search_it_by_image_and_text(tmp_path: Path) -> None:
+    pytest.importorskip("lancedb", reason="collections need the search extra")
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    for seed in range(3):
+        pixels = np.random.default_rng(seed).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+        target = photos / ("sub" if seed == 2 else "") / f"p{seed}.png"
+        target.write_bytes(encode(Image.fromarray(pixels), "PNG"))
+    (photos / "broken.jpg").write_bytes(b"not a picture")
+    common = [
+        "--collection",
+        "pics",
+        "--collections-dir",
+        str(tmp_path / "db"),
+        "--weights",
+        "dummy",
+    ]
+    env = {"IMGEMBED_WARMUP": "false"}
+    indexed = imgembed("index", str(photos), *common, env=env)
+    assert indexed.returncode == 0, indexed.stderr
+    summary = json.loads(indexed.stdout)
+    assert (summary["images"], summary["inserted"]) == (4, 3)
+    assert [entry["path"] for entry in summary["failed"]] == ["broken.jpg"]
+    assert "4/4 images, 1 failed" in indexed.stderr
+    by_image = imgembed("search", *common, "--image", str(photos / "sub" / "p2.png"), env=env)
+    assert by_image.returncode == 0, by_image.stderr
+    hits = json.loads(by_image.stdout)["hits"]
+    assert hits[0]["id"] == "sub/p2.png"
+    assert hits[0]["metadata"]["path"] == "sub/p2.png"
+    by_text = imgembed("search", *common, "--text", "a photo", "--top-k", "2", env=env)
+    assert len(json.loads(by_text.stdout)["hits"]) == 2
+    unknown = imgembed(
+        "search", *common[:-2], "--collection", "nope", "--text", "x", "--weights", "dummy", env=env
+    )
+    assert unknown.returncode == 2
+    assert "nope" in unknown.stderr
+    assert "Traceback" not in unknown.stderr

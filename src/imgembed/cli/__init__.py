@@ -1,4 +1,5 @@
-"""The ``imgembed`` command: ``serve``, ``embed``, ``segment``, ``segment-everything``.
+"""The ``imgembed`` command: ``serve``, ``embed``, ``segment``, ``segment-everything``, ``index``,
+``search``.
 
 A thin shell: flags and ``IMGEMBED_*`` variables become a :class:`~imgembed.config.ServerConfig`
 (see :mod:`imgembed.settings`), and user-facing errors are printed as one line, not a traceback.
@@ -12,7 +13,7 @@ import logging
 import os
 import sys
 
-from imgembed.cli import sam2
+from imgembed.cli import sam2, search
 from imgembed.cli.common import add_model_flags, config_from_args
 from imgembed.errors import ImgembedError
 from imgembed.logs import configure_logging
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     sam2.add_commands(commands)
+    search.add_commands(commands)
     return parser
 
 
