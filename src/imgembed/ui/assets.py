@@ -88,10 +88,10 @@ def static_asset(name: str) -> StaticAsset | None:
     return StaticAsset(path, _media_type(name), _static_etag(path, stat.st_size, stat.st_mtime_ns))
 
 
-def read_vendor_manifest(vendor_dir: Path = VENDOR_DIR) -> VendorManifest | None:
-    """The installed onnxruntime-web build, or ``None`` when it is not installed (or unreadable,
-    which is logged)."""
-    path = vendor_dir / VENDOR_MANIFEST
+def read_vendor_manifest(vendor_dir: Path | None = None) -> VendorManifest | None:
+    """The installed onnxruntime-web build in ``vendor_dir`` (default :data:`VENDOR_DIR`), or
+    ``None`` when it is not installed (or unreadable, which is logged)."""
+    path = (vendor_dir or VENDOR_DIR) / VENDOR_MANIFEST
     try:
         contents = json.loads(path.read_text(encoding="utf-8"))
         return VendorManifest(
@@ -106,13 +106,14 @@ def read_vendor_manifest(vendor_dir: Path = VENDOR_DIR) -> VendorManifest | None
         return None
 
 
-def vendor_asset(name: str, vendor_dir: Path = VENDOR_DIR) -> StaticAsset | None:
-    """A file of the vendored onnxruntime-web build, or ``None`` when it is not one of them or is
-    not installed."""
-    manifest = read_vendor_manifest(vendor_dir)
+def vendor_asset(name: str, vendor_dir: Path | None = None) -> StaticAsset | None:
+    """A file of the onnxruntime-web build in ``vendor_dir`` (default :data:`VENDOR_DIR`), or
+    ``None`` when it is not one of them or is not installed."""
+    folder = vendor_dir or VENDOR_DIR
+    manifest = read_vendor_manifest(folder)
     if manifest is None or name not in manifest.files:
         return None
-    path = vendor_dir / name
+    path = folder / name
     if not path.is_file():
         return None
     return StaticAsset(path, _media_type(name), manifest.files[name][:32])

@@ -12,9 +12,11 @@ with the same weights finds the graphs already there. The export runs on a copy 
 model on the CPU, in a worker thread, so requests keep being served by the original meanwhile;
 concurrent first requests for one model share one export.
 
-Layout: ``<export_dir>/<model>-<key>/`` holds what :func:`~imgembed.export.onnx_export.
-export_loaded_onnx` writes (``decoder.onnx``, ``decoder_single_mask.onnx``,
-``imgembed-export.json``), so ``imgembed export`` output and this cache share one format.
+Layout: ``<export_dir>/<model>-<key>/`` holds what
+:func:`~imgembed.export.onnx_export.export_loaded_onnx` writes (``encoder.onnx``, ``decoder.onnx``,
+``decoder_single_mask.onnx``, ``imgembed-export.json``: the same format as ``imgembed export``),
+and ``web/`` the two decoder graphs as browsers get them, with every input required (see
+:func:`browser_graph`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import copy
 import dataclasses
 import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -44,6 +47,8 @@ DECODER_FILES: dict[DecoderGraph, str] = {
 }
 ENCODER_PREFIX = "vision_encoder."
 """State-dict prefix of the image encoder, whose weights the decoder graphs do not hold."""
+WEB_FOLDER = "web"
+"""Subfolder of an export holding the graphs as served to browsers (see :func:`browser_graph`)."""
 CACHE_LAYOUT_VERSION = 1
 
 
@@ -67,24 +72,58 @@ def decoder_weights_key(loaded: LoadedSam2) -> str:
     return digest.hexdigest()
 
 
-def _export_decoders(loaded: LoadedSam2, folder: Path) -> None:
-    """Writes the decoder graphs of a CPU copy of ``loaded`` into ``folder`` (blocks for seconds)."""
-    try:
-        from imgembed.export.onnx_export import export_loaded_onnx
-    except ImportError as error:
-        raise ServiceUnavailableError(
-            "The browser page needs the SAM 2 decoder as ONNX, and exporting it needs the onnx "
-            f"extra, which is not installed ({error}). Install it on the server with "
-            "pip install 'imgembed[onnx]' and restart.",
-            field="model",
-        ) from error
-    model_copy = copy.deepcopy(loaded.model).to("cpu").eval()
-    export_loaded_onnx(
-        dataclasses.replace(loaded, model=model_copy),
-        folder,
-        single_mask_decoder=True,
-        overwrite=True,
+def _onnx_extra_missing(error: ImportError) -> ServiceUnavailableError:
+    return ServiceUnavailableError(
+        "The browser page needs the SAM 2 decoder as ONNX, and exporting it needs the onnx "
+        f"extra, which is not installed ({error}). Install it on the server with "
+        "pip install 'imgembed[onnx]' and restart.",
+        field="model",
     )
+
+
+def browser_graph(source: Path, target: Path) -> None:
+    """Writes ``source`` to ``target`` with every input required: initializers that share a name
+    with a graph input (zero defaults that make ``mask_input`` and ``has_mask_input`` optional)
+    are dropped.
+
+    onnxruntime-web does not list such inputs and refuses a feed for them ("invalid input
+    'mask_input'"), so a browser could never send a mask prompt; with plain inputs the graph takes
+    the same feeds as samexporter's decoder, which browser tools (seed 002) send. The file is
+    replaced atomically.
+    """
+    try:
+        import onnx
+    except ImportError as error:
+        raise _onnx_extra_missing(error) from error
+    model = onnx.load(str(source))
+    input_names = {graph_input.name for graph_input in model.graph.input}
+    kept = [tensor for tensor in model.graph.initializer if tensor.name not in input_names]
+    if len(kept) != len(model.graph.initializer):
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
+    partial = target.with_name(target.name + ".partial")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(partial))
+    os.replace(partial, target)
+
+
+def _prepare_decoders(loaded: LoadedSam2, folder: Path) -> None:
+    """Exports a CPU copy of ``loaded`` into ``folder`` unless its decoder graphs are there, then
+    writes their browser versions into ``folder/web`` (blocks for seconds to minutes)."""
+    if not all((folder / name).is_file() for name in DECODER_FILES.values()):
+        try:
+            from imgembed.export.onnx_export import export_loaded_onnx
+        except ImportError as error:
+            raise _onnx_extra_missing(error) from error
+        model_copy = copy.deepcopy(loaded.model).to("cpu").eval()
+        export_loaded_onnx(
+            dataclasses.replace(loaded, model=model_copy),
+            folder,
+            single_mask_decoder=True,
+            overwrite=True,
+        )
+    for name in DECODER_FILES.values():
+        browser_graph(folder / name, folder / WEB_FOLDER / name)
 
 
 class DecoderExportCache:
@@ -118,7 +157,7 @@ class DecoderExportCache:
             key = await asyncio.to_thread(decoder_weights_key, loaded)
             self._keys[id(loaded.model)] = key
         folder = self.export_dir / f"{loaded.variant.name}-{key}"
-        path = folder / DECODER_FILES[graph]
+        path = folder / WEB_FOLDER / DECODER_FILES[graph]
         if path.is_file():
             return path
         export = self._exports.get(folder)
@@ -129,7 +168,7 @@ class DecoderExportCache:
                 loaded.variant.name,
                 folder,
             )
-            export = asyncio.ensure_future(asyncio.to_thread(_export_decoders, loaded, folder))
+            export = asyncio.ensure_future(asyncio.to_thread(_prepare_decoders, loaded, folder))
             self._exports[folder] = export
             export.add_done_callback(lambda done: self._export_finished(folder, done))
         try:
