@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -100,6 +101,21 @@ def _add_input_defaults(path: Path, inputs: tuple[GraphTensor, ...]) -> None:
     onnx.save(model, str(path))
 
 
+def write_without_input_defaults(source: Path, target: Path) -> None:
+    """Writes the graph in ``source`` to ``target`` with every input required.
+
+    Triton refuses optional inputs in a model it batches, and counts an input with a default
+    (an overridable initializer) as not provided by the model; such a model gets its defaults
+    removed so that the config can list every input as required.
+    """
+    model = onnx.load(str(source))
+    inputs = {value.name for value in model.graph.input}
+    kept = [init for init in model.graph.initializer if init.name not in inputs]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    onnx.save(model, str(target))
+
+
 def _export_graph(
     module: torch.nn.Module, role: str, path: Path, opset: int, device: torch.device
 ) -> None:
@@ -128,18 +144,23 @@ def _export_graph(
     }
     logger.info("Exporting the %s graph to %s (opset %d)", role, path, opset)
     try:
-        torch.onnx.export(
-            module.eval(),
-            tuple(examples),
-            str(path),
-            input_names=[tensor.name for tensor in inputs],
-            output_names=[tensor.name for tensor in outputs],
-            dynamic_shapes=dynamic_shapes,
-            opset_version=opset,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
+        with warnings.catch_warnings():
+            # The exporter notes that axes sharing one name share one symbol: intended here.
+            warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
+            # A deprecation inside torch.export's own pytree code, nothing the caller can act on.
+            warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
+            torch.onnx.export(
+                module.eval(),
+                tuple(examples),
+                str(path),
+                input_names=[tensor.name for tensor in inputs],
+                output_names=[tensor.name for tensor in outputs],
+                dynamic_shapes=dynamic_shapes,
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
     except torch.onnx.OnnxExporterError as error:
         raise ImgembedError(
             f"torch.onnx could not export the SAM 2 {role} (opset {opset}, torch "

@@ -7,6 +7,7 @@ written (read back from the file, not copied from a table).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -125,9 +126,17 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def graph_entry(role: str, path: Path) -> dict[str, Any]:
-    """The metadata entry of one written graph: file, size and its real signature."""
+def graph_entry(role: str, path: Path, *, all_required: bool = False) -> dict[str, Any]:
+    """The metadata entry of one written graph: file, size and its real signature.
+
+    Args:
+        role: Which graph (a key of :data:`GRAPHS`).
+        path: The written file, checked against the role's inputs and outputs.
+        all_required: The graph's optional inputs had their defaults removed.
+    """
     _, inputs, outputs = GRAPHS[role]
+    if all_required:
+        inputs = tuple(dataclasses.replace(tensor, optional=False) for tensor in inputs)
     signature = check_graph(path, inputs, outputs)
     return {"file": path.name, "bytes": path.stat().st_size, **signature}
 

@@ -19,6 +19,7 @@ Needs the ``onnx`` extra (``pip install 'imgembed[onnx]'``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -28,8 +29,18 @@ from typing import Any, Literal
 
 import torch
 
-from imgembed.export.onnx_export import DEFAULT_OPSET, export_loaded_onnx
-from imgembed.export.onnx_metadata import METADATA_FILE, ExportResult, read_export, write_metadata
+from imgembed.export.onnx_export import (
+    DEFAULT_OPSET,
+    export_loaded_onnx,
+    write_without_input_defaults,
+)
+from imgembed.export.onnx_metadata import (
+    METADATA_FILE,
+    ExportResult,
+    graph_entry,
+    read_export,
+    write_metadata,
+)
 from imgembed.export.onnx_precision import Precision
 from imgembed.export.output_dir import move_into_place, prepare_output_dir, staging_dir
 from imgembed.export.pbtxt import render_pbtxt
@@ -104,13 +115,18 @@ def _fill_repository(
     for role, (name, relative) in _layout(settings).items():
         target = staging / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        if move:
+        entry = {**graphs[role], "file": relative, "triton_model": name}
+        if role == "decoder" and settings.decoder.max_batch_size > 0:
+            # Triton batches it: no optional inputs allowed, so the defaults go.
+            write_without_input_defaults(export.files[role], target)
+            entry = {**entry, **graph_entry(role, target, all_required=True), "file": relative}
+        elif move:
             os.replace(export.files[role], target)
         else:
             shutil.copyfile(export.files[role], target)
         config = render_pbtxt(model_config(role, settings, model_id))
         (staging / name / CONFIG_FILE).write_text(config, encoding="utf-8")
-        graphs[role] = {**graphs[role], "file": relative, "triton_model": name}
+        graphs[role] = entry
     graphs.pop("decoder_single_mask", None)
     metadata = {
         **export.metadata,
@@ -120,6 +136,7 @@ def _fill_repository(
             "configs": {name: f"{name}/{CONFIG_FILE}" for name, _ in _layout(settings).values()},
         },
     }
+    metadata = json.loads(json.dumps(metadata))  # tuples to lists: what a reader gets back
     write_metadata(staging / METADATA_FILE, metadata)
     return metadata
 
