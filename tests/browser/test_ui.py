@@ -28,7 +28,7 @@ from imagefactory import encode
 from PIL import Image
 from servers import imgembed_server
 
-from imgembed.ui.assets import FETCH_COMMAND, read_vendor_manifest
+from imgembed.ui.assets import FETCH_COMMAND, STATIC_FILES, read_vendor_manifest
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -301,6 +301,28 @@ def test_clicks_boxes_and_download_match_server_segment(
         watch.assert_only(server)
 
 
+def test_letterboxed_features_match_server_segment(
+    browser: Any, server_env: dict[str, str], image_file: Path, tmp_path: Path
+) -> None:
+    env = {**server_env, "IMGEMBED_RESIZE_MODE": "letterbox"}
+    with (
+        imgembed_server(SERVER_ARGS, env, log_path=tmp_path / "server.log") as letterboxed,
+        open_page(browser) as (page, watch),
+    ):
+        assert open_image(page, letterboxed, image_file) == "ready", message(page)
+        meta = page.evaluate("window.__imgembed.meta")
+        assert meta["resize_mode"] == "letterbox"
+        assert meta["resized_size"] == [768, 1024]
+        click_pixel(page, 150.5, 40.5)
+        wait_decodes(page, 1)
+        result = assert_matches_server(page, letterboxed, multimask=True)
+        np.testing.assert_allclose(result["prompt"]["points"][0], [150.5, 40.5], atol=0.5)
+        drag_box(page, 10, 10, 190, 140)
+        wait_decodes(page, 2)
+        assert_matches_server(page, letterboxed, multimask=True)
+        watch.assert_only(letterboxed)
+
+
 def test_undo_restores_the_earlier_mask(browser: Any, server: str, image_file: Path) -> None:
     with open_page(browser) as (page, watch):
         assert open_image(page, server, image_file) == "ready", message(page)
@@ -401,6 +423,45 @@ def test_lost_connection_shows_a_message_and_open_images_keep_decoding(
         assert kind == "error"
         assert text.startswith("Lost the connection to the imgembed server while sending the image")
         watch.assert_only(own)
+
+
+def test_with_an_api_key_the_page_asks_for_it_and_then_works(
+    browser: Any, server_env: dict[str, str], image_file: Path, tmp_path: Path
+) -> None:
+    manifest = read_vendor_manifest()
+    assert manifest is not None
+    page_files = [
+        "/health",
+        "/ui",
+        "/ui/",
+        "/ui/config.json",
+        *(f"/ui/static/{name}" for name in sorted(STATIC_FILES)),
+        *(f"/ui/vendor/{name}" for name in sorted(manifest.files)),
+    ]
+    env = {
+        **server_env,
+        "IMGEMBED_API_KEY": "browser-secret",
+        "IMGEMBED_PUBLIC_PATHS": ",".join(page_files),
+    }
+    with (
+        imgembed_server(SERVER_ARGS, env, log_path=tmp_path / "server.log") as keyed,
+        open_page(browser) as (page, watch),
+    ):
+        page.goto(keyed + "/ui")
+        assert wait_state(page, "error", "idle") == "error"
+        kind, text = message(page)
+        assert kind == "error"
+        assert text.startswith("The server refused the page's settings request: missing or wrong")
+        assert "HTTP 401" in text
+        assert page.locator("#api-key-box").get_attribute("open") is not None
+        page.fill("#api-key", "browser-secret")
+        page.locator("#api-key").dispatch_event("change")
+        assert wait_state(page, "idle", "error") == "idle", message(page)
+        page.set_input_files("#file", str(image_file))
+        assert wait_state(page, "ready", "error", timeout=EXPORT_TIMEOUT_MS) == "ready"
+        click_pixel(page, 60.5, 75.5)
+        wait_decodes(page, 1)
+        watch.assert_only(keyed)
 
 
 def test_without_webassembly_the_page_says_so(browser: Any, server: str) -> None:

@@ -54,6 +54,9 @@ const api = {
   get imageId() {
     return state.image ? state.image.imageId : null;
   },
+  get meta() {
+    return state.image ? state.image.meta : null;
+  },
   get lastMask() {
     const last = state.lastMask;
     if (!last) return null;
