@@ -8,6 +8,22 @@ mode=${1:-serve}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 venv=${IMGEMBED_VENV:-$root/.venv}
+
+# The browser page's onnxruntime-web, from the npm registry (a no-op when up to date); the browser
+# tests also need Debian's chromium, installed here when missing and allowed (root or sudo).
+if [ "$mode" = test ]; then
+  scripts/fetch_ui_assets.sh
+  if [ ! -x /usr/bin/chromium ]; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo -n"
+    echo "bootstrap (test): installing Debian's chromium for the browser tests" >&2
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null \
+      || echo "bootstrap: could not install chromium; the browser tests will be skipped" >&2
+  fi
+else
+  scripts/fetch_ui_assets.sh \
+    || echo "bootstrap: /ui needs onnxruntime-web: install npm, then run scripts/fetch_ui_assets.sh" >&2
+fi
 python=${PYTHON:-python3}
 stamp="$venv/.bootstrap-$mode"
 

@@ -134,7 +134,9 @@ class ServerConfig:
             dropped and the request answered 504.
         api_key: When set, every request outside ``public_paths`` needs
             ``Authorization: Bearer <api_key>``; ``None`` (the default) turns authentication off.
-        public_paths: Paths answered without a key even when ``api_key`` is set.
+        public_paths: Paths answered without a key even when ``api_key`` is set; an entry ending
+            in ``*`` is a prefix (``/ui/static/*``). The browser page's files are public (they
+            hold no data); its API calls and the decoder graph (model weights) need the key.
         collections_dir: Where the vector store keeps collections (a folder, or an object-store
             URI LanceDB understands such as ``s3://bucket/prefix``); opened on first use.
         cache_bytes: Budget of the embedding cache per model, in bytes of feature storage (one
@@ -162,4 +164,8 @@ class ServerConfig:
         "/metrics",
         "/v2/health/live",
         "/v2/health/ready",
+        "/ui",
+        "/ui/",
+        "/ui/static/*",
+        "/ui/vendor/*",
     )

@@ -146,6 +146,9 @@ def test_api_key_guards_everything_but_health_and_metrics(
         assert wrong.status_code == 401
         embed = httpx.post(f"{server}/v1/sam2/embed", json={}, timeout=10)
         assert embed.status_code == 401
+        # The browser page's files are public (a prefix entry); its API calls are not.
+        assert httpx.get(f"{server}/ui/static/app.js", timeout=10).status_code == 200
+        assert httpx.get(f"{server}/ui/static/../../v1/models", timeout=10).status_code == 401
         right = httpx.get(
             f"{server}/v1/models", headers={"authorization": "Bearer s3cret-key"}, timeout=10
         )

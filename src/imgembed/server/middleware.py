@@ -42,12 +42,15 @@ class RequestContextMiddleware:
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
         self._expected_authorization = f"Bearer {api_key}".encode() if api_key else None
-        self.public_paths = frozenset(public_paths)
+        self.public_paths = frozenset(path for path in public_paths if not path.endswith("*"))
+        self.public_prefixes = tuple(path[:-1] for path in public_paths if path.endswith("*"))
 
     def _authorized(self, path: str, headers: dict[bytes, bytes]) -> bool:
-        """Whether the request may proceed: no key configured, a public path, or the right key
-        (compared in constant time)."""
+        """Whether the request may proceed: no key configured, a public path (exact, or under a
+        ``prefix*`` entry), or the right key (compared in constant time)."""
         if self._expected_authorization is None or path in self.public_paths:
+            return True
+        if self.public_prefixes and "/../" not in path and path.startswith(self.public_prefixes):
             return True
         given = headers.get(b"authorization", b"")
         return hmac.compare_digest(given, self._expected_authorization)
