@@ -193,3 +193,22 @@ def test_index_a_folder_then_search_it_by_image_and_text(tmp_path: Path) -> None
     assert unknown.returncode == 2
     assert "nope" in unknown.stderr
     assert "Traceback" not in unknown.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "phrase"),
+    [
+        (["onnx", "--model", "sam2-hiera-gigantic", "--weights", "dummy"], "sam2.1-hiera-tiny"),
+        (["triton", "--model", "sam3", "--weights", "dummy"], "sam2.1-hiera-tiny"),
+        (["onnx", "--weights", "dummy", "--out", "/proc/imgembed-export"], "/proc/imgembed-export"),
+    ],
+    ids=["unknown-model", "unknown-model-triton", "unwritable-out"],
+)
+def test_export_refuses_in_one_clear_line(tmp_path: Path, args: list[str], phrase: str) -> None:
+    out = [] if "--out" in args else ["--out", str(tmp_path / "out")]
+    completed = imgembed("export", *args, *out)
+    assert completed.returncode == 2, completed.stderr
+    assert "Traceback" not in completed.stderr
+    errors = [line for line in completed.stderr.splitlines() if line.startswith("imgembed: error:")]
+    assert len(errors) == 1, completed.stderr
+    assert phrase in errors[0]
