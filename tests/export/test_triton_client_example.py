@@ -104,7 +104,7 @@ def test_example_against_imgembed_and_the_exported_graphs(
         )
     )
     for name, value in features.items():
-        error = relative_error(torch.from_numpy(onnx_features[name]), torch.from_numpy(value))
+        error = relative_error(torch.from_numpy(onnx_features[name]), torch.tensor(value))
         assert error < 1e-4, f"{name}: relative L2 {error:.2e}"
 
     # The server's features go into the exported decoder as they come: same names, no renaming.
