@@ -276,3 +276,32 @@ def test_models_lists_both_families(server: str) -> None:
     models = httpx.get(f"{server}/v1/models", timeout=10).json()["data"]
     families = {model["id"]: model["family"] for model in models}
     assert families == {TINY_FIXRES.name: "siglip", "sam2.1-hiera-tiny": "sam2"}
+
+
+def test_v2_protocol_with_tritonclient_matches_the_native_route(
+    server: str, reference: Any
+) -> None:
+    httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient is a test extra")
+    client = httpclient.InferenceServerClient(url=server.removeprefix("http://"))
+    try:
+        assert client.is_model_ready("siglip")
+        assert client.is_model_ready(f"{TINY_FIXRES.name}_text")
+        metadata = client.get_model_metadata("siglip")
+        assert metadata["outputs"][0]["shape"] == [-1, TINY_FIXRES.embedding_dim]
+        files = np.array([png(PHOTO), png(OTHER)], dtype=object)
+        images = httpclient.InferInput("image_bytes", [2], "BYTES")
+        images.set_data_from_numpy(files, binary_data=True)
+        vectors = client.infer("siglip", [images]).as_numpy("embeddings")
+        expected = reference_image_vectors(reference, [PHOTO, OTHER])
+        for vector, reference_vector in zip(vectors, expected, strict=True):
+            assert_cosine(vector, reference_vector)
+        texts = httpclient.InferInput("text", [1], "BYTES")
+        texts.set_data_from_numpy(np.array([b"A red ball"], dtype=object))
+        text_vector = client.infer("siglip_text", [texts]).as_numpy("embeddings")[0]
+        assert_cosine(text_vector, reference_text_vectors(reference, ["a red ball"])[0])
+        broken = httpclient.InferInput("image_bytes", [1], "BYTES")
+        broken.set_data_from_numpy(np.array([b"not an image"], dtype=object))
+        with pytest.raises(Exception, match=r"image_bytes\[0\]"):
+            client.infer("siglip", [broken])
+    finally:
+        client.close()

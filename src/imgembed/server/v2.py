@@ -35,6 +35,7 @@ from imgembed.server.disconnect import (
 from imgembed.server.errors import error_response
 from imgembed.server.v2_models import V2Model, v2_models
 from imgembed.server.v2_request import decompress_body, parse_infer_request
+from imgembed.server.v2_siglip import siglip_v2_models
 from imgembed.server.v2_tensors import OutputTensor, encode_infer_response, requested_outputs
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,11 @@ class V2Route(APIRoute):
 router = APIRouter(route_class=V2Route, tags=["v2"])
 
 
+def all_v2_models(engine: Engine) -> dict[str, V2Model]:
+    """Every v2 model the engine's models answer to: SAM 2 encoders and decoders, then SigLIP."""
+    return {**v2_models(engine), **siglip_v2_models(engine)}
+
+
 def _engine(request: Request) -> Engine:
     return request.app.state.engine
 
@@ -100,7 +106,7 @@ def _model(request: Request, name: str, version: str = "") -> V2Model:
     Raises:
         UnknownModelError: No such model or version (404).
     """
-    models = v2_models(_engine(request))
+    models = all_v2_models(_engine(request))
     model = models.get(name)
     if model is None:
         raise UnknownModelError(
@@ -138,7 +144,7 @@ async def ready(request: Request) -> Response:
 @router.get("/v2/models", summary="Served models (v2 names)")
 async def list_models(request: Request) -> dict[str, Any]:
     """Every v2 model's metadata. Not part of the protocol, but Triton users reach for it."""
-    models = v2_models(_engine(request)).values()
+    models = all_v2_models(_engine(request)).values()
     return {"models": [model.metadata() for model in models]}
 
 
@@ -147,7 +153,9 @@ async def repository_index(request: Request) -> list[dict[str, str]]:
     """Every v2 model name with its version and state (``READY`` or ``UNAVAILABLE``)."""
     engine = _engine(request)
     state = "READY" if engine.ready else "UNAVAILABLE"
-    return [{"name": name, "version": MODEL_VERSION, "state": state} for name in v2_models(engine)]
+    return [
+        {"name": name, "version": MODEL_VERSION, "state": state} for name in all_v2_models(engine)
+    ]
 
 
 @router.get("/v2/models/{model_name}", summary="Model metadata (v2)")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgembed.engine import Engine, ServedSam2
+from imgembed.engine import Engine, ServedModel, ServedSam2
 from imgembed.errors import InvalidInputError
 from imgembed.models.sam2 import (
     HIGH_RES_FEATS_0_SHAPE,
@@ -68,7 +68,7 @@ class V2Model(ABC):
     """
 
     name: str
-    served: ServedSam2
+    served: ServedModel
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
