@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -402,6 +403,27 @@ def test_approximate_index_finds_well_separated_neighbours(
     with LanceDBStore(store_path, options) as reopened:
         assert reopened.get_collection("ann").indexed
         assert reopened.search("ann", queries[7], top_k=1)[0].id == ids[7]
+
+
+def test_nprobes_trades_recall_for_work(store_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    data = rng.standard_normal((2000, 16))
+    options = LanceDBOptions(index_threshold=None, num_partitions=8, refine_factor=None)
+    with LanceDBStore(store_path, options) as store:
+        store.create_collection("p", 16)
+        store.add_items("p", [f"p{i}" for i in range(2000)], data)
+        store.build_index("p")
+        queries = rng.standard_normal((20, 16))
+        truth = [{h.id for h in store.search("p", q, top_k=10, exact=True)} for q in queries]
+
+    def recall(nprobes: int) -> float:
+        with LanceDBStore(store_path, replace(options, nprobes=nprobes)) as probing:
+            found = [{h.id for h in probing.search("p", q, top_k=10)} for q in queries]
+        return float(np.mean([len(f & t) / 10 for f, t in zip(found, truth, strict=True)]))
+
+    # Random vectors have no clusters: one of eight partitions holds few true neighbours.
+    assert recall(1) < 0.7
+    assert recall(8) > 0.9
 
 
 def test_indexed_search_probes_further_for_a_narrow_filter(store_path: Path) -> None:

@@ -1,7 +1,18 @@
 """The Lance table layout of a collection: schema, rows in, items out, id predicates.
 
-Needs the ``search`` extra (``pip install 'imgembed[search]'``); see
-:mod:`imgembed.search.lancedb_store` for what each column holds and why.
+Needs the ``search`` extra (``pip install 'imgembed[search]'``).
+
+Table layout (one row per item):
+
+- ``id`` (string): the item id; ``add_items`` keeps it unique.
+- ``vector`` (fixed-size list of float32, the collection's dimension): the unit-normalised vector.
+- ``metadata`` (string): the item's JSON object as compact text, returned as given.
+- ``filter_doc`` (Lance JSON, stored as JSONB): the flattened, type-tagged copy of the metadata
+  that filters run on (:func:`imgembed.search.filters.filter_document`). Why not one column per
+  metadata key: keys are arbitrary client text with values of any type, which would mean a schema
+  change per new key and columns that clash in type between items; the JSON column takes any key
+  and Lance's ``json_get*`` functions read one key without path syntax, so keys are matched
+  literally.
 """
 
 from __future__ import annotations

@@ -2,17 +2,8 @@
 
 Needs the ``search`` extra (``pip install 'imgembed[search]'``).
 
-Table layout (one row per item):
-
-- ``id`` (string): the item id; ``add_items`` keeps it unique.
-- ``vector`` (fixed-size list of float32, the collection's dimension): the unit-normalised vector.
-- ``metadata`` (string): the item's JSON object as compact text, returned as given.
-- ``filter_doc`` (Lance JSON, stored as JSONB): the flattened, type-tagged copy of the metadata
-  that filters run on (:func:`imgembed.search.filters.filter_document`). Why not one column per
-  metadata key: keys are arbitrary client text with values of any type, which would mean a schema
-  change per new key and columns that clash in type between items; the JSON column takes any key
-  and Lance's ``json_get*`` functions read one key without path syntax, so keys are matched
-  literally.
+One row per item; the columns, and why metadata is filtered through a JSON column, are in
+:mod:`imgembed.search.lancedb_layout`.
 
 Search is cosine (``distance_type="cosine"``; the score is ``1 - distance``). A collection is searched
 exactly (every row compared) until it holds ``index_threshold`` items; the write that reaches the
@@ -20,23 +11,12 @@ threshold then builds an approximate nearest-neighbour index, and later writes f
 it every ``optimize_every_writes`` writes (rows not yet in the index are still searched, exactly).
 ``exact=True`` on a search ignores the index.
 
-Index types and their recall trade-offs (numbers: ``benchmarks/RESULTS.md``, "Vector search"). All
-three split the vectors into IVF partitions (Lance picks about one per 8k rows unless
-``num_partitions`` says otherwise) and search the ``nprobes`` partitions nearest the query; fewer
-probes than partitions is where recall is lost on large collections:
+The index types and their recall trade-offs are in :mod:`imgembed.search.lancedb_options`.
 
-- ``IVF_SQ`` (default): vectors quantised to 8 bits per value (a quarter of float32), candidates
-  then re-ranked with the full vectors (``refine_factor * top_k`` of them). Builds in seconds;
-  with refinement its recall is close to exact search whenever the probes cover the neighbours.
-- ``IVF_PQ``: product quantisation (``num_sub_vectors`` codes of 8 bits, 1/64 of float32 at
-  ``dimension / 16`` sub-vectors): the smallest index, slow to train, and the coarsest distances,
-  so recall depends heavily on ``refine_factor`` and on how clustered the data are.
-- ``IVF_HNSW_SQ``: a navigable graph per partition over 8-bit vectors (search breadth ``ef``):
-  fewer distance computations per query on large partitions, slowest to build.
-
-Filters are applied before the vector search (pre-filtering), and an indexed search probes further
-partitions while a filter leaves fewer than ``top_k`` hits, so a filtered search returns ``top_k``
-hits whenever that many items pass.
+Filters are applied before the vector search (pre-filtering). When a filtered search through the
+index finds fewer than ``top_k`` hits in its ``nprobes`` partitions (a narrow filter), it is run
+again over every partition, so a filtered search returns ``top_k`` hits whenever that many items
+pass.
 
 Durability: each write is one Lance commit (atomic: all of a request's rows or none); on a local
 path the store then fsyncs the files the commit wrote (:mod:`imgembed.search.durability`) before
@@ -51,8 +31,7 @@ import json
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import timedelta
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,7 +39,7 @@ import numpy as np
 
 from imgembed.errors import ConflictError, InvalidInputError, NotFoundError
 from imgembed.search.durability import TreeSyncer, fsync_path
-from imgembed.search.filters import FilterLimits, parse_filter, sql_string
+from imgembed.search.filters import parse_filter, sql_string
 from imgembed.search.lancedb_layout import (
     FILTER_COLUMN,
     ITEM_COLUMNS,
@@ -70,6 +49,7 @@ from imgembed.search.lancedb_layout import (
     item_rows,
     table_items,
 )
+from imgembed.search.lancedb_options import LanceDBOptions, index_config
 from imgembed.search.store import (
     AddResult,
     CollectionInfo,
@@ -81,7 +61,6 @@ from imgembed.search.store import (
     VectorsLike,
 )
 from imgembed.search.validation import (
-    StoreLimits,
     check_collection_name,
     check_dimension,
     check_ids,
@@ -94,7 +73,7 @@ from imgembed.search.validation import (
 
 try:
     import lancedb
-    from lancedb.index import HnswSq, IvfPq, IvfSq
+    import pyarrow as pa
     from lancedb.query import ColumnOrdering
 except ImportError as e:
     raise ImportError(
@@ -102,49 +81,6 @@ except ImportError as e:
     ) from e
 
 logger = logging.getLogger(__name__)
-
-IndexType = Literal["IVF_SQ", "IVF_PQ", "IVF_HNSW_SQ"]
-
-
-@dataclass(frozen=True)
-class LanceDBOptions:
-    """How the LanceDB store indexes, searches and keeps its files.
-
-    Attributes:
-        index_threshold: Items at which a collection gets an approximate index; None never builds
-            one (every search exact).
-        index_type: ``"IVF_SQ"``, ``"IVF_PQ"`` or ``"IVF_HNSW_SQ"`` (trade-offs in the module
-            docstring).
-        num_partitions: IVF partitions; None lets Lance choose (about one per 8,000 rows).
-        num_sub_vectors: PQ sub-vectors (IVF_PQ only); None lets Lance choose.
-        nprobes: Partitions searched per query (more only when a filter leaves too few hits).
-        refine_factor: Candidates re-ranked with full vectors, as a multiple of ``top_k``; None
-            ranks by the index's compressed distances alone.
-        ef: HNSW search breadth (IVF_HNSW_SQ only).
-        index_rebuild_growth: Rebuild the index (new partitions) when the collection has grown
-            by this factor since the index was built (or since the store opened it), so that
-            partitions stay near their intended size.
-        optimize_every_writes: Writes to a collection between compactions (merging small files,
-            folding new rows into the index, dropping old versions).
-        keep_old_versions: How long replaced data files stay on disk for readers still using them.
-        sync_writes: Fsync each write's files before acknowledging it (local paths only).
-        limits: Bounds on each call's input.
-        filter_limits: Bounds on filters.
-    """
-
-    index_threshold: int | None = 10_000
-    index_type: IndexType = "IVF_SQ"
-    num_partitions: int | None = None
-    num_sub_vectors: int | None = None
-    nprobes: int = 20
-    refine_factor: int | None = 10
-    ef: int = 100
-    index_rebuild_growth: float = 4.0
-    optimize_every_writes: int = 100
-    keep_old_versions: timedelta = timedelta(minutes=10)
-    sync_writes: bool = True
-    limits: StoreLimits = field(default_factory=StoreLimits)
-    filter_limits: FilterLimits = field(default_factory=FilterLimits)
 
 
 @dataclass
@@ -328,24 +264,13 @@ class LanceDBStore:
         top_k = check_positive(top_k, "top_k", self.options.limits.max_top_k)
         query_vector = unit_query(vector, collection.dimension)
         where = self._where(filter)
-        query = (
-            collection.table.search(query_vector, vector_column_name="vector")
-            .distance_type("cosine")
-            .select([*ITEM_COLUMNS, "_distance"])
-            .limit(top_k)
-        )
-        if where is not None:
-            query = query.where(where, prefilter=True)
         if exact or not collection.indexed:
-            query = query.bypass_vector_index()
+            result = self._vector_query(collection, query_vector, top_k, where, probes=None)
         else:
-            # Probe nprobes partitions; more only while a filter leaves fewer than top_k hits.
-            query = query.minimum_nprobes(self.options.nprobes).maximum_nprobes(0)
-            if self.options.refine_factor is not None:
-                query = query.refine_factor(self.options.refine_factor)
-            if self.options.index_type == "IVF_HNSW_SQ":
-                query = query.ef(max(self.options.ef, top_k))
-        result = query.to_arrow()
+            result = self._vector_query(collection, query_vector, top_k, where, probes="nprobes")
+            if where is not None and result.num_rows < top_k:
+                # A narrow filter left too few hits in the probed partitions: search them all.
+                result = self._vector_query(collection, query_vector, top_k, where, probes="all")
         hits = [
             SearchHit(id=item_id, score=float(np.clip(1.0 - distance, -1.0, 1.0)), metadata=meta)
             for item_id, meta, distance in zip(
@@ -357,6 +282,47 @@ class LanceDBStore:
         ]
         hits.sort(key=lambda hit: (-hit.score, hit.id))
         return hits
+
+    def _vector_query(
+        self,
+        collection: _Collection,
+        query_vector: np.ndarray,
+        top_k: int,
+        where: str | None,
+        probes: Literal["nprobes", "all"] | None,
+    ) -> pa.Table:
+        """Runs one cosine query: exact when ``probes`` is None, else through the index.
+
+        Args:
+            collection: The open collection.
+            query_vector: ``[D]`` float32, unit norm.
+            top_k: Rows wanted.
+            where: SQL filter applied before the vector search, or None.
+            probes: ``"nprobes"`` searches the configured number of partitions, ``"all"`` every
+                partition (still on the index's compressed vectors, then refined).
+
+        Returns:
+            Rows with ``id``, ``metadata`` and ``_distance`` (cosine distance, ``1 - cos``).
+        """
+        query = (
+            collection.table.search(query_vector, vector_column_name="vector")
+            .distance_type("cosine")
+            .select([*ITEM_COLUMNS, "_distance"])
+            .limit(top_k)
+        )
+        if where is not None:
+            query = query.where(where, prefilter=True)
+        if probes is None:
+            return query.bypass_vector_index().to_arrow()
+        options = self.options
+        query = query.nprobes(options.nprobes)
+        if probes == "all":
+            query = query.maximum_nprobes(0)  # 0: no upper bound
+        if options.refine_factor is not None:
+            query = query.refine_factor(options.refine_factor)
+        if options.index_type == "IVF_HNSW_SQ":
+            query = query.ef(max(options.ef, top_k))
+        return query.to_arrow()
 
     def get_items(self, name: str, ids: Sequence[str], *, with_vectors: bool = True) -> list[Item]:
         """The stored items with these ids, in the order asked; missing ids are left out."""
@@ -464,20 +430,11 @@ class LanceDBStore:
         return rows >= max(threshold, growth * collection.rows_at_index_build)
 
     def _build_index(self, name: str, collection: _Collection) -> None:
-        options = self.options
-        if options.index_type == "IVF_SQ":
-            config: Any = IvfSq(distance_type="cosine", num_partitions=options.num_partitions)
-        elif options.index_type == "IVF_PQ":
-            config = IvfPq(
-                distance_type="cosine",
-                num_partitions=options.num_partitions,
-                num_sub_vectors=options.num_sub_vectors,
-            )
-        else:
-            config = HnswSq(distance_type="cosine", num_partitions=options.num_partitions)
         rows = collection.table.count_rows()
-        logger.info("building %s index on collection %r (%d items)", options.index_type, name, rows)
-        collection.table.create_index("vector", config=config, replace=True)
+        logger.info(
+            "building %s index on collection %r (%d items)", self.options.index_type, name, rows
+        )
+        collection.table.create_index("vector", config=index_config(self.options), replace=True)
         collection.indexed = True
         collection.rows_at_index_build = rows
 
