@@ -14,6 +14,7 @@ import pytest
 
 from imgembed.errors import ConflictError, InvalidInputError, NotFoundError
 from imgembed.search.store import VectorStore
+from imgembed.search.validation import StoreLimits
 
 lancedb_store = pytest.importorskip(
     "imgembed.search.lancedb_store", reason="the search extra (lancedb) is not installed"
@@ -331,7 +332,7 @@ def test_deep_metadata_is_refused(store: Any) -> None:
 
 
 def test_too_many_ids_in_one_call(store_path: Path) -> None:
-    limits = lancedb_store.StoreLimits(max_items_per_call=3)
+    limits = StoreLimits(max_items_per_call=3)
     with LanceDBStore(store_path, LanceDBOptions(limits=limits)) as small:
         small.create_collection("c", 2)
         with pytest.raises(InvalidInputError, match="4 ids in one call; at most 3"):
