@@ -212,6 +212,29 @@ def test_restart_keeps_collections_items_and_search(store_path: Path) -> None:
             second.get_collection("dropped")
 
 
+def test_collection_records_its_model_across_writes_and_restart(store_path: Path) -> None:
+    options = LanceDBOptions(index_threshold=None, optimize_every_writes=2)
+    with LanceDBStore(store_path, options) as store:
+        info = store.create_collection("m", 4, model="google/siglip2-base-patch16-224")
+        assert info.model == "google/siglip2-base-patch16-224"
+        store.create_collection("plain", 4)
+        store.add_items("m", ["a"], [[1, 0, 0, 0]])
+        store.add_items("m", ["a"], [[0, 1, 0, 0]], on_conflict="upsert")
+        store.delete_items("m", ["a"])
+    with LanceDBStore(store_path, options) as reopened:
+        assert [(c.name, c.model) for c in reopened.list_collections()] == [
+            ("m", "google/siglip2-base-patch16-224"),
+            ("plain", None),
+        ]
+
+
+@pytest.mark.parametrize("model", ["", 5, "a\nb", "x" * 257])
+def test_invalid_model_names(store: Any, model: Any) -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        store.create_collection("c", 4, model=model)
+    assert caught.value.field == "model"
+
+
 def test_collections_lifecycle(store: Any) -> None:
     assert store.list_collections() == []
     store.create_collection("b-2", 8)

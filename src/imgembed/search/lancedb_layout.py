@@ -40,17 +40,32 @@ SCHEMA_MARK = {"imgembed.kind": "vector-collection", "imgembed.metric": "cosine"
 """Schema metadata that marks a Lance table as one of this store's collections."""
 
 
-def collection_schema(dimension: int) -> pa.Schema:
-    """The Lance schema of a collection with ``dimension``-long vectors."""
+MODEL_KEY = "imgembed.model"
+"""Schema metadata naming the model whose embeddings a collection holds (when one was given)."""
+
+
+def row_schema(dimension: int) -> pa.Schema:
+    """The columns of a collection with ``dimension``-long vectors (no table metadata)."""
     return pa.schema(
         [
             pa.field("id", pa.string(), nullable=False),
             pa.field("vector", pa.list_(pa.float32(), dimension), nullable=False),
             pa.field("metadata", pa.string(), nullable=False),
             pa.field(FILTER_COLUMN, pa.json_(pa.string())),
-        ],
-        metadata=SCHEMA_MARK,
+        ]
     )
+
+
+def collection_schema(dimension: int, model: str | None) -> pa.Schema:
+    """A new collection's schema: its columns, this store's mark and the model, if any."""
+    marks = dict(SCHEMA_MARK) if model is None else {**SCHEMA_MARK, MODEL_KEY: model}
+    return row_schema(dimension).with_metadata(marks)
+
+
+def schema_model(schema: pa.Schema) -> str | None:
+    """The model a collection was created for, or None."""
+    value = (schema.metadata or {}).get(MODEL_KEY.encode())
+    return None if value is None else value.decode()
 
 
 def is_collection_schema(schema: pa.Schema) -> bool:
@@ -70,7 +85,7 @@ def item_rows(ids: list[str], unit: np.ndarray, texts: list[str], dimension: int
             "metadata": pa.array(texts, pa.string()),
             FILTER_COLUMN: pa.array(documents, pa.json_(pa.string())),
         },
-        schema=collection_schema(dimension),
+        schema=row_schema(dimension),
     )
 
 

@@ -47,6 +47,7 @@ from imgembed.search.lancedb_layout import (
     id_in_sql,
     is_collection_schema,
     item_rows,
+    schema_model,
     table_items,
 )
 from imgembed.search.lancedb_options import LanceDBOptions, index_config
@@ -65,6 +66,7 @@ from imgembed.search.validation import (
     check_dimension,
     check_ids,
     check_metadata_list,
+    check_model,
     check_positive,
     show_ids,
     unit_query,
@@ -92,6 +94,7 @@ class _Collection:
     lock: threading.Lock
     syncer: TreeSyncer | None
     indexed: bool
+    model: str | None
     rows_at_index_build: int = 0
     writes_since_optimize: int = 0
     dropped: bool = False
@@ -132,11 +135,14 @@ class LanceDBStore:
 
     # Collections
 
-    def create_collection(self, name: str, dimension: int) -> CollectionInfo:
+    def create_collection(
+        self, name: str, dimension: int, *, model: str | None = None
+    ) -> CollectionInfo:
         """Creates an empty collection; ConflictError when the name is taken."""
         limits = self.options.limits
         name = check_collection_name(name, limits)
         dimension = check_dimension(dimension, limits)
+        model = check_model(model)
         with self._lock:
             self._check_open()
             if name in self._table_names():
@@ -144,12 +150,12 @@ class LanceDBStore:
                     f"collection {name!r} exists already; delete it first or use another name",
                     field="name",
                 )
-            table = self._db.create_table(name, schema=collection_schema(dimension))
+            table = self._db.create_table(name, schema=collection_schema(dimension, model))
             self._collections[name] = self._wrap(name, table)
             if self._local and self.options.sync_writes:
                 fsync_path(self.uri, directory=True)
         logger.info("created collection %r (dimension %d)", name, dimension)
-        return CollectionInfo(name=name, dimension=dimension, count=0)
+        return CollectionInfo(name=name, dimension=dimension, count=0, model=model)
 
     def get_collection(self, name: str) -> CollectionInfo:
         """Describes a collection; NotFoundError when there is none."""
@@ -159,6 +165,7 @@ class LanceDBStore:
             dimension=collection.dimension,
             count=collection.table.count_rows(),
             indexed=collection.indexed,
+            model=collection.model,
         )
 
     def list_collections(self) -> list[CollectionInfo]:
@@ -477,6 +484,7 @@ class LanceDBStore:
             lock=threading.Lock(),
             syncer=syncer,
             indexed=any("vector" in index.columns for index in table.list_indices()),
+            model=schema_model(table.schema),
             rows_at_index_build=table.count_rows(),
             # Each uncompacted write left a small fragment: count those a previous process left.
             writes_since_optimize=int(table.stats()["fragment_stats"]["num_small_fragments"]),

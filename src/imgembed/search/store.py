@@ -47,6 +47,8 @@ class CollectionInfo:
         count: Items in it now.
         metric: How vectors compare (always cosine).
         indexed: Whether an approximate nearest-neighbour index serves its searches.
+        model: The model whose embeddings the collection holds, as given at creation (so that
+            text and image queries can be embedded by the same model), or None.
     """
 
     name: str
@@ -54,6 +56,7 @@ class CollectionInfo:
     count: int
     metric: Metric = "cosine"
     indexed: bool = False
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,11 +119,20 @@ class ItemPage:
 class VectorStore(Protocol):
     """Collections of vectors with metadata, searched by cosine similarity."""
 
-    def create_collection(self, name: str, dimension: int) -> CollectionInfo:
+    def create_collection(
+        self, name: str, dimension: int, *, model: str | None = None
+    ) -> CollectionInfo:
         """Creates an empty collection.
 
+        Args:
+            name: 1 to 64 of ``A-Z a-z 0-9 _ -``, starting with a letter or digit.
+            dimension: Length of every vector it will hold.
+            model: The embedding model's name, recorded for whoever embeds queries; the store
+                does not interpret it.
+
         Raises:
-            InvalidInputError: Bad name (``field="name"``) or dimension (``field="dimension"``).
+            InvalidInputError: Bad name (``field="name"``), dimension (``field="dimension"``) or
+                model (``field="model"``).
             ConflictError: A collection with this name exists.
         """
         ...

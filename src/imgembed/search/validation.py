@@ -75,6 +75,25 @@ def check_dimension(dimension: object, limits: StoreLimits) -> int:
     return int(dimension)
 
 
+def check_model(model: object) -> str | None:
+    """The optional model name a collection records: None, or 1 to 256 printable characters."""
+    if model is None:
+        return None
+    if not isinstance(model, str) or not 1 <= len(model) <= 256:
+        raise InvalidInputError(
+            f"model must be a model name of 1 to 256 characters, got {model!r:.80}", field="model"
+        )
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in model):
+        raise InvalidInputError(f"model {model!r:.80} contains a control character", field="model")
+    try:
+        model.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidInputError(
+            f"model is not valid Unicode text ({e.reason})", field="model"
+        ) from e
+    return model
+
+
 def check_id(item_id: object, where: str, limits: StoreLimits) -> str:
     """One item id: a non-empty string of printable text up to ``max_id_chars``."""
     if not isinstance(item_id, str):
