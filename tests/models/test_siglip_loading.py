@@ -366,3 +366,14 @@ def test_processor_config_imgembed_cannot_reproduce(
     with pytest.raises(ModelLoadError) as raised:
         load_siglip(TINY_FIXRES, str(folder_copy), device=CPU)
     assert expected in raised.value.message
+
+
+def test_naflex_processor_config_with_a_bad_budget(naflex_folder: Path, tmp_path: Path) -> None:
+    folder = Path(shutil.copytree(naflex_folder, tmp_path / "naflex"))
+    path = folder / "processor_config.json"
+    saved = json.loads(path.read_text())
+    saved["image_processor"]["max_num_patches"] = 0
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ModelLoadError) as raised:
+        load_siglip(TINY_NAFLEX, str(folder), device=CPU)
+    assert "has max_num_patches 0; expected a positive number" in raised.value.message

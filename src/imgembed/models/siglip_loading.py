@@ -292,7 +292,12 @@ def _image_processing(folder: Path, variant: SiglipVariant, described_as: str) -
                 f"{saved.get('patch_size')} pixels, the model takes {variant.patch_size}."
             )
         budget = saved.get("max_num_patches", defaults.max_num_patches)
-        settings = replace(settings, max_num_patches=int(budget))
+        if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+            raise ModelLoadError(
+                f"The image processor config of {described_as} has max_num_patches "
+                f"{budget!r}; expected a positive number of patches such as 256."
+            )
+        settings = replace(settings, max_num_patches=budget)
     return settings
 
 
