@@ -138,31 +138,42 @@ class EverythingResult:
     timings_ms: dict[str, float]
 
 
+_ROW_SHAPES: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
+    "boxes": ((4,), torch.int64),
+    "iou": ((), torch.float32),
+    "stability": ((), torch.float32),
+    "points": ((2,), torch.float32),
+    "crop_boxes": ((4,), torch.int64),
+}
+"""Shape of one row and dtype of each tensor field of :class:`_Candidates`."""
+
+
 @dataclass
 class _Candidates:
-    """Masks kept so far, one row each, the rows of every field aligned."""
+    """Masks kept so far, one row each, the rows of every field aligned.
+
+    Boxes (XYXY, inclusive) and points (XY) are in the crop's frame while a crop is processed and
+    in the image's after it; RLE counts are always the image's.
+    """
 
     counts: list[list[int]] = field(default_factory=list)
-    boxes: list[torch.Tensor] = field(default_factory=list)  # [n,4] int64 XYXY inclusive, image
+    boxes: list[torch.Tensor] = field(default_factory=list)  # [n,4] int64
     iou: list[torch.Tensor] = field(default_factory=list)  # [n] float32
     stability: list[torch.Tensor] = field(default_factory=list)  # [n] float32
-    points: list[torch.Tensor] = field(default_factory=list)  # [n,2] float32 XY, image
+    points: list[torch.Tensor] = field(default_factory=list)  # [n,2] float32
     crop_boxes: list[torch.Tensor] = field(default_factory=list)  # [n,4] int64 XYXY
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Each tensor field as one CPU tensor (empty with the right shape when there are none)."""
-        empty = {"boxes": (0, 4), "iou": (0,), "stability": (0,), "points": (0, 2)}
-        empty["crop_boxes"] = (0, 4)
         result = {}
-        for name, shape in empty.items():
+        for name, (row_shape, dtype) in _ROW_SHAPES.items():
             parts = [part.cpu() for part in getattr(self, name)]
-            dtype = torch.int64 if name in ("boxes", "crop_boxes") else torch.float32
-            result[name] = torch.cat(parts) if parts else torch.zeros(shape, dtype=dtype)
+            result[name] = torch.cat(parts) if parts else torch.zeros((0, *row_shape), dtype=dtype)
         return result
 
     def add(self, other: _Candidates) -> None:
         self.counts.extend(other.counts)
-        for name in ("boxes", "iou", "stability", "points", "crop_boxes"):
+        for name in _ROW_SHAPES:
             getattr(self, name).extend(getattr(other, name))
 
     def select(self, keep: torch.Tensor) -> _Candidates:
@@ -183,6 +194,7 @@ class _Clock:
     prompts: int = 0
 
 
+@torch.inference_mode()
 def generate_everything(
     image: np.ndarray,
     encode: EncodeFn,
