@@ -119,7 +119,7 @@ def write_without_input_defaults(source: Path, target: Path) -> None:
 def _export_graph(
     module: torch.nn.Module, role: str, path: Path, opset: int, device: torch.device
 ) -> None:
-    """Traces one graph to ``path`` and checks it (float32)."""
+    """Traces one graph to ``path`` in float32, with zero defaults for its optional inputs."""
     _, inputs, outputs = GRAPHS[role]
     generator = torch.Generator().manual_seed(0)
     # Example sizes: batches of 2 and 3 (a batch of 1 would be specialised to a constant), and
