@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+Backend = Literal["torch", "onnxruntime"]
+"""What runs a SAM 2 model's image encoder: PyTorch, or ONNX Runtime on an ``imgembed export onnx``."""
+
 ResizeMode = Literal["stretch", "letterbox"]
 """How an image becomes the square model input: ``stretch`` (SAM 2's training resize) or
 ``letterbox`` (keep aspect ratio, pad bottom/right with zeros after normalisation)."""
@@ -105,6 +108,10 @@ class ModelSpec:
         device: Where to run.
         alias: Extra name clients may use for this model (the seed's checkpoint file name, say).
         batching: How this model's requests are batched.
+        backend: What runs the SAM 2 image encoder; ``onnxruntime`` needs ``onnx_dir`` (the
+            prompt decoder always runs in PyTorch).
+        onnx_dir: An ``imgembed export onnx`` folder of this model, for the ``onnxruntime``
+            backend (its graphs must come from the same weights).
         warmup: Run one forward pass at start-up, before the server reports ready, so the first
             request does not pay for lazy initialisation (kernel selection, allocator growth).
     """
@@ -115,6 +122,8 @@ class ModelSpec:
     device: DeviceChoice = "auto"
     alias: str | None = None
     batching: BatchingSettings = field(default_factory=BatchingSettings)
+    backend: Backend = "torch"
+    onnx_dir: str | None = None
     warmup: bool = True
 
 

@@ -81,6 +81,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "IMGEMBED_DEVICE", "device", _choice("auto", "cpu", "cuda"), "auto", "auto, cpu or cuda."
     ),
+    Setting(
+        "IMGEMBED_BACKEND",
+        "backend",
+        _choice("torch", "onnxruntime"),
+        "torch",
+        "What runs the SAM 2 encoder: torch, or onnxruntime (needs IMGEMBED_ONNX_DIR).",
+    ),
+    Setting(
+        "IMGEMBED_ONNX_DIR",
+        "onnx_dir",
+        str,
+        None,
+        "An 'imgembed export onnx' folder of the model, for the onnxruntime backend.",
+    ),
     Setting("IMGEMBED_HOST", "host", str, "127.0.0.1", "Interface to bind."),
     Setting("IMGEMBED_PORT", "port", int, 8000, "TCP port."),
     Setting(
@@ -255,7 +269,9 @@ SETTINGS: tuple[Setting, ...] = (
 
 
 DEFAULT_MODEL = "sam2.1-hiera-tiny"
-_MODEL_TARGETS = frozenset({"model", "weights", "meta_config", "device", "warmup", "alias"})
+_MODEL_TARGETS = frozenset(
+    {"model", "weights", "meta_config", "device", "warmup", "alias", "backend", "onnx_dir"}
+)
 _TOP_LEVEL_TARGETS = frozenset(
     {
         "host",
@@ -353,8 +369,8 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             else:
                 raise InvalidInputError(
                     f"config file {path}: models[{index}] has unknown key {key!r}; a model takes "
-                    "name, weights, meta_config, device, alias, warmup, max_batch_size, "
-                    "max_queue_delay_ms, max_queue_size",
+                    "name, weights, meta_config, device, alias, warmup, backend, onnx_dir, "
+                    "max_batch_size, max_queue_delay_ms, max_queue_size",
                     field=f"models[{index}].{key}",
                 )
         models.append(model)
@@ -438,6 +454,8 @@ def _model_specs(
                 device=merged.get("device", "auto"),
                 alias=merged.get("alias"),
                 batching=BatchingSettings(**batching),
+                backend=merged.get("backend", "torch"),
+                onnx_dir=merged.get("onnx_dir"),
                 warmup=merged.get("warmup", True),
             )
         )

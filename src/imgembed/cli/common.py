@@ -34,6 +34,13 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), help="IMGEMBED_DEVICE; default auto"
     )
+    group.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime"),
+        help="what runs the SAM 2 encoder (IMGEMBED_BACKEND; default torch); onnxruntime needs "
+        "--onnx-dir",
+    )
+    group.add_argument("--onnx-dir", help="an 'imgembed export onnx' folder (IMGEMBED_ONNX_DIR)")
 
 
 def config_from_args(args: argparse.Namespace, **extra: Any) -> ServerConfig:
@@ -44,6 +51,8 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> ServerConfig:
         "weights": args.weights,
         "meta_config": args.meta_config,
         "device": args.device,
+        "backend": getattr(args, "backend", None),
+        "onnx_dir": getattr(args, "onnx_dir", None),
         **extra,
     }
     config_file = Path(args.config) if getattr(args, "config", None) else None

@@ -28,7 +28,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
-    parser.add_argument("--overwrite", action="store_true", help="replace files already in --out")
+    parser.add_argument(
+        "--overwrite", "--force", action="store_true", help="replace files already in --out"
+    )
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from imgembed.engine.served import (
     ServedSam2,
     ServedSiglip,
 )
-from imgembed.errors import UnknownModelError
+from imgembed.errors import ImgembedError, ModelLoadError, UnknownModelError
 from imgembed.metrics import Metrics
 from imgembed.models.sam2_loading import LoadedSam2, load_sam2
 from imgembed.models.sam2_registry import resolve_variant
@@ -159,6 +159,7 @@ class EngineCore:
                 cache=FeatureCache(
                     self.config.cache_bytes, on_change=self.metrics.cache_observer(variant.name)
                 ),
+                onnx=_onnx_encoder(spec, variant.name) if spec.backend == "onnxruntime" else None,
             )
         logger.info(
             "loaded %s from %s (%s) on %s, compute %s, in %.1f s",
@@ -271,3 +272,33 @@ def _canonical_name(name: str) -> str | None:
         except UnknownModelError:
             continue
     return None
+
+
+def _onnx_encoder(spec: ModelSpec, model_name: str) -> Any:
+    """The ONNX Runtime backend of ``spec.onnx_dir``, checked to be an export of ``model_name``.
+
+    Raises:
+        ModelLoadError: No folder given, the onnx extra missing, or an export of another model.
+    """
+    if not spec.onnx_dir:
+        raise ModelLoadError(
+            f"the onnxruntime backend of {model_name} needs an export: run 'imgembed export onnx "
+            f"--model {model_name} --weights ... --out DIR' and set --onnx-dir DIR "
+            "(IMGEMBED_ONNX_DIR)"
+        )
+    try:
+        from imgembed.runtime.onnx_backend import OnnxSam2Backend
+    except ImportError as error:
+        raise ModelLoadError(
+            f"the onnxruntime backend needs the onnx extra: pip install 'imgembed[onnx]' ({error})"
+        ) from error
+    try:
+        backend = OnnxSam2Backend.from_dir(spec.onnx_dir)
+    except ImgembedError as error:
+        raise ModelLoadError(f"--onnx-dir {spec.onnx_dir}: {error.message}") from error
+    if backend.model_id != model_name:
+        raise ModelLoadError(
+            f"--onnx-dir {spec.onnx_dir} holds an export of {backend.model_id}, not {model_name}; "
+            f"export this model with 'imgembed export onnx --model {model_name}'"
+        )
+    return backend

@@ -142,11 +142,14 @@ class ServedSam2(ServedModel):
         loaded: Weights, architecture and provenance.
         batcher: Groups encode requests into batches; created by :meth:`start`.
         cache: Encoder features of recent images, by ``image_id``.
+        onnx: The ONNX Runtime encoder when the model's backend is ``onnxruntime`` (the
+            prompt decoder runs in PyTorch either way).
     """
 
     loaded: LoadedSam2
     batcher: DynamicBatcher[torch.Tensor, Sam2Features] | None = field(default=None, repr=False)
     cache: FeatureCache = field(default_factory=lambda: FeatureCache(0), repr=False)
+    onnx: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.family = "sam2"
@@ -165,7 +168,10 @@ class ServedSam2(ServedModel):
 
     def encode_batch(self, pixel_values: list[torch.Tensor]) -> list[Sam2Features]:
         """Encodes ``[3,1024,1024]`` images in one forward pass; one ``[1,...]`` result each."""
-        features = sam2_embed.encode(self.loaded.model, self.placement, pixel_values)
+        if self.onnx is not None:
+            features = self.onnx.encode(torch.stack(pixel_values))  # B x [3,S,S] -> [B,3,S,S]
+        else:
+            features = sam2_embed.encode(self.loaded.model, self.placement, pixel_values)
         return [features[index] for index in range(len(pixel_values))]
 
     def start(self, metrics: Metrics) -> None:
@@ -182,6 +188,8 @@ class ServedSam2(ServedModel):
         return {
             **self._common_description("sam2-image-embedding", self.loaded.weights_location),
             "meta_config": self.loaded.variant.meta_config,
+            "backend": self.spec.backend,
+            "onnx": None if self.onnx is None else self.onnx.describe(),
             "input_size": [SAM2_INPUT_SIZE, SAM2_INPUT_SIZE],
             "cache": {"max_bytes": self.cache.max_bytes, **vars(self.cache.stats)},
         }
