@@ -130,3 +130,14 @@ def test_bad_images_are_refused() -> None:
     ):
         with pytest.raises(InvalidInputError, match=r"\[H,W,3\] uint8"):
             generate_everything(image, never, never)
+
+
+def test_stability_scores_of_rows_wider_than_int16_counts() -> None:
+    logits = torch.full((2, 2, 1 << 15), -5.0)
+    logits[0, 0, : 40000 - (1 << 15)] = 5.0
+    logits[0, 1] = 0.5  # inside the outer cut only
+    logits[1] = 5.0
+    torch.testing.assert_close(
+        stability_scores(logits, 0.0, 1.0),
+        torch.tensor([(40000 - (1 << 15)) / (40000 - (1 << 15) + (1 << 15)), 1.0]),
+    )

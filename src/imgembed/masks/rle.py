@@ -81,13 +81,57 @@ def masks_to_counts(
     if height * width == 0:
         return [[pixels] for _ in range(count)]
     flat = tensor.transpose(1, 2).reshape(count, width * height)  # [N,h,w] -> [N,w,h] -> [N,w*h]
+    if height == image_height:
+        toggles = _toggles_full_height(flat, left * image_height)
+    else:
+        toggles = _toggles_partial_height(flat, height, left, top, image_height)
+    result = []
+    for edges in toggles:
+        runs = np.diff(np.concatenate(([0], edges, [pixels]))).tolist()
+        if len(edges) and edges[-1] == pixels:
+            runs.pop()  # a run of ones reaching the last pixel: no empty run of zeros after it
+        result.append(runs)
+    return result
+
+
+def _toggles_full_height(flat: torch.Tensor, offset: int) -> list[np.ndarray]:
+    """Image positions where each mask switches value, for crops spanning whole columns.
+
+    Such a crop's pixels are contiguous in the image's column-major order, from ``offset`` on.
+
+    Args:
+        flat: ``[N,P]`` bool crop masks in column-major order.
+        offset: Image position of the crop's first pixel.
+
+    Returns:
+        Per mask, ascending positions ``p`` where pixel ``p`` differs from pixel ``p - 1`` (the
+        pixel before the image counts as 0).
+    """
+    count, size = flat.shape
+    changes = torch.nonzero(flat[:, 1:] != flat[:, :-1]).cpu().numpy()  # [C,2]: i+1 differs from i
+    first = flat[:, 0].cpu().numpy()
+    last = flat[:, -1].cpu().numpy()
+    per_mask = np.bincount(changes[:, 0], minlength=count)
+    inner = np.split(changes[:, 1] + 1 + offset, np.cumsum(per_mask)[:-1])
+    return [
+        np.concatenate(
+            ([offset] if first[index] else [], edges, [offset + size] if last[index] else [])
+        ).astype(np.int64)
+        for index, edges in enumerate(inner)
+    ]
+
+
+def _toggles_partial_height(
+    flat: torch.Tensor, height: int, left: int, top: int, image_height: int
+) -> list[np.ndarray]:
+    """As :func:`_toggles_full_height` for crops shorter than the image: runs end at each column."""
+    count = flat.shape[0]
     before = torch.zeros_like(flat)  # the pixel before each one in the image's column-major order
     before[:, 1:] = flat[:, :-1]
+    before[:, ::height] = False
     after = torch.zeros_like(flat)
     after[:, :-1] = flat[:, 1:]
-    if height != image_height:  # crop columns are not adjacent in the image: runs break there
-        before[:, ::height] = False
-        after[:, height - 1 :: height] = False
+    after[:, height - 1 :: height] = False
     starts = torch.nonzero(flat & ~before).cpu().numpy()  # [S,2] (mask, crop position)
     ends = torch.nonzero(flat & ~after).cpu().numpy()  # [S,2] (mask, last position of the run)
 
@@ -99,14 +143,7 @@ def masks_to_counts(
     boundaries = np.stack(
         [image_position(starts[:, 1]), image_position(ends[:, 1]) + 1], axis=1
     ).reshape(-1)  # [2S]: start, end (exclusive), start, end, ... in mask order
-    split = np.split(boundaries, 2 * np.cumsum(per_mask)[:-1])
-    result = []
-    for edges in split:
-        runs = np.diff(np.concatenate(([0], edges, [pixels]))).tolist()
-        if len(edges) and edges[-1] == pixels:
-            runs.pop()  # a run of ones reaching the last pixel: no empty run of zeros after it
-        result.append(runs)
-    return result
+    return np.split(boundaries, 2 * np.cumsum(per_mask)[:-1])
 
 
 def masks_to_uncompressed_rle(
