@@ -1,6 +1,6 @@
 """Vector search benchmark: add time, search latency and ANN recall of the LanceDB store.
 
-    python benchmarks/search.py                  # 10k and 100k vectors, about 10 minutes on 2 cores
+    python benchmarks/search.py                  # 10k and 100k vectors: 20 to 45 minutes on 2 cores
     python benchmarks/search.py --quick          # 2k vectors, few queries: a smoke run
 
 For each size: random 768-d float32 vectors (standard normal, seed 0) with metadata
