@@ -94,6 +94,11 @@ class BatchingSettings:
     max_queue_size: int = 64
 
 
+DECODER_BATCHING = BatchingSettings(max_batch_size=64, max_queue_delay_ms=1.0, max_queue_size=256)
+"""Default batching of SAM 2 prompt decoding, where ``max_batch_size`` counts prompts (a decoder
+pass is cheap next to an encoder pass, so it waits less and takes more)."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One model to serve and where its weights come from.
@@ -107,7 +112,10 @@ class ModelSpec:
             ``sam2_hiera_l.yaml``); when ``None`` it follows from ``name``.
         device: Where to run.
         alias: Extra name clients may use for this model (the seed's checkpoint file name, say).
-        batching: How this model's requests are batched.
+        batching: How this model's requests are batched (SAM 2: its image encoder; SigLIP 2:
+            its image and text towers).
+        decoder_batching: How SAM 2 prompt decoding is batched across requests;
+            ``max_batch_size`` counts prompts, and one request's prompts are never split.
         backend: What runs the SAM 2 image encoder; ``onnxruntime`` needs ``onnx_dir`` (the
             prompt decoder always runs in PyTorch).
         onnx_dir: An ``imgembed export onnx`` folder of this model, for the ``onnxruntime``
@@ -122,6 +130,7 @@ class ModelSpec:
     device: DeviceChoice = "auto"
     alias: str | None = None
     batching: BatchingSettings = field(default_factory=BatchingSettings)
+    decoder_batching: BatchingSettings = DECODER_BATCHING
     backend: Backend = "torch"
     onnx_dir: str | None = None
     warmup: bool = True

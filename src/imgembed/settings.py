@@ -13,7 +13,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from imgembed.config import BatchingSettings, FetchPolicy, InputLimits, ModelSpec, ServerConfig
+from imgembed.config import (
+    DECODER_BATCHING,
+    BatchingSettings,
+    FetchPolicy,
+    InputLimits,
+    ModelSpec,
+    ServerConfig,
+)
 from imgembed.errors import InvalidInputError
 
 
@@ -138,6 +145,27 @@ SETTINGS: tuple[Setting, ...] = (
         int,
         BatchingSettings.max_queue_size,
         "Requests waiting per model before new ones get 429.",
+    ),
+    Setting(
+        "IMGEMBED_DECODER_MAX_BATCH_SIZE",
+        "decoder_batching.max_batch_size",
+        int,
+        DECODER_BATCHING.max_batch_size,
+        "Most SAM 2 prompts per decoder pass, across requests; 1 turns decoder batching off.",
+    ),
+    Setting(
+        "IMGEMBED_DECODER_MAX_QUEUE_DELAY_MS",
+        "decoder_batching.max_queue_delay_ms",
+        float,
+        DECODER_BATCHING.max_queue_delay_ms,
+        "Longest wait for a decoder batch to fill once the device is free.",
+    ),
+    Setting(
+        "IMGEMBED_DECODER_MAX_QUEUE_SIZE",
+        "decoder_batching.max_queue_size",
+        int,
+        DECODER_BATCHING.max_queue_size,
+        "Decode requests waiting per SAM 2 model before new ones get 429.",
     ),
     Setting(
         "IMGEMBED_REQUEST_TIMEOUT_S",
@@ -296,7 +324,7 @@ without ``IMGEMBED_``."""
 
 
 def _is_model_level(target: str) -> bool:
-    return target in _MODEL_TARGETS or target.startswith("batching.")
+    return target in _MODEL_TARGETS or target.startswith(("batching.", "decoder_batching."))
 
 
 def _parse(setting: Setting, raw: object, where: str) -> Any:
@@ -446,6 +474,9 @@ def _model_specs(
         if isinstance(weights, list) and "weights" not in table:
             merged["weights"] = weights[0] if len(weights) == 1 else weights[index]
         batching = {k.split(".", 1)[1]: v for k, v in merged.items() if k.startswith("batching.")}
+        decoder_batching = {
+            k.split(".", 1)[1]: v for k, v in merged.items() if k.startswith("decoder_batching.")
+        }
         specs.append(
             ModelSpec(
                 name=merged["model"],
@@ -454,6 +485,7 @@ def _model_specs(
                 device=merged.get("device", "auto"),
                 alias=merged.get("alias"),
                 batching=BatchingSettings(**batching),
+                decoder_batching=replace(DECODER_BATCHING, **decoder_batching),
                 backend=merged.get("backend", "torch"),
                 onnx_dir=merged.get("onnx_dir"),
                 warmup=merged.get("warmup", True),

@@ -60,6 +60,7 @@ class EngineCore:
         self._models: dict[str, ServedModel] = {}
         self._by_name: dict[str, ServedModel] = {}
         self._cpu_pool: ThreadPoolExecutor | None = None
+        self._job_pool: ThreadPoolExecutor | None = None
         self._ready = False
         self._encoding: dict[tuple[str, str], asyncio.Future[CachedImage]] = {}
         self.metrics = Metrics()
@@ -97,6 +98,12 @@ class EngineCore:
             self._cpu_pool = ThreadPoolExecutor(
                 max_workers=self.config.compute_threads, thread_name_prefix="imgembed-cpu"
             )
+        if self._job_pool is None:
+            # Long pipelines (segment everything) wait on the batchers here, so they never hold
+            # the CPU pool's threads that short requests decode and serialise on.
+            self._job_pool = ThreadPoolExecutor(
+                max_workers=self.config.compute_threads, thread_name_prefix="imgembed-job"
+            )
         await asyncio.to_thread(self.load)
         loop = asyncio.get_running_loop()
         for served in self._models.values():
@@ -117,6 +124,10 @@ class EngineCore:
             for batcher in served.batchers():
                 await batcher.close()
             served.device_executor.shutdown(wait=True)
+        if self._job_pool is not None:
+            # Off the loop: a job still running waits on the loop until its next call is refused.
+            await asyncio.to_thread(self._job_pool.shutdown, wait=True)
+            self._job_pool = None
         if self._cpu_pool is not None:
             self._cpu_pool.shutdown(wait=True)
             self._cpu_pool = None

@@ -14,8 +14,9 @@ from imgembed.engine.core import EngineCore
 from imgembed.engine.served import ServedSam2
 from imgembed.errors import NotFoundError, ServiceUnavailableError
 from imgembed.models.sam2 import Sam2Features
-from imgembed.models.sam2_decoder import Sam2MaskPrediction, decode_masks
+from imgembed.models.sam2_decoder import Sam2MaskPrediction
 from imgembed.pipelines import sam2_embed, sam2_segment
+from imgembed.pipelines.sam2_decode import DecodeJob
 from imgembed.preprocess.image import DecodedImage
 from imgembed.preprocess.sam2_frame import FrameMapping
 from imgembed.runtime.feature_cache import CachedImage, image_id_for
@@ -256,24 +257,22 @@ class Sam2Tasks(EngineCore):
         sam2_segment.check_in_image(objects, cached.mapping.orig_hw)
         decoding_at = time.perf_counter()
         groups = sam2_segment.build_prompt_groups(objects, cached.mapping)
-
-        def decode_groups() -> list[Sam2MaskPrediction]:
-            return [
-                self._decode_on_device(
-                    served,
-                    cached.features,
-                    group.point_coords,
-                    group.point_labels,
-                    group.mask_input,
-                    group.has_mask_input,
-                    options.multimask_output,
+        predictions = await self.sam2_decode_jobs(
+            served,
+            [
+                DecodeJob(
+                    features=cached.features,
+                    point_coords=group.point_coords,
+                    point_labels=group.point_labels,
+                    mask_input=group.mask_input,
+                    has_mask_input=group.has_mask_input,
+                    multimask_output=options.multimask_output,
                     clamp=False,
                 )
                 for group in groups
-            ]
-
-        loop = asyncio.get_running_loop()
-        predictions = await loop.run_in_executor(served.device_executor, decode_groups)
+            ],
+            deadline=deadline,
+        )
         postprocessing_at = time.perf_counter()
         per_object: list[tuple[torch.Tensor, torch.Tensor]] = [None] * len(objects)  # type: ignore[list-item]
         for group, prediction in zip(groups, predictions, strict=True):
@@ -281,9 +280,7 @@ class Sam2Tasks(EngineCore):
                 per_object[index] = (prediction.masks[row], prediction.iou_predictions[row])
         results = await asyncio.gather(
             *(
-                self.run_cpu(
-                    sam2_segment.postprocess_object, logits, scores, cached.mapping, options
-                )
+                self.run_cpu(_postprocess_object, logits, scores, cached.mapping, options)
                 for logits, scores in per_object
             )
         )
@@ -377,8 +374,9 @@ class Sam2Tasks(EngineCore):
         has_mask_input: torch.Tensor,
         *,
         model: str | None = None,
+        deadline: float | None = None,
     ) -> Sam2MaskPrediction:
-        """Decodes prompts into masks on the model's device thread (not batched with others).
+        """Decodes prompts into masks through the model's decoder batcher.
 
         Args:
             features: Float32 CPU features, batch 1 (shared by every prompt) or B.
@@ -387,56 +385,72 @@ class Sam2Tasks(EngineCore):
             mask_input: ``[1|B,1,256,256]`` float32 low-resolution mask logits.
             has_mask_input: ``[1|B]`` float32, 1 where ``mask_input`` applies.
             model: Model name or alias; ``None`` for the default model.
+            deadline: ``time.monotonic()`` after which unstarted work is dropped; by default
+                ``request_timeout_s`` from now.
 
         Returns:
-            ``[B,3,256,256]`` float32 mask logits and ``[B,3]`` float32 IoU predictions on the CPU;
-            see :func:`~imgembed.models.sam2_decoder.decode_masks`.
+            ``[B,3,256,256]`` float32 mask logits (clamped to ±32) and ``[B,3]`` float32 IoU
+            predictions on the CPU; see :func:`~imgembed.models.sam2_decoder.decode_masks`.
 
         Raises:
+            ValueError: A tensor's shape does not fit; the message names it.
+            QueueFullError: The decoder's queue is full (429).
+            DeadlineExceededError: The deadline passed before the prompts were decoded (504).
             ServiceUnavailableError: The engine is not started.
         """
         served = self.resolve_sam2(model)
-        if not self._ready:
+        job = DecodeJob(features, point_coords, point_labels, mask_input, has_mask_input)
+        (prediction,) = await self.sam2_decode_jobs(served, [job], deadline=deadline)
+        return Sam2MaskPrediction(prediction.masks.cpu(), prediction.iou_predictions.cpu())
+
+    async def sam2_decode_jobs(
+        self, served: ServedSam2, jobs: Sequence[DecodeJob], *, deadline: float | None = None
+    ) -> list[Sam2MaskPrediction]:
+        """Submits a request's decode jobs to the model's decoder batcher and waits for all.
+
+        The jobs batch with other requests' jobs. When one fails (queue full, deadline passed),
+        those still waiting are withdrawn, unrun, and the error is raised.
+
+        Args:
+            served: The SAM 2 model.
+            jobs: The request's prompts, one job per prompt length.
+            deadline: ``time.monotonic()`` after which unstarted work is dropped; by default
+                ``request_timeout_s`` from now.
+
+        Returns:
+            Per job, float32 ``[B,K,256,256]`` logits and ``[B,K]`` IoU predictions on the
+            model's device.
+
+        Raises:
+            QueueFullError: The decoder's queue is full (429).
+            DeadlineExceededError: The deadline passed before a job ran (504).
+            ServiceUnavailableError: The engine is not started.
+        """
+        if served.decoder is None:
             raise ServiceUnavailableError(
                 "the engine is not started; use 'async with Engine(config)' or await start()"
             )
+        if deadline is None:
+            deadline = time.monotonic() + self.config.request_timeout_s
+        decoder = served.decoder
+        tasks = [asyncio.ensure_future(decoder.submit(job, deadline=deadline)) for job in jobs]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
-        def run() -> Sam2MaskPrediction:
-            return self._decode_on_device(
-                served, features, point_coords, point_labels, mask_input, has_mask_input, True
-            )
 
-        return await asyncio.get_running_loop().run_in_executor(served.device_executor, run)
-
-    @staticmethod
-    def _decode_on_device(
-        served: ServedSam2,
-        features: Sam2Features,
-        point_coords: torch.Tensor,
-        point_labels: torch.Tensor,
-        mask_input: torch.Tensor,
-        has_mask_input: torch.Tensor,
-        multimask_output: bool,
-        *,
-        clamp: bool = True,
-    ) -> Sam2MaskPrediction:
-        """Runs :func:`decode_masks` on the model's device; float32 CPU results (device thread)."""
-        device = served.placement.device
-        with served.placement.autocast():
-            prediction = decode_masks(
-                served.loaded.model,
-                features.to(torch.float32, device),
-                point_coords.to(device),
-                point_labels.to(device),
-                mask_input.to(device),
-                has_mask_input.to(device),
-                multimask_output=multimask_output,
-                clamp=clamp,
-            )
-        return Sam2MaskPrediction(
-            masks=prediction.masks.float().cpu(),
-            iou_predictions=prediction.iou_predictions.float().cpu(),
-        )
+def _postprocess_object(
+    low_res_logits: torch.Tensor,
+    scores: torch.Tensor,
+    mapping: FrameMapping,
+    options: sam2_segment.SegmentOptions,
+) -> sam2_segment.ObjectMasks:
+    """:func:`~imgembed.pipelines.sam2_segment.postprocess_object` of decoder output on any device."""
+    return sam2_segment.postprocess_object(low_res_logits.cpu(), scores.cpu(), mapping, options)
 
 
 def _milliseconds(seconds: dict[str, float]) -> dict[str, float]:

@@ -12,11 +12,12 @@ import torch
 from imgembed.engine.sam2 import Sam2Tasks, _milliseconds
 from imgembed.engine.served import ServedSam2
 from imgembed.models.sam2 import SAM2_INPUT_SIZE, Sam2Features
-from imgembed.models.sam2_decoder import Sam2MaskPrediction, decode_masks
-from imgembed.pipelines import sam2_embed
+from imgembed.models.sam2_decoder import Sam2MaskPrediction
+from imgembed.pipelines.sam2_decode import DecodeJob
 from imgembed.pipelines.sam2_everything import EverythingResult, generate_everything
 from imgembed.pipelines.sam2_everything_params import Sam2EverythingParams
 from imgembed.preprocess.sam2_frame import sam2_pixel_values
+from imgembed.runtime.loop_bridge import LoopBridge
 from imgembed.types import ImageInput
 
 
@@ -52,41 +53,50 @@ class Sam2EverythingTasks(Sam2Tasks):
     ) -> Sam2EverythingResult:
         """Finds every object in an image with a grid of point prompts (and optional crops).
 
-        The whole image's features go through the cache and the dynamic batcher like any embed
-        request (an image embedded or segmented before is not encoded again); crops, when
-        ``crop_n_layers`` asks for them, and all decoding run on the model's device thread as one
-        job, which other requests to the model wait behind.
+        The whole image's features go through the cache and the encoder batcher like any embed
+        request (an image embedded or segmented before is not encoded again). The generator runs
+        on a job thread: its crops join the encoder batcher and its point batches the decoder
+        batcher, so other requests to the model interleave with it instead of waiting behind the
+        whole run, and its CPU steps (thresholds, boxes, NMS, run-length encoding) never hold the
+        model's device thread.
 
         Args:
             image: The image (decoded pixels are needed, so an ``image_id`` alone is not enough).
             model: Model name or alias; ``None`` for the default model.
             params: The generator's settings; the reference's defaults when ``None``.
-            deadline: ``time.monotonic()`` after which unstarted encoder work is dropped.
+            deadline: ``time.monotonic()`` after which unstarted encoder or decoder work is
+                dropped; by default ``request_timeout_s`` from now.
 
         Returns:
             The masks as the reference's records, with the run's facts.
 
         Raises:
-            QueueFullError: The model's queue is full (429).
-            DeadlineExceededError: The deadline passed before the encoder ran (504).
+            QueueFullError: The model's encoder or decoder queue is full (429).
+            DeadlineExceededError: The deadline passed before a device step ran (504).
         """
         params = params or Sam2EverythingParams()
         served = self.resolve_sam2(model)
         if served.batcher is not None:
             served.batcher.refuse_if_full(served.preparing)
+        if deadline is None:
+            deadline = time.monotonic() + self.config.request_timeout_s
         started = time.perf_counter()
         decoded = await self.load_image(image)
         cached, served, hit, timings = await self.sam2_image(
             image, model=model, resize_mode="stretch", deadline=deadline, decoded=decoded
         )
         whole_image = cached.features
-        placement = served.placement
+        loop = asyncio.get_running_loop()
+        bridge = LoopBridge(loop)
 
         def encode(crop: np.ndarray) -> Sam2Features:
             if crop.shape == decoded.pixels.shape:
                 return whole_image
             pixel_values, _ = sam2_pixel_values(torch.from_numpy(crop), SAM2_INPUT_SIZE, "stretch")
-            return sam2_embed.encode(served.loaded.model, placement, [pixel_values])
+            (features,) = bridge.call(
+                self.sam2_encode_pixels([pixel_values], model=served.name, deadline=deadline)
+            )
+            return features
 
         def decode(
             features: Sam2Features,
@@ -96,25 +106,27 @@ class Sam2EverythingTasks(Sam2Tasks):
             has_mask_input: torch.Tensor,
             multimask_output: bool,
         ) -> Sam2MaskPrediction:
-            with placement.autocast():
-                prediction = decode_masks(
-                    served.loaded.model,
-                    features,
-                    point_coords,
-                    point_labels,
-                    mask_input,
-                    has_mask_input,
-                    multimask_output=multimask_output,
-                    clamp=False,
-                )
-            return Sam2MaskPrediction(prediction.masks.float(), prediction.iou_predictions.float())
+            job = DecodeJob(
+                features,
+                point_coords,
+                point_labels,
+                mask_input,
+                has_mask_input,
+                multimask_output=multimask_output,
+                clamp=False,
+            )
+            (prediction,) = bridge.call(self.sam2_decode_jobs(served, [job], deadline=deadline))
+            return prediction
 
         def run() -> EverythingResult:
             with torch.inference_mode():
                 return generate_everything(decoded.pixels, encode, decode, params)
 
-        loop = asyncio.get_running_loop()
-        everything = await loop.run_in_executor(served.device_executor, run)
+        try:
+            everything = await loop.run_in_executor(self._job_pool, run)
+        except asyncio.CancelledError:
+            bridge.cancel()
+            raise
         timings["generate"] = time.perf_counter() - started
         return Sam2EverythingResult(
             everything=everything,

@@ -1,7 +1,7 @@
 """A loaded model as the engine serves it: its device thread, batchers, cache and description.
 
-One class per model family: :class:`ServedSam2` (one batcher for the image encoder, the embedding
-cache) and :class:`ServedSiglip` (one batcher for images, one for texts).
+One class per model family: :class:`ServedSam2` (one batcher for the image encoder, one for prompt
+decoding, the embedding cache) and :class:`ServedSiglip` (one batcher for images, one for texts).
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from imgembed.config import ModelSpec
+from imgembed.config import BatchingSettings, ModelSpec
 from imgembed.metrics import Metrics
 from imgembed.models.sam2 import SAM2_INPUT_SIZE, Sam2Features
+from imgembed.models.sam2_decoder import LOW_RES_MASK_SIZE, Sam2MaskPrediction
 from imgembed.models.sam2_loading import LoadedSam2
 from imgembed.models.siglip_loading import LoadedSiglip
-from imgembed.pipelines import sam2_embed, siglip_embed
+from imgembed.pipelines import sam2_decode, sam2_embed, siglip_embed
+from imgembed.pipelines.sam2_decode import DecodeJob
 from imgembed.preprocess.image import DecodedImage
 from imgembed.runtime.batcher import DynamicBatcher
 from imgembed.runtime.device import DevicePlacement
@@ -35,6 +37,8 @@ Family = Literal["sam2", "siglip"]
 FAMILY_NAMES: dict[Family, str] = {"sam2": "SAM 2", "siglip": "SigLIP 2"}
 TEXT_SUFFIX = "/text"
 """Appended to a SigLIP model's name for its text batcher's metrics."""
+DECODER_SUFFIX = "/decoder"
+"""Appended to a SAM 2 model's name for its decoder batcher's metrics."""
 
 
 @dataclass(kw_only=True)
@@ -94,14 +98,20 @@ class ServedModel(ABC):
         """The model as ``/v1/models`` lists it."""
 
     def _batcher(
-        self, name: str, run: Callable[[list[Any]], list[Any]], metrics: Metrics
+        self,
+        name: str,
+        run: Callable[[list[Any]], list[Any]],
+        metrics: Metrics,
+        settings: BatchingSettings | None = None,
+        item_size: Callable[[Any], int] | None = None,
     ) -> DynamicBatcher[Any, Any]:
         batcher: DynamicBatcher[Any, Any] = DynamicBatcher(
             name,
             run,
             self.device_executor,
-            self.spec.batching,
+            settings or self.spec.batching,
             on_batch=metrics.batch_observer(name),
+            item_size=item_size,
         )
         batcher.start()
         metrics.track_model(
@@ -136,11 +146,13 @@ class ServedModel(ABC):
 
 @dataclass(kw_only=True)
 class ServedSam2(ServedModel):
-    """A SAM 2 model: encoder batches and the embedding cache.
+    """A SAM 2 model: encoder batches, decoder batches and the embedding cache.
 
     Attributes:
         loaded: Weights, architecture and provenance.
         batcher: Groups encode requests into batches; created by :meth:`start`.
+        decoder: Groups prompt decoding from concurrent requests into decoder passes; created by
+            :meth:`start`.
         cache: Encoder features of recent images, by ``image_id``.
         onnx: The ONNX Runtime encoder when the model's backend is ``onnxruntime`` (the
             prompt decoder runs in PyTorch either way).
@@ -148,6 +160,7 @@ class ServedSam2(ServedModel):
 
     loaded: LoadedSam2
     batcher: DynamicBatcher[torch.Tensor, Sam2Features] | None = field(default=None, repr=False)
+    decoder: DynamicBatcher[DecodeJob, Sam2MaskPrediction] | None = field(default=None, repr=False)
     cache: FeatureCache = field(default_factory=lambda: FeatureCache(0), repr=False)
     onnx: Any = field(default=None, repr=False)
 
@@ -174,15 +187,38 @@ class ServedSam2(ServedModel):
             features = sam2_embed.encode(self.loaded.model, self.placement, pixel_values)
         return [features[index] for index in range(len(pixel_values))]
 
+    def decode_batch(self, jobs: list[DecodeJob]) -> list[Sam2MaskPrediction]:
+        """Decodes jobs from many requests; float32 results on the model's device, per job."""
+        return sam2_decode.decode_jobs(self.loaded.model, self.placement, jobs)
+
     def start(self, metrics: Metrics) -> None:
         if self.batcher is None:
             self.batcher = self._batcher(self.name, self.encode_batch, metrics)
+        if self.decoder is None:
+            self.decoder = self._batcher(
+                self.name + DECODER_SUFFIX,
+                self.decode_batch,
+                metrics,
+                settings=self.spec.decoder_batching,
+                item_size=lambda job: job.prompts,
+            )
 
     def batchers(self) -> list[DynamicBatcher[Any, Any]]:
-        return [self.batcher] if self.batcher is not None else []
+        return [b for b in (self.batcher, self.decoder) if b is not None]
 
     def warm_up(self) -> None:
-        self.encode_batch([torch.zeros(3, SAM2_INPUT_SIZE, SAM2_INPUT_SIZE)])  # [3,1024,1024]
+        features = self.encode_batch([torch.zeros(3, SAM2_INPUT_SIZE, SAM2_INPUT_SIZE)])[0]
+        self.decode_batch(
+            [
+                DecodeJob(
+                    features=features,
+                    point_coords=torch.full((1, 1, 2), SAM2_INPUT_SIZE / 2),  # [1,1,2] centre
+                    point_labels=torch.ones(1, 1, dtype=torch.int32),  # [1,1]
+                    mask_input=torch.zeros(1, 1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE),
+                    has_mask_input=torch.zeros(1),
+                )
+            ]
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -191,6 +227,7 @@ class ServedSam2(ServedModel):
             "backend": self.spec.backend,
             "onnx": None if self.onnx is None else self.onnx.describe(),
             "input_size": [SAM2_INPUT_SIZE, SAM2_INPUT_SIZE],
+            "decoder_batching": dataclasses.asdict(self.spec.decoder_batching),
             "cache": {"max_bytes": self.cache.max_bytes, **vars(self.cache.stats)},
         }
 

@@ -1,9 +1,10 @@
 """Dynamic batching: many concurrent requests, one forward pass.
 
 A :class:`DynamicBatcher` owns a bounded queue and one worker task. The worker takes the first
-waiting item, collects more until ``max_batch_size`` items are in hand or ``max_queue_delay_ms``
-has passed, drops items whose caller gave up (cancelled) or whose deadline passed, and runs the
-rest in one call on the model's own thread, so the event loop and CPU stages go on meanwhile.
+waiting item, collects more until ``max_batch_size`` items (or units of work, with ``item_size``)
+are in hand or ``max_queue_delay_ms`` has passed, drops items whose caller gave up (cancelled)
+or whose deadline passed, and runs the rest in one call on the model's own thread, so the event
+loop and CPU stages go on meanwhile.
 
 Failures stay with their items: if a batch raises, each item is retried alone so one bad item
 never fails its neighbours; a device out-of-memory error splits the batch in halves and retries,
@@ -81,6 +82,9 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         executor: Where ``run_batch`` runs (the model's single device thread).
         settings: Batch size, queue delay and queue limit.
         on_batch: Called on the event loop after each batch, for metrics.
+        item_size: Units of work in an item (prompts in a decoder request, say); a batch holds
+            at most ``max_batch_size`` units, and an item larger than that runs alone. ``None``
+            counts each item as one.
     """
 
     def __init__(
@@ -90,6 +94,7 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         executor: Executor,
         settings: BatchingSettings,
         on_batch: Callable[[BatchStats], None] | None = None,
+        item_size: Callable[[ItemT], int] | None = None,
     ) -> None:
         if settings.max_batch_size < 1 or settings.max_queue_size < 1:
             raise ValueError(
@@ -101,17 +106,19 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         self._run_batch = run_batch
         self._executor = executor
         self._on_batch = on_batch
+        self._item_size = item_size or (lambda _item: 1)
         self._queue: asyncio.Queue[_Pending[ItemT, ResultT]] = asyncio.Queue(
             maxsize=settings.max_queue_size
         )
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
         self._running = 0
+        self._held_over: _Pending[ItemT, ResultT] | None = None
 
     @property
     def queued(self) -> int:
         """Items waiting for a batch."""
-        return self._queue.qsize()
+        return self._queue.qsize() + (self._held_over is not None)
 
     @property
     def in_flight(self) -> int:
@@ -181,22 +188,30 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
+        limit = self.settings.max_batch_size
         while True:
-            batch = [await self._queue.get()]
+            first, self._held_over = self._held_over or await self._queue.get(), None
+            batch, size = [first], self._item_size(first.item)
             batch_closes_at = loop.time() + self.settings.max_queue_delay_ms / 1000
-            while len(batch) < self.settings.max_batch_size:
-                if not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-                    continue
-                remaining = batch_closes_at - loop.time()
-                if remaining <= 0:
+            while size < limit:
+                if self._queue.empty():
+                    remaining = batch_closes_at - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        # Queue.get is cancellation-safe: a timed-out get leaves the item queued.
+                        async with asyncio.timeout(remaining):
+                            pending = await self._queue.get()
+                    except TimeoutError:
+                        break
+                else:
+                    pending = self._queue.get_nowait()
+                pending_size = self._item_size(pending.item)
+                if size + pending_size > limit:
+                    self._held_over = pending  # first in line for the next batch
                     break
-                try:
-                    # Queue.get is cancellation-safe: a timed-out get leaves the item queued.
-                    async with asyncio.timeout(remaining):
-                        batch.append(await self._queue.get())
-                except TimeoutError:
-                    break
+                batch.append(pending)
+                size += pending_size
             try:
                 await self._run(batch)
             finally:

@@ -204,13 +204,13 @@ class Sam2DecoderModel(V2Model):
 
     @property
     def max_batch(self) -> int:
-        """Most prompts one request may carry (decoding is not queued)."""
+        """Most prompts one request may carry (they join the model's decoder batcher)."""
         return MAX_PROMPTS_PER_REQUEST
 
     async def infer(
         self, engine: Engine, tensors: Mapping[str, np.ndarray], *, deadline: float
     ) -> dict[str, np.ndarray]:
-        """Decodes B prompts (the deadline is not used: decoding is not queued).
+        """Decodes B prompts through the model's decoder batcher, with other requests' prompts.
 
         Returns:
             ``masks`` float32 ``[B,3,256,256]`` low-resolution logits and ``iou_predictions``
@@ -282,6 +282,7 @@ class Sam2DecoderModel(V2Model):
             torch.from_numpy(mask_input),
             torch.from_numpy(has_mask_input),
             model=self.served.name,
+            deadline=deadline,
         )
         return {
             "masks": prediction.masks.numpy(),
