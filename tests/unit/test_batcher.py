@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -48,7 +49,9 @@ class FakeModel:
         return [item * 2 for item in items]
 
 
-def make_batcher(model: FakeModel, **settings: float) -> tuple[DynamicBatcher, list[BatchStats]]:
+def make_batcher(
+    model: FakeModel, item_size: Callable[[int], int] | None = None, **settings: float
+) -> tuple[DynamicBatcher, list[BatchStats]]:
     stats: list[BatchStats] = []
     batcher = DynamicBatcher(
         "fake",
@@ -56,6 +59,7 @@ def make_batcher(model: FakeModel, **settings: float) -> tuple[DynamicBatcher, l
         ThreadPoolExecutor(max_workers=1),
         BatchingSettings(**settings),  # type: ignore[arg-type]
         on_batch=stats.append,
+        item_size=item_size,
     )
     batcher.start()
     return batcher, stats
@@ -230,5 +234,30 @@ def test_close_finishes_queued_work_then_refuses_new_work() -> None:
         assert await queued == 2
         with pytest.raises(ServiceUnavailableError, match="not accepting work"):
             await batcher.submit(2, deadline=FAR)
+
+    asyncio.run(scenario())
+
+
+def test_sized_items_fill_a_batch_up_to_its_units_and_a_large_item_runs_alone() -> None:
+    """With ``item_size`` (prompts per decode request), ``max_batch_size`` counts units: an item
+    that would overflow the batch waits first in line for the next one, never split or skipped."""
+
+    async def scenario() -> None:
+        model = FakeModel()
+        batcher, stats = make_batcher(
+            model, item_size=lambda item: item, max_batch_size=10, max_queue_delay_ms=50
+        )
+        first = await hold_first_batch(model, batcher)
+        sizes = [3, 4, 5, 2, 12, 1]
+        others = [asyncio.create_task(batcher.submit(n, deadline=FAR)) for n in sizes]
+        await asyncio.sleep(0.05)
+        assert batcher.queued == len(sizes)
+        model.gate.set()
+        results = await asyncio.gather(first, *others)
+        await batcher.close()
+        assert results == [0] + [n * 2 for n in sizes]
+        assert model.batches == [[0], [3, 4], [5, 2], [12], [1]]
+        assert all(sum(batch) <= 10 for batch in model.batches if len(batch) > 1)
+        assert [s.size for s in stats] == [1, 2, 2, 1, 1]
 
     asyncio.run(scenario())
