@@ -60,6 +60,11 @@ def test_models_report_device_batching_and_warm_up(batching_server: str) -> None
         "max_queue_delay_ms": 200.0,
         "max_queue_size": 64,
     }
+    assert model["decoder_batching"] == {
+        "max_batch_size": 64,
+        "max_queue_delay_ms": 1.0,
+        "max_queue_size": 256,
+    }
     assert model["warmup_seconds"] > 0
     assert httpx.get(f"{batching_server}/health/ready", timeout=10).status_code == 200
 
@@ -85,7 +90,8 @@ def test_metrics_count_requests_by_route_model_and_status(batching_server: str) 
     assert refused.status_code == 400
     after = httpx.get(f"{batching_server}/metrics", timeout=10)
     assert after.headers["content-type"].startswith("text/plain")
-    labels = {"route": "/v1/sam2/embed", "status": "400"}
+    # A refusal before validation still counts against the model it was aimed at (the default).
+    labels = {"route": "/v1/sam2/embed", "model": MODEL, "status": "400"}
     assert metric(after.text, "imgembed_requests_total", **labels) == (
         metric(before, "imgembed_requests_total", **labels) + 1
     )
@@ -174,3 +180,23 @@ def test_several_models_from_repeated_flags(tmp_path_factory: pytest.TempPathFac
             assert response.json()["model"] == expected
         text = httpx.get(f"{server}/metrics", timeout=10).text
         assert metric(text, "imgembed_batch_size_count", model="sam2-hiera-tiny") == 1
+
+
+def test_requests_naming_no_served_model_are_labelled_unresolved(batching_server: str) -> None:
+    """Never the name the client sent: any string would become a new label value."""
+    before = httpx.get(f"{batching_server}/metrics", timeout=10).text
+    named = httpx.post(
+        f"{batching_server}/v1/sam2/embed",
+        json={"image_b64": image_b64(20, 20), "model": "no-such-model"},
+        timeout=10,
+    )
+    assert named.status_code == 404
+    v2 = httpx.post(f"{batching_server}/v2/models/no_such_model/infer", json={}, timeout=10)
+    assert v2.status_code == 404
+    after = httpx.get(f"{batching_server}/metrics", timeout=10).text
+    for route in ("/v1/sam2/embed", "/v2/models/{model_name}/infer"):
+        labels = {"route": route, "model": "unresolved", "status": "404"}
+        assert metric(after, "imgembed_requests_total", **labels) == (
+            metric(before, "imgembed_requests_total", **labels) + 1
+        ), route
+    assert "no-such-model" not in after

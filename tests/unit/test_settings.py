@@ -133,3 +133,20 @@ def test_repeated_model_flags_serve_several_models() -> None:
     assert [spec.weights for spec in paired.models] == ["x.pt", "y.pt"]
     with pytest.raises(InvalidInputError, match="one per --model"):
         server_config_from_env({}, {"model": ["a", "b", "c"], "weights": ["x.pt", "y.pt"]})
+
+
+def test_decoder_batching_from_variables_and_per_model_in_a_config_file(tmp_path: Path) -> None:
+    env = {"IMGEMBED_DECODER_MAX_BATCH_SIZE": "1", "IMGEMBED_DECODER_MAX_QUEUE_DELAY_MS": "0"}
+    (spec,) = server_config_from_env(env).models
+    assert (spec.decoder_batching.max_batch_size, spec.decoder_batching.max_queue_delay_ms) == (
+        1,
+        0,
+    )
+    assert spec.decoder_batching.max_queue_size == 256, "unset fields keep the decoder's default"
+    assert spec.batching.max_batch_size == 4, "the encoder's batching is separate"
+    path = tmp_path / "imgembed.toml"
+    path.write_text('[[models]]\nname = "sam2.1-hiera-tiny"\ndecoder_max_batch_size = 128\n')
+    (spec,) = server_config_from_env({}, config_file=path).models
+    assert spec.decoder_batching.max_batch_size == 128
+    with pytest.raises(InvalidInputError, match="IMGEMBED_DECODER_MAX_BATCH_SIZE"):
+        server_config_from_env({"IMGEMBED_DECODER_MAX_BATCH_SIZE": "many"})

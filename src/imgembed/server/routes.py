@@ -23,6 +23,7 @@ from imgembed.server.disconnect import (
     unless_disconnected,
 )
 from imgembed.server.errors import invalid_json
+from imgembed.server.labels import label_model, named_model
 from imgembed.server.siglip_routes import router as siglip_router
 from imgembed.wire import sam2_embed_binary, sam2_embed_json
 from imgembed.wire_segment import sam2_everything_json, sam2_segment_json
@@ -148,7 +149,9 @@ def _form_value(text: str) -> Any:
 )
 async def sam2_embed(request: Request) -> Response:
     engine = _engine(request)
+    label_model(request, engine, family="sam2")
     payload, upload, upload_field = await _read_body(request)
+    label_model(request, engine, named_model(payload), "sam2")
     body = parse_request(Sam2EmbedRequest, payload)
     assert isinstance(body, Sam2EmbedRequest)
     image, options = sam2_embed_inputs(
@@ -197,7 +200,9 @@ async def sam2_embed(request: Request) -> Response:
 )
 async def sam2_segment(request: Request) -> Response:
     engine = _engine(request)
+    label_model(request, engine, family="sam2")
     payload, upload, upload_field = await _read_body(request, json_form_values=True)
+    label_model(request, engine, named_model(payload), "sam2")
     body = parse_request(Sam2SegmentRequest, payload)
     assert isinstance(body, Sam2SegmentRequest)
     image = image_source(body, upload=upload, upload_field=upload_field)
@@ -242,7 +247,9 @@ async def sam2_segment(request: Request) -> Response:
 )
 async def sam2_segment_everything(request: Request) -> Response:
     engine = _engine(request)
+    label_model(request, engine, family="sam2")
     payload, upload, upload_field = await _read_body(request, json_form_values=True)
+    label_model(request, engine, named_model(payload), "sam2")
     body = parse_request(Sam2EverythingRequest, payload)
     assert isinstance(body, Sam2EverythingRequest)
     image = image_source(body, upload=upload, upload_field=upload_field)

@@ -20,6 +20,7 @@ from imgembed.server.disconnect import (
     unless_disconnected,
 )
 from imgembed.server.errors import invalid_json
+from imgembed.server.labels import label_model, named_model
 from imgembed.siglip_schemas import (
     URL_PREFIXES,
     OpenAIEmbeddingsRequest,
@@ -100,11 +101,14 @@ async def _respond(request: Request, work: Any, build: Any) -> Response:
 )
 async def siglip_embed(request: Request) -> Response:
     engine = _engine(request)
+    label_model(request, engine, family="siglip")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         images, model = await _uploads(request, engine.config.limits.max_batch_images)
     else:
-        body = parse_request(SiglipEmbedRequest, await _json_body(request))
+        payload = await _json_body(request)
+        label_model(request, engine, named_model(payload), "siglip")
+        body = parse_request(SiglipEmbedRequest, payload)
         assert isinstance(body, SiglipEmbedRequest)
         images, model = image_inputs(body.images), body.model
     served = engine.resolve_siglip(model)
@@ -121,7 +125,10 @@ async def siglip_embed(request: Request) -> Response:
 )
 async def siglip_embed_text(request: Request) -> Response:
     engine = _engine(request)
-    body = parse_request(SiglipTextRequest, await _json_body(request))
+    label_model(request, engine, family="siglip")
+    payload = await _json_body(request)
+    label_model(request, engine, named_model(payload), "siglip")
+    body = parse_request(SiglipTextRequest, payload)
     assert isinstance(body, SiglipTextRequest)
     served = engine.resolve_siglip(body.model)
     request.state.model = served.name
@@ -139,7 +146,10 @@ async def siglip_embed_text(request: Request) -> Response:
 )
 async def openai_embeddings(request: Request) -> Response:
     engine = _engine(request)
-    body = parse_request(OpenAIEmbeddingsRequest, await _json_body(request))
+    label_model(request, engine, family="siglip")
+    payload = await _json_body(request)
+    label_model(request, engine, named_model(payload), "siglip")
+    body = parse_request(OpenAIEmbeddingsRequest, payload)
     assert isinstance(body, OpenAIEmbeddingsRequest)
     served = engine.resolve_siglip(body.model)
     request.state.model = served.name

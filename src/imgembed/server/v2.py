@@ -33,6 +33,7 @@ from imgembed.server.disconnect import (
     unless_disconnected,
 )
 from imgembed.server.errors import error_response
+from imgembed.server.labels import UNRESOLVED_MODEL
 from imgembed.server.v2_models import V2Model, v2_models
 from imgembed.server.v2_request import decompress_body, parse_infer_request
 from imgembed.server.v2_siglip import siglip_v2_models
@@ -109,10 +110,12 @@ def _model(request: Request, name: str, version: str = "") -> V2Model:
     models = all_v2_models(_engine(request))
     model = models.get(name)
     if model is None:
+        request.state.model = UNRESOLVED_MODEL
         raise UnknownModelError(
             f"unknown model {name!r}; this server serves {sorted(models)}", field="model_name"
         )
     if version not in ("", MODEL_VERSION):
+        request.state.model = UNRESOLVED_MODEL
         raise UnknownModelError(
             f"model {name!r} has no version {version!r}; its only version is {MODEL_VERSION!r}",
             field="model_version",
