@@ -94,9 +94,13 @@ class BatchingSettings:
     max_queue_size: int = 64
 
 
-DECODER_BATCHING = BatchingSettings(max_batch_size=64, max_queue_delay_ms=1.0, max_queue_size=256)
-"""Default batching of SAM 2 prompt decoding, where ``max_batch_size`` counts prompts (a decoder
-pass is cheap next to an encoder pass, so it waits less and takes more)."""
+DECODER_BATCHING = BatchingSettings(max_batch_size=0, max_queue_delay_ms=1.0, max_queue_size=256)
+"""Default batching of SAM 2 prompt decoding, where ``max_batch_size`` counts prompts and 0 means
+by device: :data:`DECODER_BATCH_SIZE_ON_GPU` on a GPU, 1 (off) on a CPU, where sharing decoder
+passes across requests measured slower than decoding them one by one (benchmarks/RESULTS.md,
+"SAM 2 decoder batching")."""
+DECODER_BATCH_SIZE_ON_GPU = 64
+"""Prompts per shared decoder pass on a GPU when ``decoder_batching.max_batch_size`` is 0."""
 
 
 @dataclass(frozen=True)

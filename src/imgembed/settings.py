@@ -151,7 +151,7 @@ SETTINGS: tuple[Setting, ...] = (
         "decoder_batching.max_batch_size",
         int,
         DECODER_BATCHING.max_batch_size,
-        "Most SAM 2 prompts per decoder pass, across requests; 1 turns decoder batching off.",
+        "Most SAM 2 prompts per decoder pass, across requests; 0: 64 on a GPU, 1 (off) on CPU.",
     ),
     Setting(
         "IMGEMBED_DECODER_MAX_QUEUE_DELAY_MS",

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 
+from imgembed.config import DECODER_BATCH_SIZE_ON_GPU, DECODER_BATCHING, ModelSpec
+from imgembed.engine.served import ServedSam2
 from imgembed.errors import InvalidInputError
+from imgembed.runtime.device import DevicePlacement
 from imgembed.settings import server_config_from_env
 
 
@@ -150,3 +156,28 @@ def test_decoder_batching_from_variables_and_per_model_in_a_config_file(tmp_path
     assert spec.decoder_batching.max_batch_size == 128
     with pytest.raises(InvalidInputError, match="IMGEMBED_DECODER_MAX_BATCH_SIZE"):
         server_config_from_env({"IMGEMBED_DECODER_MAX_BATCH_SIZE": "many"})
+
+
+@pytest.mark.parametrize(
+    ("device", "configured", "resolved"),
+    [("cpu", 0, 1), ("cuda", 0, DECODER_BATCH_SIZE_ON_GPU), ("cpu", 8, 8), ("cuda", 1, 1)],
+)
+def test_decoder_batch_size_zero_picks_by_device(
+    device: str, configured: int, resolved: int
+) -> None:
+    """No GPU is needed: only the placement's device type is read, nothing runs there."""
+    spec = ModelSpec(
+        "sam2.1-hiera-tiny",
+        decoder_batching=dataclasses.replace(DECODER_BATCHING, max_batch_size=configured),
+    )
+    served = ServedSam2(
+        spec=spec,
+        placement=DevicePlacement(torch.device(device), "float32"),
+        names=frozenset({spec.name}),
+        load_seconds=0.0,
+        device_executor=ThreadPoolExecutor(max_workers=1),
+        loaded=None,  # type: ignore[arg-type]  # settings only: no weights needed
+    )
+    assert served.decoder_batching.max_batch_size == resolved
+    assert served.decoder_batching.max_queue_size == DECODER_BATCHING.max_queue_size
+    served.device_executor.shutdown()

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from imgembed.config import BatchingSettings, ModelSpec
+from imgembed.config import DECODER_BATCH_SIZE_ON_GPU, BatchingSettings, ModelSpec
 from imgembed.metrics import Metrics
 from imgembed.models.sam2 import SAM2_INPUT_SIZE, Sam2Features
 from imgembed.models.sam2_decoder import LOW_RES_MASK_SIZE, Sam2MaskPrediction
@@ -187,6 +187,17 @@ class ServedSam2(ServedModel):
             features = sam2_embed.encode(self.loaded.model, self.placement, pixel_values)
         return [features[index] for index in range(len(pixel_values))]
 
+    @property
+    def decoder_batching(self) -> BatchingSettings:
+        """The decoder's batching settings, ``max_batch_size`` 0 resolved for the device."""
+        settings = self.spec.decoder_batching
+        if settings.max_batch_size != 0:
+            return settings
+        on_gpu = self.placement.device.type == "cuda"
+        return dataclasses.replace(
+            settings, max_batch_size=DECODER_BATCH_SIZE_ON_GPU if on_gpu else 1
+        )
+
     def decode_batch(self, jobs: list[DecodeJob]) -> list[Sam2MaskPrediction]:
         """Decodes jobs from many requests; float32 results on the model's device, per job."""
         return sam2_decode.decode_jobs(self.loaded.model, self.placement, jobs)
@@ -199,7 +210,7 @@ class ServedSam2(ServedModel):
                 self.name + DECODER_SUFFIX,
                 self.decode_batch,
                 metrics,
-                settings=self.spec.decoder_batching,
+                settings=self.decoder_batching,
                 item_size=lambda job: job.prompts,
             )
 
@@ -227,7 +238,7 @@ class ServedSam2(ServedModel):
             "backend": self.spec.backend,
             "onnx": None if self.onnx is None else self.onnx.describe(),
             "input_size": [SAM2_INPUT_SIZE, SAM2_INPUT_SIZE],
-            "decoder_batching": dataclasses.asdict(self.spec.decoder_batching),
+            "decoder_batching": dataclasses.asdict(self.decoder_batching),
             "cache": {"max_bytes": self.cache.max_bytes, **vars(self.cache.stats)},
         }
 
