@@ -152,6 +152,9 @@ class ServerConfig:
         fetch: Image URL download policy.
         default_resize_mode: Resize mode used when a request does not choose one.
         compute_threads: Threads for CPU-side work (decode, resize, serialise).
+        torch_threads: torch's intra-op threads for the forward passes (``torch.set_num_threads``,
+            process-wide); 0 keeps torch's default, one per core. On a CPU-only machine fewer
+            than the cores measured slower (benchmarks/RESULTS.md, "Thread settings").
         request_timeout_s: Deadline of each request from arrival; work not started by then is
             dropped and the request answered 504.
         api_key: When set, every request outside ``public_paths`` needs
@@ -174,6 +177,7 @@ class ServerConfig:
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     default_resize_mode: ResizeMode = "stretch"
     compute_threads: int = 2
+    torch_threads: int = 0
     request_timeout_s: float = 120.0
     cache_bytes: int = 1024 * MEBIBYTE
     collections_dir: str = "imgembed-data/collections"

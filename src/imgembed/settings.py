@@ -119,6 +119,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Threads for decode/resize/serialise.",
     ),
     Setting(
+        "IMGEMBED_TORCH_THREADS",
+        "torch_threads",
+        int,
+        0,
+        "torch's threads for forward passes (process-wide); 0: torch's default, one per core.",
+    ),
+    Setting(
         "IMGEMBED_WARMUP",
         "warmup",
         _boolean,
@@ -306,6 +313,7 @@ _TOP_LEVEL_TARGETS = frozenset(
         "port",
         "default_resize_mode",
         "compute_threads",
+        "torch_threads",
         "request_timeout_s",
         "shutdown_timeout_s",
         "cache_bytes",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from imgembed.config import DECODER_BATCH_SIZE_ON_GPU, DECODER_BATCHING, ModelSp
 from imgembed.engine.served import ServedSam2
 from imgembed.errors import InvalidInputError
 from imgembed.runtime.device import DevicePlacement
-from imgembed.settings import server_config_from_env
+from imgembed.settings import SETTINGS, server_config_from_env
 
 
 def test_defaults_serve_sam2_1_tiny_on_loopback_8000() -> None:
@@ -181,3 +182,30 @@ def test_decoder_batch_size_zero_picks_by_device(
     assert served.decoder_batching.max_batch_size == resolved
     assert served.decoder_batching.max_queue_size == DECODER_BATCHING.max_queue_size
     served.device_executor.shutdown()
+
+
+def test_torch_threads_default_to_torch_and_can_be_set() -> None:
+    assert server_config_from_env({}).torch_threads == 0
+    assert server_config_from_env({"IMGEMBED_TORCH_THREADS": "1"}).torch_threads == 1
+    assert server_config_from_env({}, {"torch_threads": 3}).torch_threads == 3
+
+
+def test_the_readme_documents_every_variable_with_its_default() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    rows: dict[str, str] = {}
+    for line in readme.splitlines():
+        if line.startswith("| `IMGEMBED_"):
+            names_cell, defaults_cell = line.split("|")[1:3]
+            names = re.findall(r"`(IMGEMBED_\w+)`", names_cell)
+            defaults = [part.strip().strip("`") for part in defaults_cell.split(",")]
+            if len(defaults) != len(names):  # one default for a row of aliases
+                defaults = [defaults_cell.strip().strip("`")] * len(names)
+            rows.update(zip(names, defaults, strict=True))
+    for setting in SETTINGS:
+        if not setting.env.startswith("IMGEMBED_"):
+            continue
+        assert setting.env in rows, f"README's settings table lacks {setting.env}"
+        if isinstance(setting.default, int | float) and not isinstance(setting.default, bool):
+            documented = re.match(r"[-\d.]+", rows[setting.env])
+            assert documented, f"README gives {rows[setting.env]!r} for {setting.env}"
+            assert float(documented.group(0)) == setting.default, setting.env

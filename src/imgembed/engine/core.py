@@ -94,6 +94,8 @@ class EngineCore:
 
     async def start(self) -> None:
         """Starts the worker pools and loads models not loaded yet (see :meth:`load`)."""
+        if self.config.torch_threads > 0:
+            torch.set_num_threads(self.config.torch_threads)
         if self._cpu_pool is None:
             self._cpu_pool = ThreadPoolExecutor(
                 max_workers=self.config.compute_threads, thread_name_prefix="imgembed-cpu"
