@@ -202,3 +202,34 @@ def test_segment_everything_of_a_client_that_disconnects_stops_decoding(server: 
         timeout=300,
     )
     assert response.status_code == 200, response.text
+
+
+def test_a_click_on_a_cached_image_is_answered_while_another_image_is_encoded(
+    server: str,
+) -> None:
+    """The decoder has its own thread: clicks never queue behind an encoder batch."""
+    image_id = httpx.post(
+        f"{server}/v1/sam2/embed", json={"image_b64": IMAGES[0]}, timeout=300
+    ).json()["image_id"]
+    unseen = base64.b64encode(
+        encode(Image.fromarray(gradient_rgb(HEIGHT + 7, WIDTH + 5)), "PNG")
+    ).decode()
+
+    async def scenario() -> bool:
+        async with httpx.AsyncClient(base_url=server, timeout=300) as client:
+            embed = asyncio.create_task(client.post("/v1/sam2/embed", json={"image_b64": unseen}))
+            while (
+                metric(await scrape_async(client), "imgembed_in_flight_requests", model=MODEL) < 1
+            ):
+                assert not embed.done(), "the embed request ended before its encoder pass was seen"
+                await asyncio.sleep(0.01)
+            click = await client.post("/v1/sam2/segment", json=segment_body(image_id, PROMPTS[0]))
+            assert click.status_code == 200, click.text
+            # Read from the server, not a clock: the encoder pass is still running when the
+            # click's answer is back (a shared device thread would have run the click after it).
+            text = await scrape_async(client)
+            still_encoding = metric(text, "imgembed_in_flight_requests", model=MODEL) == 1
+            assert (await embed).status_code == 200
+            return still_encoding
+
+    assert asyncio.run(scenario()), "the click waited for the other image's encoder pass"

@@ -125,7 +125,8 @@ class EngineCore:
         for served in self._models.values():
             for batcher in served.batchers():
                 await batcher.close()
-            served.device_executor.shutdown(wait=True)
+            for executor in served.executors():
+                executor.shutdown(wait=True)
         if self._job_pool is not None:
             # Off the loop: a job still running waits on the loop until its next call is refused.
             await asyncio.to_thread(self._job_pool.shutdown, wait=True)

@@ -97,6 +97,10 @@ class ServedModel(ABC):
     def describe(self) -> dict[str, Any]:
         """The model as ``/v1/models`` lists it."""
 
+    def executors(self) -> list[ThreadPoolExecutor]:
+        """The threads this model's batchers run on (shut down after the batchers close)."""
+        return [self.device_executor]
+
     def _batcher(
         self,
         name: str,
@@ -104,11 +108,12 @@ class ServedModel(ABC):
         metrics: Metrics,
         settings: BatchingSettings | None = None,
         item_size: Callable[[Any], int] | None = None,
+        executor: ThreadPoolExecutor | None = None,
     ) -> DynamicBatcher[Any, Any]:
         batcher: DynamicBatcher[Any, Any] = DynamicBatcher(
             name,
             run,
-            self.device_executor,
+            executor or self.device_executor,
             settings or self.spec.batching,
             on_batch=metrics.batch_observer(name),
             item_size=item_size,
@@ -153,6 +158,10 @@ class ServedSam2(ServedModel):
         batcher: Groups encode requests into batches; created by :meth:`start`.
         decoder: Groups prompt decoding from concurrent requests into decoder passes; created by
             :meth:`start`.
+        decoder_executor: The decoder's own thread. Decoder passes run beside encoder batches
+            instead of queueing behind them, so a click on a cached image is answered in about a
+            decoder pass even while other requests' images are being encoded (the two touch
+            disjoint parts of the model and only read its weights).
         cache: Encoder features of recent images, by ``image_id``.
         onnx: The ONNX Runtime encoder when the model's backend is ``onnxruntime`` (the
             prompt decoder runs in PyTorch either way).
@@ -161,6 +170,10 @@ class ServedSam2(ServedModel):
     loaded: LoadedSam2
     batcher: DynamicBatcher[torch.Tensor, Sam2Features] | None = field(default=None, repr=False)
     decoder: DynamicBatcher[DecodeJob, Sam2MaskPrediction] | None = field(default=None, repr=False)
+    decoder_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="imgembed-decoder"),
+        repr=False,
+    )
     cache: FeatureCache = field(default_factory=lambda: FeatureCache(0), repr=False)
     onnx: Any = field(default=None, repr=False)
 
@@ -212,10 +225,14 @@ class ServedSam2(ServedModel):
                 metrics,
                 settings=self.decoder_batching,
                 item_size=lambda job: job.prompts,
+                executor=self.decoder_executor,
             )
 
     def batchers(self) -> list[DynamicBatcher[Any, Any]]:
         return [b for b in (self.batcher, self.decoder) if b is not None]
+
+    def executors(self) -> list[ThreadPoolExecutor]:
+        return [self.device_executor, self.decoder_executor]
 
     def warm_up(self) -> None:
         features = self.encode_batch([torch.zeros(3, SAM2_INPUT_SIZE, SAM2_INPUT_SIZE)])[0]
