@@ -134,6 +134,9 @@ def server_env(setting: Setting) -> dict[str, str]:
         "IMGEMBED_MAX_QUEUE_SIZE": "64",
         "IMGEMBED_REQUEST_TIMEOUT_S": str(SERVER_REQUEST_TIMEOUT_S),
         "IMGEMBED_WARMUP": "true",
+        # Every request sends the same photo: without this the embedding cache would answer all
+        # but the first, and no batch would ever form.
+        "IMGEMBED_CACHE_BYTES": "0",
     }
 
 

@@ -62,6 +62,9 @@ from imgembed.wire import NPZ_KEYS
 
 HERE = Path(__file__).resolve().parent
 E2E_DTYPE = "float16"
+SERVER_ENV = {"IMGEMBED_CACHE_BYTES": "0"}
+"""Every request sends the same photo; the cache off makes each one run the encoder, as the seed's
+worker does (with the cache, repeats cost a lookup: see the segmentation section)."""
 """Feature dtype of the end-to-end requests: the seed's usual choice, and half of float32's bytes."""
 
 
@@ -145,7 +148,9 @@ def bench_end_to_end(
     log(f"end-to-end: {len(photo)} byte JPEG, starting the server ({threads} threads)")
     server_log = args.out / "sam2_embed_server.log"
     with (
-        running_server(args.model, checkpoint, threads=threads, log_path=server_log) as server,
+        running_server(
+            args.model, checkpoint, threads=threads, log_path=server_log, env=SERVER_ENV
+        ) as server,
         httpx.Client(trust_env=False, timeout=600) as client,
     ):
 
@@ -201,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         "total_runtime_s": total_s,
         "machine": machine,
         "model": variant.name,
-        "server_command": shlex.join(serve_command(variant.name, checkpoint, 0)[1:]).replace(
+        "server_command": " ".join(f"{k}={v}" for k, v in SERVER_ENV.items())
+        + " python "
+        + shlex.join(serve_command(variant.name, checkpoint, 0)[1:]).replace(
             "--port 0", "--port <free port>"
         ),
         "encoder": {name: asdict(samples) for name, samples in encoder.items()},

@@ -50,7 +50,7 @@ def _header(raw: Mapping[str, Any], raw_path: Path) -> str:
             f"- Model: {raw['model']} with random weights (speed does not depend on weight values); "
             "Meta's model built by `sam2.build_sam.build_sam2(config, ckpt_path=None)`, its state "
             "dict saved as `{'model': sd}` and loaded by imgembed's `load_sam2`.",
-            f"- Command: `{raw['command']}`; server: `python {raw['server_command']}`.",
+            f"- Command: `{raw['command']}`; server: `{raw['server_command']}`.",
             f"- Other processes' load: {machine['other_cores_at_start']:.2f} cores when timing "
             f"began; a timed run during which they kept more than {OTHER_CORES_LIMIT} cores busy "
             "was redone ('runs (redone)'; 'other load' is the worst kept run).",

@@ -58,7 +58,13 @@ class Server:
 
 @contextlib.contextmanager
 def running_server(
-    model: str, weights: Path, *, threads: int, log_path: Path, timeout_s: float = 180
+    model: str,
+    weights: Path,
+    *,
+    threads: int,
+    log_path: Path,
+    timeout_s: float = 180,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     """Runs ``imgembed serve`` until the block ends.
 
@@ -68,12 +74,13 @@ def running_server(
         threads: ``OMP_NUM_THREADS`` for the server, so it uses the threads the reference uses.
         log_path: Where the server's output goes.
         timeout_s: How long to wait for ``/health``.
+        env: Variables added to this process's own for the server.
 
     Yields:
         The server, once ``/health`` answers 200.
     """
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
     base_url = f"http://{LOOPBACK}:{port}"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
