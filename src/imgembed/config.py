@@ -7,7 +7,7 @@ flags and ``IMGEMBED_*`` variables and hand them to the engine and server. This 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 Backend = Literal["torch", "onnxruntime"]
@@ -83,15 +83,33 @@ class BatchingSettings:
     """How one model's requests are grouped into batches.
 
     Attributes:
-        max_batch_size: Most requests run in one forward pass; 1 turns batching off.
+        max_batch_size: Most requests run in one forward pass; 1 turns batching off, and 0 (the
+            default) leaves the size to the engine, by model and device
+            (:data:`DEFAULT_BATCH_SIZE`, :data:`SAM2_ENCODER_BATCH_SIZE_ON_CPU`).
         max_queue_delay_ms: Longest a request waits for others to join its batch once the device
             is free; a batch runs as soon as it is full or this delay passes, whichever is first.
         max_queue_size: Requests waiting at most; beyond it new requests are refused with 429.
     """
 
-    max_batch_size: int = 4
+    max_batch_size: int = 0
     max_queue_delay_ms: float = 5.0
     max_queue_size: int = 64
+
+    def with_default_batch_size(self, size: int) -> BatchingSettings:
+        """These settings with ``max_batch_size`` 0 replaced by ``size``; others are kept."""
+        if self.max_batch_size != 0:
+            return self
+        return replace(self, max_batch_size=size)
+
+
+DEFAULT_BATCH_SIZE = 4
+"""What ``batching.max_batch_size`` 0 means, except for SAM 2's image encoder on a CPU."""
+SAM2_ENCODER_BATCH_SIZE_ON_CPU = 1
+"""What ``batching.max_batch_size`` 0 means for SAM 2's image encoder on a CPU: batching off. On
+the CPUs measured, one pass over 4 images cost 1.1 to 1.4 times as much per image as single
+passes, in imgembed and in Meta's ``sam2`` alike, so batching could only lose throughput there;
+SigLIP 2's towers got cheaper per item in batches (benchmarks/RESULTS.md, "Forward pass cost by
+batch size" and "Dynamic batching")."""
 
 
 DECODER_BATCHING = BatchingSettings(max_batch_size=0, max_queue_delay_ms=1.0, max_queue_size=256)

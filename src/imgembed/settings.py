@@ -7,6 +7,7 @@ passes them as ``overrides``.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -40,6 +41,46 @@ def _choice(*options: str) -> Callable[[str], str]:
         return text
 
     return parse
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """A parser of whole numbers in ``minimum..maximum`` (no upper bound when ``None``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"{minimum}..{maximum}" if maximum is not None else f"at least {minimum}"
+            raise ValueError(f"expected a whole number {bounds}, got {value}")
+        return value
+
+    return parse
+
+
+def _number(*, positive: bool) -> Callable[[str], float]:
+    """A parser of finite numbers above 0 (``positive``) or at least 0."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            wanted = "above 0" if positive else "0 or more"
+            raise ValueError(f"expected a finite number {wanted}, got {text.strip()}")
+        return value
+
+    return parse
+
+
+_COUNT = _integer(1)
+"""A limit or size that must allow at least one."""
+_SIZE_OR_AUTO = _integer(0)
+"""A size where 0 means a default chosen at run time."""
+_SECONDS = _number(positive=True)
+_DELAY = _number(positive=False)
 
 
 def _host_list(text: str) -> tuple[str, ...]:
@@ -103,7 +144,7 @@ SETTINGS: tuple[Setting, ...] = (
         "An 'imgembed export onnx' folder of the model, for the onnxruntime backend.",
     ),
     Setting("IMGEMBED_HOST", "host", str, "127.0.0.1", "Interface to bind."),
-    Setting("IMGEMBED_PORT", "port", int, 8000, "TCP port."),
+    Setting("IMGEMBED_PORT", "port", _integer(0, 65535), 8000, "TCP port."),
     Setting(
         "IMGEMBED_RESIZE_MODE",
         "default_resize_mode",
@@ -114,14 +155,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "IMGEMBED_COMPUTE_THREADS",
         "compute_threads",
-        int,
+        _COUNT,
         2,
         "Threads for decode/resize/serialise.",
     ),
     Setting(
         "IMGEMBED_TORCH_THREADS",
         "torch_threads",
-        int,
+        _SIZE_OR_AUTO,
         0,
         "torch's threads for forward passes (process-wide); 0: torch's default, one per core.",
     ),
@@ -135,56 +176,56 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "IMGEMBED_MAX_BATCH_SIZE",
         "batching.max_batch_size",
-        int,
+        _SIZE_OR_AUTO,
         BatchingSettings.max_batch_size,
-        "Most requests per forward pass; 1 turns batching off.",
+        "Most requests per forward pass; 1: off; 0: 1 for SAM 2's encoder on CPU, else 4.",
     ),
     Setting(
         "IMGEMBED_MAX_QUEUE_DELAY_MS",
         "batching.max_queue_delay_ms",
-        float,
+        _DELAY,
         BatchingSettings.max_queue_delay_ms,
         "Longest wait for a batch to fill once the device is free.",
     ),
     Setting(
         "IMGEMBED_MAX_QUEUE_SIZE",
         "batching.max_queue_size",
-        int,
+        _COUNT,
         BatchingSettings.max_queue_size,
         "Requests waiting per model before new ones get 429.",
     ),
     Setting(
         "IMGEMBED_DECODER_MAX_BATCH_SIZE",
         "decoder_batching.max_batch_size",
-        int,
+        _SIZE_OR_AUTO,
         DECODER_BATCHING.max_batch_size,
         "Most SAM 2 prompts per decoder pass, across requests; 0: 64 on a GPU, 1 (off) on CPU.",
     ),
     Setting(
         "IMGEMBED_DECODER_MAX_QUEUE_DELAY_MS",
         "decoder_batching.max_queue_delay_ms",
-        float,
+        _DELAY,
         DECODER_BATCHING.max_queue_delay_ms,
         "Longest wait for a decoder batch to fill once the device is free.",
     ),
     Setting(
         "IMGEMBED_DECODER_MAX_QUEUE_SIZE",
         "decoder_batching.max_queue_size",
-        int,
+        _COUNT,
         DECODER_BATCHING.max_queue_size,
         "Decode requests waiting per SAM 2 model before new ones get 429.",
     ),
     Setting(
         "IMGEMBED_REQUEST_TIMEOUT_S",
         "request_timeout_s",
-        float,
+        _SECONDS,
         ServerConfig.request_timeout_s,
         "Deadline per request; unstarted work past it is dropped (504).",
     ),
     Setting(
         "IMGEMBED_SHUTDOWN_TIMEOUT_S",
         "shutdown_timeout_s",
-        float,
+        _DELAY,
         ServerConfig.shutdown_timeout_s,
         "On SIGTERM, how long requests in flight may take to finish.",
     ),
@@ -205,49 +246,49 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "IMGEMBED_MAX_BODY_BYTES",
         "limits.max_body_bytes",
-        int,
+        _COUNT,
         InputLimits.max_body_bytes,
         "Largest request body.",
     ),
     Setting(
         "IMGEMBED_MAX_IMAGE_PIXELS",
         "limits.max_image_pixels",
-        int,
+        _COUNT,
         InputLimits.max_image_pixels,
         "Largest image, width x height.",
     ),
     Setting(
         "IMGEMBED_MAX_PROMPT_POINTS",
         "limits.max_prompt_points",
-        int,
+        _COUNT,
         InputLimits.max_prompt_points,
         "Most points per segmentation object.",
     ),
     Setting(
         "IMGEMBED_MAX_PROMPT_OBJECTS",
         "limits.max_prompt_objects",
-        int,
+        _COUNT,
         InputLimits.max_prompt_objects,
         "Most objects per segment request.",
     ),
     Setting(
         "IMGEMBED_MAX_BATCH_IMAGES",
         "limits.max_batch_images",
-        int,
+        _COUNT,
         InputLimits.max_batch_images,
         "Most images per SigLIP embedding request.",
     ),
     Setting(
         "IMGEMBED_MAX_TEXTS",
         "limits.max_texts",
-        int,
+        _COUNT,
         InputLimits.max_texts,
         "Most texts per text embedding request.",
     ),
     Setting(
         "IMGEMBED_MAX_TEXT_CHARS",
         "limits.max_text_chars",
-        int,
+        _COUNT,
         InputLimits.max_text_chars,
         "Longest text, in characters.",
     ),
@@ -261,28 +302,28 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "IMGEMBED_CACHE_BYTES",
         "cache_bytes",
-        int,
+        _integer(0),
         ServerConfig.cache_bytes,
         "Embedding cache budget per model in bytes (16 MiB per float32 SAM 2 image); 0 = off.",
     ),
     Setting(
         "IMGEMBED_FETCH_TIMEOUT_S",
         "fetch.timeout_s",
-        float,
+        _SECONDS,
         FetchPolicy.timeout_s,
         "Image URL download timeout, seconds.",
     ),
     Setting(
         "IMGEMBED_FETCH_MAX_BYTES",
         "fetch.max_bytes",
-        int,
+        _COUNT,
         FetchPolicy.max_bytes,
         "Largest image download.",
     ),
     Setting(
         "IMGEMBED_FETCH_MAX_REDIRECTS",
         "fetch.max_redirects",
-        int,
+        _integer(0),
         FetchPolicy.max_redirects,
         "Redirects followed.",
     ),

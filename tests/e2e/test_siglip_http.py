@@ -32,7 +32,14 @@ from siglip_checkpoints import (
 )
 
 import imgembed.runpod as runpod_adapter
-from imgembed.config import FetchPolicy, InputLimits, ModelSpec, ServerConfig
+from imgembed.config import (
+    DEFAULT_BATCH_SIZE,
+    SAM2_ENCODER_BATCH_SIZE_ON_CPU,
+    FetchPolicy,
+    InputLimits,
+    ModelSpec,
+    ServerConfig,
+)
 from imgembed.engine import Engine
 from imgembed.models.siglip_loading import load_siglip
 from imgembed.server.app import create_app
@@ -272,10 +279,16 @@ def test_bad_input_is_refused_and_the_server_keeps_serving(
     assert httpx.get(f"{server}/health", timeout=10).status_code == 200
 
 
-def test_models_lists_both_families(server: str) -> None:
+def test_models_lists_both_families_with_batch_sizes_resolved(server: str) -> None:
+    """Default batch size 0 resolves per model on the CPU: SAM 2's encoder off, SigLIP 2 on."""
     models = httpx.get(f"{server}/v1/models", timeout=10).json()["data"]
     families = {model["id"]: model["family"] for model in models}
     assert families == {TINY_FIXRES.name: "siglip", "sam2.1-hiera-tiny": "sam2"}
+    batch_sizes = {model["id"]: model["batching"]["max_batch_size"] for model in models}
+    assert batch_sizes == {
+        TINY_FIXRES.name: DEFAULT_BATCH_SIZE,
+        "sam2.1-hiera-tiny": SAM2_ENCODER_BATCH_SIZE_ON_CPU,
+    }
 
 
 def test_v2_protocol_with_tritonclient_matches_the_native_route(

@@ -10,8 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from imgembed.config import DECODER_BATCH_SIZE_ON_GPU, DECODER_BATCHING, ModelSpec
-from imgembed.engine.served import ServedSam2
+from imgembed.config import (
+    DECODER_BATCH_SIZE_ON_GPU,
+    DECODER_BATCHING,
+    DEFAULT_BATCH_SIZE,
+    SAM2_ENCODER_BATCH_SIZE_ON_CPU,
+    BatchingSettings,
+    ModelSpec,
+)
+from imgembed.engine.served import ServedModel, ServedSam2, ServedSiglip
 from imgembed.errors import InvalidInputError
 from imgembed.runtime.device import DevicePlacement
 from imgembed.settings import SETTINGS, server_config_from_env
@@ -69,12 +76,42 @@ def test_nested_limits_and_fetch_policy() -> None:
         ("IMGEMBED_DEVICE", "tpu"),
         ("IMGEMBED_FETCH_ALLOW_PRIVATE", "maybe"),
         ("IMGEMBED_RESIZE_MODE", "crop"),
+        ("IMGEMBED_PORT", "70000"),
+        ("IMGEMBED_MAX_BATCH_SIZE", "-1"),
+        ("IMGEMBED_MAX_BATCH_SIZE", "2.5"),
+        ("IMGEMBED_MAX_QUEUE_SIZE", "0"),
+        ("IMGEMBED_MAX_QUEUE_DELAY_MS", "-5"),
+        ("IMGEMBED_MAX_QUEUE_DELAY_MS", "nan"),
+        ("IMGEMBED_DECODER_MAX_BATCH_SIZE", "-3"),
+        ("IMGEMBED_DECODER_MAX_QUEUE_SIZE", "0"),
+        ("IMGEMBED_COMPUTE_THREADS", "0"),
+        ("IMGEMBED_TORCH_THREADS", "-1"),
+        ("IMGEMBED_REQUEST_TIMEOUT_S", "0"),
+        ("IMGEMBED_REQUEST_TIMEOUT_S", "inf"),
+        ("IMGEMBED_MAX_BODY_BYTES", "0"),
+        ("IMGEMBED_CACHE_BYTES", "-1"),
+        ("IMGEMBED_FETCH_MAX_REDIRECTS", "-1"),
     ],
 )
 def test_bad_variables_are_named(name: str, value: str) -> None:
+    """Out-of-range numbers are refused at start-up, not by the first batch or request."""
     with pytest.raises(InvalidInputError, match=name) as caught:
         server_config_from_env({name: value})
     assert caught.value.field == name
+    assert "expected" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "target", "parsed"),
+    [
+        ("IMGEMBED_MAX_BATCH_SIZE", "0", "max_batch_size", 0),
+        ("IMGEMBED_MAX_QUEUE_DELAY_MS", "0", "max_queue_delay_ms", 0.0),
+        ("IMGEMBED_MAX_QUEUE_SIZE", " 1 ", "max_queue_size", 1),
+    ],
+)
+def test_edge_values_are_accepted(name: str, value: str, target: str, parsed: object) -> None:
+    (spec,) = server_config_from_env({name: value}).models
+    assert getattr(spec.batching, target) == parsed
 
 
 def test_config_file_sets_models_and_limits_and_variables_and_flags_win(tmp_path: Path) -> None:
@@ -150,7 +187,7 @@ def test_decoder_batching_from_variables_and_per_model_in_a_config_file(tmp_path
         0,
     )
     assert spec.decoder_batching.max_queue_size == 256, "unset fields keep the decoder's default"
-    assert spec.batching.max_batch_size == 4, "the encoder's batching is separate"
+    assert spec.batching == BatchingSettings(), "the encoder's batching is separate"
     path = tmp_path / "imgembed.toml"
     path.write_text('[[models]]\nname = "sam2.1-hiera-tiny"\ndecoder_max_batch_size = 128\n')
     (spec,) = server_config_from_env({}, config_file=path).models
@@ -171,16 +208,43 @@ def test_decoder_batch_size_zero_picks_by_device(
         "sam2.1-hiera-tiny",
         decoder_batching=dataclasses.replace(DECODER_BATCHING, max_batch_size=configured),
     )
-    served = ServedSam2(
+    served = settings_only(ServedSam2, spec, device)
+    assert served.decoder_batching.max_batch_size == resolved
+    assert served.decoder_batching.max_queue_size == DECODER_BATCHING.max_queue_size
+    served.device_executor.shutdown()
+
+
+def settings_only(kind: type[ServedModel], spec: ModelSpec, device: str) -> ServedModel:
+    """A served model without weights: only its settings and device type are read."""
+    return kind(  # type: ignore[call-arg]
         spec=spec,
         placement=DevicePlacement(torch.device(device), "float32"),
         names=frozenset({spec.name}),
         load_seconds=0.0,
         device_executor=ThreadPoolExecutor(max_workers=1),
-        loaded=None,  # type: ignore[arg-type]  # settings only: no weights needed
+        loaded=None,
     )
-    assert served.decoder_batching.max_batch_size == resolved
-    assert served.decoder_batching.max_queue_size == DECODER_BATCHING.max_queue_size
+
+
+@pytest.mark.parametrize(
+    ("kind", "device", "configured", "resolved"),
+    [
+        (ServedSam2, "cpu", 0, SAM2_ENCODER_BATCH_SIZE_ON_CPU),
+        (ServedSam2, "cuda", 0, DEFAULT_BATCH_SIZE),
+        (ServedSam2, "cpu", 4, 4),
+        (ServedSiglip, "cpu", 0, DEFAULT_BATCH_SIZE),
+        (ServedSiglip, "cuda", 0, DEFAULT_BATCH_SIZE),
+        (ServedSiglip, "cpu", 1, 1),
+    ],
+)
+def test_batch_size_zero_picks_by_model_and_device(
+    kind: type[ServedModel], device: str, configured: int, resolved: int
+) -> None:
+    """The default (0) turns SAM 2's encoder batching off on a CPU only; a set size is kept."""
+    assert BatchingSettings().max_batch_size == 0
+    spec = ModelSpec("model", batching=BatchingSettings(max_batch_size=configured))
+    served = settings_only(kind, spec, device)
+    assert served.batching == BatchingSettings(max_batch_size=resolved)
     served.device_executor.shutdown()
 
 

@@ -17,7 +17,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from imgembed.config import DECODER_BATCH_SIZE_ON_GPU, BatchingSettings, ModelSpec
+from imgembed.config import (
+    DECODER_BATCH_SIZE_ON_GPU,
+    DEFAULT_BATCH_SIZE,
+    SAM2_ENCODER_BATCH_SIZE_ON_CPU,
+    BatchingSettings,
+    ModelSpec,
+)
 from imgembed.metrics import Metrics
 from imgembed.models.sam2 import SAM2_INPUT_SIZE, Sam2Features
 from imgembed.models.sam2_decoder import LOW_RES_MASK_SIZE, Sam2MaskPrediction
@@ -101,6 +107,16 @@ class ServedModel(ABC):
         """The threads this model's batchers run on (shut down after the batchers close)."""
         return [self.device_executor]
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the model runs on a CUDA device."""
+        return self.placement.device.type == "cuda"
+
+    @property
+    def batching(self) -> BatchingSettings:
+        """The model's batching settings, ``max_batch_size`` 0 resolved for model and device."""
+        return self.spec.batching.with_default_batch_size(DEFAULT_BATCH_SIZE)
+
     def _batcher(
         self,
         name: str,
@@ -114,7 +130,7 @@ class ServedModel(ABC):
             name,
             run,
             executor or self.device_executor,
-            settings or self.spec.batching,
+            settings or self.batching,
             on_batch=metrics.batch_observer(name),
             item_size=item_size,
         )
@@ -145,7 +161,7 @@ class ServedModel(ABC):
             "warmup_seconds": None
             if self.warmup_seconds is None
             else round(self.warmup_seconds, 3),
-            "batching": dataclasses.asdict(self.spec.batching),
+            "batching": dataclasses.asdict(self.batching),
         }
 
 
@@ -201,15 +217,16 @@ class ServedSam2(ServedModel):
         return [features[index] for index in range(len(pixel_values))]
 
     @property
+    def batching(self) -> BatchingSettings:
+        """The encoder's batching settings, ``max_batch_size`` 0 resolved for the device."""
+        size = DEFAULT_BATCH_SIZE if self.on_gpu else SAM2_ENCODER_BATCH_SIZE_ON_CPU
+        return self.spec.batching.with_default_batch_size(size)
+
+    @property
     def decoder_batching(self) -> BatchingSettings:
         """The decoder's batching settings, ``max_batch_size`` 0 resolved for the device."""
-        settings = self.spec.decoder_batching
-        if settings.max_batch_size != 0:
-            return settings
-        on_gpu = self.placement.device.type == "cuda"
-        return dataclasses.replace(
-            settings, max_batch_size=DECODER_BATCH_SIZE_ON_GPU if on_gpu else 1
-        )
+        size = DECODER_BATCH_SIZE_ON_GPU if self.on_gpu else 1
+        return self.spec.decoder_batching.with_default_batch_size(size)
 
     def decode_batch(self, jobs: list[DecodeJob]) -> list[Sam2MaskPrediction]:
         """Decodes jobs from many requests; float32 results on the model's device, per job."""

@@ -1,0 +1,292 @@
+"""Forward-pass cost per item by batch size: what the default batch sizes are chosen from.
+
+    . .venv/bin/activate
+    python benchmarks/batch_cost.py     # about 4 minutes on 2 idle CPU cores
+
+Dynamic batching pays off only where one forward pass over B items costs less than B passes over
+one. This measures that directly, in-process, on the tensors the batchers hand the models (no
+decode, resize or HTTP), for each tower the engine batches: SAM 2's image encoder
+(``sam2.1-hiera-tiny``, 1024x1024 inputs), and SigLIP 2's image and text towers
+(``siglip2-base-patch16-224``). Beside each imgembed pass, on the same weights in the same run,
+the reference implementation does the same work: Meta's ``sam2`` model (``forward_image`` +
+``_prepare_backbone_features``, what ``SAM2ImagePredictor.set_image`` runs) and ``transformers``'
+``get_image_features`` / ``get_text_features``. Timed runs rotate over every (implementation,
+batch size) pair of a tower, so a slow patch of the machine hits them alike.
+
+Writes the ``## Forward pass cost by batch size`` section of ``benchmarks/RESULTS.md`` and the raw
+numbers to ``benchmarks/out/batch_cost_<UTC>.json``. Random weights: speed does not depend on
+weight values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from bench_util import (
+    elapsed_s,
+    ignoring_result,
+    log,
+    machine_info,
+    markdown_table,
+    replace_section,
+    run_interleaved,
+    wait_until_quiet,
+)
+from sam2_fixtures import reference_and_imgembed
+from sam2_reference import reference_encode
+
+from imgembed.config import DEFAULT_BATCH_SIZE, SAM2_ENCODER_BATCH_SIZE_ON_CPU
+from imgembed.models import siglip as siglip_math
+from imgembed.models.sam2 import encode_images
+from imgembed.models.siglip_loading import load_siglip
+from imgembed.pipelines import siglip_embed
+
+HERE = Path(__file__).resolve().parent
+SAM2_MODEL = "sam2.1-hiera-tiny"
+SIGLIP_MODEL = "siglip2-base-patch16-224"
+TEXT = "a photo of two cats sleeping on a red sofa"
+
+
+@dataclass(frozen=True)
+class Tower:
+    """One batched forward pass, imgembed's and the reference's, and the batch sizes to time.
+
+    Attributes:
+        name: What the table calls it.
+        batch_sizes: Items per pass to time.
+        repeats: Timed runs per (implementation, batch size).
+        imgembed: Runs imgembed's pass on a batch of the given size.
+        reference: Runs the reference's pass on the same batch.
+        reference_name: What the table calls the reference.
+    """
+
+    name: str
+    batch_sizes: tuple[int, ...]
+    repeats: int
+    imgembed: Callable[[int], object]
+    reference: Callable[[int], object]
+    reference_name: str
+
+
+def sam2_tower(folder: Path, repeats: int) -> Tower:
+    """SAM 2's image encoder on ``[B,3,1024,1024]`` random inputs."""
+    reference, model, _ = reference_and_imgembed(SAM2_MODEL, folder)
+    inputs = {size: torch.randn(size, 3, 1024, 1024) for size in (1, 2, 4)}  # [B,3,1024,1024]
+
+    @torch.inference_mode()
+    def imgembed(size: int) -> object:
+        return encode_images(model, inputs[size])
+
+    return Tower(
+        f"SAM 2 image encoder ({SAM2_MODEL})",
+        (1, 2, 4),
+        repeats,
+        imgembed,
+        lambda size: reference_encode(reference, inputs[size]),
+        "Meta sam2",
+    )
+
+
+def siglip_towers(repeats: int) -> list[Tower]:
+    """SigLIP 2's image tower on ``[B,3,224,224]`` and text tower on ``[B,64]`` token ids."""
+    loaded = load_siglip(SIGLIP_MODEL, "dummy", device=torch.device("cpu"))
+    model = loaded.model
+    side = loaded.variant.image_size
+    images = {size: torch.randn(size, 3, side, side) for size in (1, 4, 8, 16)}  # [B,3,S,S]
+    texts = {
+        size: siglip_embed.prepare_texts(loaded.tokenizer, [TEXT] * size)  # [B,64]
+        for size in (1, 4, 16, 64)
+    }
+
+    @torch.inference_mode()
+    def images_imgembed(size: int) -> object:
+        return siglip_math.embed_images(model, images[size])
+
+    @torch.inference_mode()
+    def images_reference(size: int) -> object:
+        return model.get_image_features(pixel_values=images[size]).pooler_output
+
+    @torch.inference_mode()
+    def texts_imgembed(size: int) -> object:
+        return siglip_math.embed_texts(model, texts[size])
+
+    @torch.inference_mode()
+    def texts_reference(size: int) -> object:
+        return model.get_text_features(input_ids=texts[size]).pooler_output
+
+    return [
+        Tower(
+            f"SigLIP 2 image tower ({SIGLIP_MODEL})",
+            (1, 4, 8, 16),
+            repeats * 3,
+            images_imgembed,
+            images_reference,
+            "transformers",
+        ),
+        Tower(
+            f"SigLIP 2 text tower ({SIGLIP_MODEL})",
+            (1, 4, 16, 64),
+            repeats * 3,
+            texts_imgembed,
+            texts_reference,
+            "transformers",
+        ),
+    ]
+
+
+def time_tower(tower: Tower) -> list[dict[str, Any]]:
+    """Per-item time of every (implementation, batch size) of one tower, interleaved."""
+    log(f"{tower.name}: batch sizes {tower.batch_sizes}, {tower.repeats} timed runs each")
+    cases = {}
+    for size in tower.batch_sizes:
+        cases[f"imgembed/{size}"] = ignoring_result(tower.imgembed, size)
+        cases[f"reference/{size}"] = ignoring_result(tower.reference, size)
+    samples = run_interleaved(cases, repeats=tower.repeats, log=log, retries=tower.repeats)
+    rows = []
+    for implementation in ("imgembed", "reference"):
+        single = samples[f"{implementation}/1"].median
+        for size in tower.batch_sizes:
+            runs = samples[f"{implementation}/{size}"]
+            rows.append(
+                {
+                    "tower": tower.name,
+                    "implementation": "imgembed"
+                    if implementation == "imgembed"
+                    else tower.reference_name,
+                    "batch": size,
+                    "runs": len(runs.wall_s),
+                    "median_s": runs.median,
+                    "per_item_s": runs.median / size,
+                    "vs_batch_1": runs.median / size / single,
+                    "max_other_cores": max(runs.other_cores),
+                    "discarded": runs.discarded,
+                }
+            )
+    return rows
+
+
+def render(report: dict[str, Any], raw_path: Path) -> str:
+    machine = report["machine"]
+    table = markdown_table(
+        [
+            "tower",
+            "implementation",
+            "batch",
+            "runs",
+            "ms per item",
+            "per item vs batch 1",
+            "max other load, cores",
+        ],
+        [
+            [
+                row["tower"],
+                row["implementation"],
+                row["batch"],
+                row["runs"],
+                f"{row['per_item_s'] * 1000:.1f}",
+                f"{row['vs_batch_1']:.2f}x",
+                f"{row['max_other_cores']:.2f}",
+            ]
+            for row in report["rows"]
+        ],
+    )
+    return "\n".join(
+        [
+            f"- Date: {report['date']} (UTC); whole run {report['wall_s'] / 60:.1f} min.",
+            f"- Machine: {machine['cpu_model']}, {machine['cpus_usable']} usable of "
+            f"{machine['cpu_count']} cores, {machine['memory_gib']} GiB RAM, no GPU used; "
+            f"Python {machine['python']}, torch {machine['torch']}, transformers "
+            f"{machine['transformers']}, {machine['torch_threads']} torch threads.",
+            f"- Command: `{report['command']}`.",
+            "- What is timed: one forward pass over a batch of inputs already on the device, in "
+            "`torch.inference_mode`, float32: imgembed's `encode_images` / `embed_images` / "
+            "`embed_texts` beside the reference on the same weights (Meta's `forward_image` + "
+            "`_prepare_backbone_features`; `transformers`' `get_image_features` / "
+            "`get_text_features`). Random inputs, random weights. Per item = median pass time / "
+            "batch size; runs rotate over every (implementation, batch size) of a tower.",
+            f"- Raw numbers: `{raw_path.name}` in `benchmarks/out/` (not committed).",
+            "",
+            table,
+            "",
+            reading(report["rows"]),
+        ]
+    )
+
+
+def reading(rows: list[dict[str, Any]]) -> str:
+    """One paragraph stating what the numbers show, computed from them."""
+    parts, costlier, agreeing = [], [], True
+    for tower in dict.fromkeys(row["tower"] for row in rows):
+        ours = [
+            row for row in rows if row["tower"] == tower and row["implementation"] == "imgembed"
+        ]
+        theirs = [row for row in rows if row["tower"] == tower and row not in ours]
+        largest, reference_largest = ours[-1], theirs[-1]
+        parts.append(
+            f"{tower}: an item in a batch of {largest['batch']} costs "
+            f"{largest['vs_batch_1']:.2f}x what it costs alone in imgembed and "
+            f"{reference_largest['vs_batch_1']:.2f}x in {reference_largest['implementation']}"
+        )
+        if largest["vs_batch_1"] > 1.05:
+            costlier.append(tower)
+            agreeing = agreeing and reference_largest["vs_batch_1"] > 1.05
+    text = "Measured here: " + "; ".join(parts) + "."
+    if costlier:
+        text += (
+            f" Where a batch costs more per item than single passes ({', '.join(costlier)}), "
+            "batching can only lose throughput on this machine"
+            + (
+                "; the reference shows the same, so it is the model on this CPU, not imgembed's "
+                "code."
+                if agreeing
+                else "."
+            )
+        )
+    return text + (
+        " `batching.max_batch_size` 0 (the default) means "
+        f"{SAM2_ENCODER_BATCH_SIZE_ON_CPU} for SAM 2's image encoder on a CPU and "
+        f"{DEFAULT_BATCH_SIZE} elsewhere (`imgembed.config`). No GPU was measured."
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per SAM 2 case")
+    parser.add_argument("--quick", action="store_true", help="one timed run each, a smoke test")
+    parser.add_argument("--wait-quiet", type=float, default=120.0)
+    parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--out", type=Path, default=HERE / "out")
+    args = parser.parse_args()
+    repeats = 1 if args.quick else args.repeats
+    torch.manual_seed(0)
+    started = datetime.now(UTC)
+    wait_until_quiet(args.wait_quiet, log)
+    with tempfile.TemporaryDirectory() as folder:
+        towers = [sam2_tower(Path(folder), repeats), *siglip_towers(repeats)]
+        rows = [row for tower in towers for row in time_tower(tower)]
+    report = {
+        "date": started.isoformat(timespec="seconds"),
+        "wall_s": elapsed_s(),
+        "command": shlex.join(["python", "benchmarks/batch_cost.py", *sys.argv[1:]]),
+        "machine": machine_info(),
+        "rows": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    raw_path = args.out / f"batch_cost_{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    raw_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    replace_section(args.results, "Forward pass cost by batch size", render(report, raw_path))
+    log(f"wrote {args.results} and {raw_path}")
+
+
+if __name__ == "__main__":
+    main()
