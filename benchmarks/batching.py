@@ -2,18 +2,21 @@
 
     . .venv/bin/activate
     python benchmarks/batching.py --wait-quiet 300     # 5 to 8 minutes on 2 idle CPU cores
+    python benchmarks/batching.py --model siglip2-base-patch16-224     # about 4 minutes
 
 For each number of concurrent clients (1, 4, 16) and each setting (batching off: max_batch_size 1;
 on: max_batch_size 4, max_queue_delay_ms 5), a fresh ``imgembed serve`` subprocess on loopback
-(sam2.1-hiera-tiny, ``--weights dummy``: speed does not depend on weight values) answers a fixed
-number of requests from a closed loop of clients (each sends its next request when it holds the
-previous answer). Requests upload 1600x1200 JPEGs, :data:`PHOTOS` distinct ones in turn, with the
-server's embedding cache off, so every request runs the encoder (concurrent requests for one image
-would share an encoder pass), and ask for float16 features in the ``binary`` encoding, so the time
-goes to decode, resize and the encoder, not to serialisation.
+(``--weights dummy``: speed does not depend on weight values) answers a fixed number of requests
+from a closed loop of clients (each sends its next request when it holds the previous answer).
+Requests upload 1600x1200 JPEGs, :data:`PHOTOS` distinct ones in turn, with the server's embedding
+cache off, so every request runs the model (concurrent requests for one image would share a SAM 2
+encoder pass). SAM 2 requests ask for float16 features in the ``binary`` encoding, so the time goes
+to decode, resize and the encoder, not to serialisation; what each model is sent is in
+``batching_workloads.py``.
 
-Writes the ``## Dynamic batching`` section of ``benchmarks/RESULTS.md`` (other sections are kept)
-and every latency, the batch size histograms and the load to ``benchmarks/out/batching_<UTC>.json``.
+Writes the ``## Dynamic batching`` section of ``benchmarks/RESULTS.md`` (``## Dynamic batching
+(SigLIP 2)`` for SigLIP; other sections are kept) and every latency, the batch size histograms and
+the load to ``benchmarks/out/batching_<model>_<UTC>.json``.
 """
 
 from __future__ import annotations
@@ -37,16 +40,11 @@ from unittest import mock
 import bench_util
 import httpx
 import torch
+from batching_workloads import WORKLOADS, Send, Workload
 from sam2_fixtures import PHOTO_SIZE, make_photo
 from sam2_server import running_server, serve_command
 
-from imgembed.codecs import BINARY_HEADER_LENGTH
-
 HERE = Path(__file__).resolve().parent
-MODEL = "sam2.1-hiera-tiny"
-REQUESTS_PER_CELL = {1: 8, 4: 12, 16: 32}
-"""Timed requests per number of clients: at least two rounds per client, about 6 minutes in all."""
-FORM_FIELDS = {"dtype": "float16", "encoding": "binary"}
 PHOTOS = 20
 """Distinct photos sent in turn: more than the most concurrent clients, so no two requests in
 flight together send the same image."""
@@ -114,7 +112,8 @@ class Cell:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, nargs="+", default=list(REQUESTS_PER_CELL))
+    parser.add_argument("--model", choices=sorted(WORKLOADS), default="sam2.1-hiera-tiny")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--requests", type=int, help="timed requests in every cell")
     parser.add_argument("--max-batch-size", type=int, default=4, help="batching on")
     parser.add_argument("--max-queue-delay-ms", type=float, default=5.0, help="batching on")
@@ -126,6 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=HERE / "out")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
+    args.workload = WORKLOADS[args.model]
     if args.quick:
         args.clients, args.requests = [1, 4], 4
     return args
@@ -145,10 +145,11 @@ def server_env(setting: Setting) -> dict[str, str]:
 
 
 async def closed_loop(
-    base_url: str, photos: list[bytes], clients: int, requests: int
+    base_url: str, send: Send, photos: list[bytes], clients: int, requests: int
 ) -> tuple[list[float], float]:
     """``requests`` uploads from ``clients`` concurrent clients, one at a time each; request ``i``
     sends ``photos[i % len(photos)]``, so requests in flight together send different images.
+    ``send`` makes and checks each request.
 
     Returns:
         Each request's latency in seconds, and the wall time of the whole loop.
@@ -160,19 +161,10 @@ async def closed_loop(
         async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S, trust_env=False) as client:
             while remaining[0] > 0:
                 remaining[0] -= 1
-                photo = photos[remaining[0] % len(photos)]
+                index = remaining[0] % len(photos)
                 started = time.perf_counter()
-                response = await client.post(
-                    f"{base_url}/v1/sam2/embed",
-                    data=FORM_FIELDS,
-                    files={"file": ("photo.jpg", photo, "image/jpeg")},
-                )
-                latency = time.perf_counter() - started
-                response.raise_for_status()
-                header = json.loads(response.content[: int(response.headers[BINARY_HEADER_LENGTH])])
-                if header["meta"]["orig_size"] != [PHOTO_SIZE[1], PHOTO_SIZE[0]]:
-                    raise RuntimeError(f"answer for another image: {header['meta']}")
-                latencies.append(latency)
+                await send(client, base_url, index, photos[index])
+                latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
     await asyncio.gather(*(client_loop() for _ in range(min(clients, requests))))
@@ -183,14 +175,14 @@ def scrape(base_url: str) -> str:
     return httpx.get(f"{base_url}/metrics", timeout=30, trust_env=False).text
 
 
-def growth(before: str, after: str, name: str) -> dict[str, float]:
-    """How much each sample of ``name`` for the model grew between two scrapes, by ``le`` label
+def growth(before: str, after: str, name: str, model: str) -> dict[str, float]:
+    """How much each sample of ``name`` for ``model`` grew between two scrapes, by ``le`` label
     (``""`` for a sample without one)."""
 
     def samples(text: str) -> dict[str, float]:
         found = {}
         for line in text.splitlines():
-            if line.startswith(name + "{") and f'model="{MODEL}"' in line:
+            if line.startswith(name + "{") and f'model="{model}"' in line:
                 bound = re.search(r'le="([^"]+)"', line)
                 found[bound.group(1) if bound else ""] = float(line.rsplit(" ", 1)[1])
         return found
@@ -199,15 +191,15 @@ def growth(before: str, after: str, name: str) -> dict[str, float]:
     return {key: value - earlier.get(key, 0.0) for key, value in samples(after).items()}
 
 
-def mean_growth(before: str, after: str, name: str) -> float:
+def mean_growth(before: str, after: str, name: str, model: str) -> float:
     """Mean of a histogram's observations between two scrapes (0 without any)."""
-    count = growth(before, after, name + "_count")[""]
-    return growth(before, after, name + "_sum")[""] / count if count else 0.0
+    count = growth(before, after, name + "_count", model)[""]
+    return growth(before, after, name + "_sum", model)[""] / count if count else 0.0
 
 
-def batch_histogram(before: str, after: str) -> dict[str, int]:
+def batch_histogram(before: str, after: str, model: str) -> dict[str, int]:
     """Batches run between two scrapes, by batch size range (``"4"``, ``"5-6"``, ``">256"``)."""
-    cumulative = growth(before, after, "imgembed_batch_size_bucket")
+    cumulative = growth(before, after, "imgembed_batch_size_bucket", model)
     histogram: dict[str, int] = {}
     lower, below = 1, 0.0
     for bound in sorted(cumulative, key=float):
@@ -225,22 +217,24 @@ def run_cell(
     setting: Setting, clients: int, requests: int, photos: list[bytes], args: argparse.Namespace
 ) -> Cell:
     """Times one cell on a fresh server; redoes its timed phase if other processes were busy."""
+    workload: Workload = args.workload
+    send = workload.new_sender()
     warmup = min(clients, args.max_batch_size)
     cell = Cell(setting.name, clients, requests, warmup)
-    server_log = args.out / f"batching_server_{setting.name}_{clients}.log"
+    server_log = args.out / f"batching_server_{workload.model}_{setting.name}_{clients}.log"
     with (
         mock.patch.dict(os.environ, server_env(setting)),
         running_server(
-            MODEL, Path("dummy"), threads=torch.get_num_threads(), log_path=server_log
+            workload.model, Path("dummy"), threads=torch.get_num_threads(), log_path=server_log
         ) as server,
     ):
         bench_util.log(f"{setting.name}, {clients} clients: {warmup} warm-up requests")
-        asyncio.run(closed_loop(server.url, photos, warmup, warmup))
+        asyncio.run(closed_loop(server.url, send, photos, warmup, warmup))
         while True:
             bench_util.wait_until_quiet(args.wait_quiet, bench_util.log, own_pids=[server.pid])
             before_text = scrape(server.url)
             before = bench_util.CpuSnapshot.take([os.getpid(), server.pid])
-            latencies, wall = asyncio.run(closed_loop(server.url, photos, clients, requests))
+            latencies, wall = asyncio.run(closed_loop(server.url, send, photos, clients, requests))
             other = bench_util.CpuSnapshot.take([os.getpid(), server.pid]).other_cores(before, wall)
             after_text = scrape(server.url)
             note = f"{requests / wall:.3f} images/s in {wall:.1f} s (other processes: {other:.2f})"
@@ -250,10 +244,13 @@ def run_cell(
             cell.redone += 1
             bench_util.log(f"  discarded: {note}; redoing it")
     cell.wall_s, cell.latencies_s, cell.other_cores = wall, latencies, other
-    cell.batch_sizes = batch_histogram(before_text, after_text)
-    cell.queue_wait_s = mean_growth(before_text, after_text, "imgembed_queue_duration_seconds")
+    model = workload.model
+    cell.batch_sizes = batch_histogram(before_text, after_text, model)
+    cell.queue_wait_s = mean_growth(
+        before_text, after_text, "imgembed_queue_duration_seconds", model
+    )
     cell.compute_per_batch_s = mean_growth(
-        before_text, after_text, "imgembed_compute_duration_seconds"
+        before_text, after_text, "imgembed_compute_duration_seconds", model
     )
     bench_util.log(f"  {note}; batches {cell.batch_sizes}")
     return cell
@@ -268,12 +265,12 @@ def table(cells: list[Cell]) -> str:
             f"{cell.requests} (+{cell.warmup_requests})",
             f"{cell.images_per_s:.3f}",
             f"{cell.images_per_s / off[cell.clients]:.2f}x" if cell.clients in off else "-",
-            f"{cell.percentile(0.5):.1f}",
-            f"{cell.percentile(0.99):.1f}",
+            f"{cell.percentile(0.5):.2f}",
+            f"{cell.percentile(0.99):.2f}",
             f"{cell.requests / max(cell.batches, 1):.2f}",
             ", ".join(f"{size}: {count}" for size, count in cell.batch_sizes.items()),
-            f"{cell.queue_wait_s:.1f}",
-            f"{cell.compute_per_image_s:.2f}",
+            f"{cell.queue_wait_s:.2f}",
+            f"{cell.compute_per_image_s:.3f}",
             f"{cell.other_cores:.2f}",
             cell.redone,
         ]
@@ -296,8 +293,8 @@ def reading(cells: list[Cell]) -> str:
         f"at {on.clients} client{'s' if on.clients > 1 else ''}, mean batch "
         f"{on.requests / max(on.batches, 1):.2f}, throughput "
         f"{(on.images_per_s / off.images_per_s - 1) * 100:+.1f} % ({off.images_per_s:.3f} to "
-        f"{on.images_per_s:.3f} images/s), p50 {off.percentile(0.5):.1f} to "
-        f"{on.percentile(0.5):.1f} s, p99 {off.percentile(0.99):.1f} to {on.percentile(0.99):.1f} s"
+        f"{on.images_per_s:.3f} images/s), p50 {off.percentile(0.5):.2f} to "
+        f"{on.percentile(0.5):.2f} s, p99 {off.percentile(0.99):.2f} to {on.percentile(0.99):.2f} s"
         for off, on in pairs
     )
     batched = [(off, on) for off, on in pairs if on.requests > on.batches]
@@ -317,8 +314,8 @@ def reading(cells: list[Cell]) -> str:
                 "so on this CPU batching loses throughput"
             )
         text += (
-            f". At {on.clients} clients a forward pass took {off.compute_per_image_s:.2f} s per "
-            f"image alone and {on.compute_per_image_s:.2f} s per image in batches: {verdict}"
+            f". At {on.clients} clients a forward pass took {off.compute_per_image_s:.3f} s per "
+            f"image alone and {on.compute_per_image_s:.3f} s per image in batches: {verdict}"
         )
     first, last = pairs[0][0], pairs[-1][0]
     if last.compute_per_image_s > 1.05 * first.compute_per_image_s:
@@ -326,7 +323,7 @@ def reading(cells: list[Cell]) -> str:
             f". More clients cost throughput with or without batching ({first.images_per_s:.3f} "
             f"images/s at {first.clients} client{'s' if first.clients > 1 else ''} and "
             f"{last.images_per_s:.3f} at {last.clients}, batching off): the forward pass took "
-            f"{first.compute_per_image_s:.2f} s per image, and {last.compute_per_image_s:.2f} s "
+            f"{first.compute_per_image_s:.3f} s per image, and {last.compute_per_image_s:.3f} s "
             "while other requests were decoded, resized and serialised on the same cores"
         )
     return text + (
@@ -338,7 +335,9 @@ def reading(cells: list[Cell]) -> str:
     )
 
 
-def render_section(raw: dict[str, Any], cells: list[Cell], raw_path: Path) -> str:
+def render_section(
+    raw: dict[str, Any], workload: Workload, cells: list[Cell], raw_path: Path
+) -> str:
     machine, on = raw["machine"], raw["settings"]["on"]
     lines = [
         f"- Date: {raw['date']} (UTC); whole run {raw['total_runtime_s'] / 60:.1f} min.",
@@ -348,14 +347,13 @@ def render_section(raw: dict[str, Any], cells: list[Cell], raw_path: Path) -> st
         f"transformers {machine['transformers']}.",
         f"- Command: `{raw['command']}`; each cell a fresh `python {raw['server_command']}` with "
         f"OMP_NUM_THREADS={machine['torch_threads']} and a start-up warm-up pass.",
-        f"- Server: {MODEL}, random weights (speed does not depend on weight values), CPU, "
+        f"- Server: {workload.model}, random weights (speed does not depend on weight values), CPU, "
         "float32 compute. Batching off: `IMGEMBED_MAX_BATCH_SIZE=1`; on: "
         f"`IMGEMBED_MAX_BATCH_SIZE={on['max_batch_size']}`, "
         f"`IMGEMBED_MAX_QUEUE_DELAY_MS={on['max_queue_delay_ms']:g}`; queue limit 64.",
         f"- Requests: {raw.get('photos', 1)} distinct {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEGs in "
-        f"turn (about {raw['photo_bytes'] / 1024:.0f} KiB) as multipart uploads, the server's "
-        "cache off (`IMGEMBED_CACHE_BYTES=0`), float16 features, "
-        "`binary` encoding, all three levels (8 MiB per answer), over loopback.",
+        f"turn (about {raw['photo_bytes'] / 1024:.0f} KiB), the server's "
+        f"cache off (`IMGEMBED_CACHE_BYTES=0`), {workload.description}.",
         "- Method: closed loop (each client sends its next request once it holds the previous "
         "answer); untimed warm-up requests first, min(clients, batch size) of them at once; "
         "images/s = timed requests / wall time from the first send to the last answer; latency "
@@ -385,11 +383,11 @@ def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
     photos = [make_photo(seed=seed) for seed in range(PHOTOS)]
     cells = []
     for index, clients in enumerate(args.clients):
-        requests = args.requests or REQUESTS_PER_CELL.get(clients, 2 * clients)
+        requests = args.requests or args.workload.requests_per_cell.get(clients, 2 * clients)
         order = ["off", "on"] if index % 2 == 0 else ["on", "off"]
         cells += [run_cell(settings[name], clients, requests, photos, args) for name in order]
     cells.sort(key=lambda cell: (cell.clients, cell.setting))
-    server_command = shlex.join(serve_command(MODEL, Path("dummy"), 0)[1:])
+    server_command = shlex.join(serve_command(args.workload.model, Path("dummy"), 0)[1:])
     return {
         "date": date.isoformat(timespec="seconds"),
         "command": command,
@@ -400,7 +398,7 @@ def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "settings": {name: asdict(setting) for name, setting in settings.items()},
         "photo_bytes": sum(map(len, photos)) // len(photos),
         "photos": len(photos),
-        "request_fields": FORM_FIELDS,
+        "model": args.workload.model,
         "cells": [asdict(cell) for cell in cells],
     }
 
@@ -417,12 +415,13 @@ def main(argv: list[str] | None = None) -> int:
         arguments = sys.argv[1:] if argv is None else argv
         raw = measure(args, shlex.join(["python", "benchmarks/batching.py", *arguments]))
         stamp = datetime.fromisoformat(raw["date"]).strftime("%Y%m%dT%H%M%SZ")
-        raw_path = args.out / f"batching_{stamp}.json"
+        raw_path = args.out / f"batching_{raw['model']}_{stamp}.json"
         raw_path.write_text(json.dumps(raw, indent=2), encoding="utf-8")
     known = {cell_field.name for cell_field in fields(Cell)}
     cells = [Cell(**{key: cell[key] for key in known if key in cell}) for cell in raw["cells"]]
-    section = render_section(raw, cells, raw_path)
-    bench_util.replace_section(args.results, "Dynamic batching", section)
+    workload = WORKLOADS[raw.get("model", "sam2.1-hiera-tiny")]
+    section = render_section(raw, workload, cells, raw_path)
+    bench_util.replace_section(args.results, workload.section, section)
     print(section)
     bench_util.log(f"wrote {args.results} from {raw_path}")
     return 0
