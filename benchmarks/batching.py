@@ -319,12 +319,19 @@ def reading(cells: list[Cell]) -> str:
         )
     first, last = pairs[0][0], pairs[-1][0]
     if last.compute_per_image_s > 1.05 * first.compute_per_image_s:
+        clients = f"{first.clients} client{'s' if first.clients > 1 else ''}"
         text += (
-            f". More clients cost throughput with or without batching ({first.images_per_s:.3f} "
-            f"images/s at {first.clients} client{'s' if first.clients > 1 else ''} and "
-            f"{last.images_per_s:.3f} at {last.clients}, batching off): the forward pass took "
-            f"{first.compute_per_image_s:.3f} s per image, and {last.compute_per_image_s:.3f} s "
-            "while other requests were decoded, resized and serialised on the same cores"
+            f". With batching off, the forward pass took {first.compute_per_image_s:.3f} s per "
+            f"image at {clients} and {last.compute_per_image_s:.3f} s at {last.clients}, sharing "
+            "the cores with other requests' decode, resize and serialisation; throughput went "
+            f"from {first.images_per_s:.3f} to {last.images_per_s:.3f} images/s"
+        )
+    off, on = pairs[0]
+    if on.requests == on.batches and off.requests == off.batches:
+        text += (
+            f". At {off.clients} client{'s' if off.clients > 1 else ''} no batch formed in "
+            f"either setting, so the {abs(on.images_per_s / off.images_per_s - 1) * 100:.1f} % "
+            "between them is run-to-run noise"
         )
     return text + (
         ". In a closed loop, mean latency is clients / throughput, so latency follows "
