@@ -2,7 +2,7 @@
 
     . .venv/bin/activate
     python benchmarks/batching.py --wait-quiet 300     # 5 to 8 minutes on 2 idle CPU cores
-    python benchmarks/batching.py --model siglip2-base-patch16-224     # about 4 minutes
+    python benchmarks/batching.py --model siglip2-base-patch16-224     # 2 to 3 minutes
 
 For each number of concurrent clients (1, 4, 16) and each setting (batching off: max_batch_size 1;
 on: max_batch_size 4, max_queue_delay_ms 5), a fresh ``imgembed serve`` subprocess on loopback
