@@ -78,21 +78,28 @@ class Tower:
     reference_name: str
 
 
+def on_batches(
+    forward: Callable[[torch.Tensor], object], batches: dict[int, torch.Tensor]
+) -> Callable[[int], object]:
+    """``forward`` on the batch of the given size, in ``torch.inference_mode``."""
+
+    @torch.inference_mode()
+    def run(size: int) -> object:
+        return forward(batches[size])
+
+    return run
+
+
 def sam2_tower(folder: Path, repeats: int) -> Tower:
     """SAM 2's image encoder on ``[B,3,1024,1024]`` random inputs."""
     reference, model, _ = reference_and_imgembed(SAM2_MODEL, folder)
     inputs = {size: torch.randn(size, 3, 1024, 1024) for size in (1, 2, 4)}  # [B,3,1024,1024]
-
-    @torch.inference_mode()
-    def imgembed(size: int) -> object:
-        return encode_images(model, inputs[size])
-
     return Tower(
         f"SAM 2 image encoder ({SAM2_MODEL})",
-        (1, 2, 4),
+        tuple(inputs),
         repeats,
-        imgembed,
-        lambda size: reference_encode(reference, inputs[size]),
+        on_batches(lambda batch: encode_images(model, batch), inputs),
+        on_batches(lambda batch: reference_encode(reference, batch), inputs),
         "Meta sam2",
     )
 
@@ -107,38 +114,23 @@ def siglip_towers(repeats: int) -> list[Tower]:
         size: siglip_embed.prepare_texts(loaded.tokenizer, [TEXT] * size)  # [B,64]
         for size in (1, 4, 16, 64)
     }
-
-    @torch.inference_mode()
-    def images_imgembed(size: int) -> object:
-        return siglip_math.embed_images(model, images[size])
-
-    @torch.inference_mode()
-    def images_reference(size: int) -> object:
-        return model.get_image_features(pixel_values=images[size]).pooler_output
-
-    @torch.inference_mode()
-    def texts_imgembed(size: int) -> object:
-        return siglip_math.embed_texts(model, texts[size])
-
-    @torch.inference_mode()
-    def texts_reference(size: int) -> object:
-        return model.get_text_features(input_ids=texts[size]).pooler_output
-
     return [
         Tower(
             f"SigLIP 2 image tower ({SIGLIP_MODEL})",
-            (1, 4, 8, 16),
+            tuple(images),
             repeats * 3,
-            images_imgembed,
-            images_reference,
+            on_batches(lambda batch: siglip_math.embed_images(model, batch), images),
+            on_batches(
+                lambda batch: model.get_image_features(pixel_values=batch).pooler_output, images
+            ),
             "transformers",
         ),
         Tower(
             f"SigLIP 2 text tower ({SIGLIP_MODEL})",
-            (1, 4, 16, 64),
+            tuple(texts),
             repeats * 3,
-            texts_imgembed,
-            texts_reference,
+            on_batches(lambda batch: siglip_math.embed_texts(model, batch), texts),
+            on_batches(lambda batch: model.get_text_features(input_ids=batch).pooler_output, texts),
             "transformers",
         ),
     ]
