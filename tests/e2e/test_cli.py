@@ -64,8 +64,10 @@ def test_embed_refuses_a_missing_image_in_one_line(tmp_path: Path) -> None:
         ([], {"SAM2_CHECKPOINT": "/nonexistent/sam2_hiera_large.pt"}, "/nonexistent/sam2_hiera_large.pt"),
         ([], {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": "/nonexistent-cache"}, "--weights"),
         (["--device", "cuda", "--weights", "dummy"], {"CUDA_VISIBLE_DEVICES": ""}, "--device cpu"),
+        (["--weights", "dummy"], {"IMGEMBED_MAX_BATCH_SIZE": "-1"}, "IMGEMBED_MAX_BATCH_SIZE='-1' is invalid: expected a whole number at least 0"),
+        (["--weights", "dummy"], {"IMGEMBED_MAX_QUEUE_DELAY_MS": "nan"}, "expected a finite number 0 or more, got nan"),
     ],
-    ids=["missing-file", "unknown-model", "unknown-config", "seed-variable", "hub-offline", "no-cuda"],
+    ids=["missing-file", "unknown-model", "unknown-config", "seed-variable", "hub-offline", "no-cuda", "negative-batch-size", "nan-delay"],
 )  # fmt: skip
 def test_serve_load_failures_are_one_clear_line(
     args: list[str], env: dict[str, str], phrase: str
