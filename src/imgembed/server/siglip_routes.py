@@ -185,7 +185,10 @@ async def _openai_vectors(engine: Engine, inputs: list[str], model: str) -> np.n
     vectors: dict[int, np.ndarray] = {}
     if image_positions:
         images = [ImageURL(inputs[i], field=f"input[{i}]") for i in image_positions]
-        result = await engine.siglip_embed_images(images, model=model)
+        try:
+            result = await engine.siglip_embed_images(images, model=model)
+        except InvalidInputError as error:
+            raise _renamed(error, image_positions, "images") from error
         for position, outcome in zip(image_positions, result.outcomes, strict=True):
             if outcome.error is not None:
                 raise outcome.error
@@ -202,15 +205,18 @@ async def _openai_vectors(engine: Engine, inputs: list[str], model: str) -> np.n
     return np.stack([vectors[i] for i in range(len(inputs))])  # N x [D] -> [N,D]
 
 
-def _renamed(error: InvalidInputError, positions: list[int]) -> InvalidInputError:
-    """A text error's ``texts[k]`` renamed to the ``input[i]`` the client sent."""
+def _renamed(
+    error: InvalidInputError, positions: list[int], name: str = "texts"
+) -> InvalidInputError:
+    """An error's ``texts[k]`` (or ``images``, by ``name``) renamed to the ``input[i]`` (or
+    ``input``) the client sent."""
     field = error.field or "input"
     message = error.message
-    if field.startswith("texts[") and field.endswith("]"):
-        k = int(field[len("texts[") : -1])
+    if field.startswith(f"{name}[") and field.endswith("]"):
+        k = int(field[len(name) + 1 : -1])
         field = f"input[{positions[k]}]"
-        message = message.replace(f"texts[{k}]", field, 1)
-    elif field == "texts":
+        message = message.replace(f"{name}[{k}]", field, 1)
+    elif field == name:
         field = "input"
-        message = message.replace("texts", "input", 1)
+        message = message.replace(name, "input", 1)
     return InvalidInputError(message, field=field)
