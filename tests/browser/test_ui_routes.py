@@ -12,7 +12,6 @@ import hashlib
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 from imgembed.config import ModelSpec, ServerConfig
@@ -159,34 +158,3 @@ def test_unreadable_manifest_counts_as_not_installed(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text("{not json")
     assert read_vendor_manifest(tmp_path) is None
     assert assets.vendor_asset("ort.wasm.min.mjs", tmp_path) is None
-
-
-def test_browser_graph_makes_defaulted_inputs_required(tmp_path: Path) -> None:
-    onnx = pytest.importorskip("onnx", reason="the onnx extra exports the decoder")
-    ort = pytest.importorskip("onnxruntime", reason="the onnx extra exports the decoder")
-    from onnx import TensorProto, helper, numpy_helper
-
-    from imgembed.ui.decoder_cache import browser_graph
-
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "mask_input"], ["y"])],
-        "defaults",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
-            helper.make_tensor_value_info("mask_input", TensorProto.FLOAT, [2]),
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
-        initializer=[numpy_helper.from_array(np.zeros(2, np.float32), "mask_input")],
-    )
-    source, target = tmp_path / "source.onnx", tmp_path / "web" / "target.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), source)
-    before = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
-    assert [item.name for item in before.get_inputs()] == ["x"]
-
-    browser_graph(source, target)
-
-    after = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-    assert [item.name for item in after.get_inputs()] == ["x", "mask_input"]
-    x, mask = np.array([1, 2], np.float32), np.array([10, 20], np.float32)
-    np.testing.assert_array_equal(after.run(None, {"x": x, "mask_input": mask})[0], [11, 22])
-    assert not list(tmp_path.glob("web/*.partial"))

@@ -83,43 +83,34 @@ def _roles(single_mask_decoder: bool) -> tuple[str, ...]:
     return ("encoder", "decoder")
 
 
-def _add_input_defaults(path: Path, inputs: tuple[GraphTensor, ...]) -> None:
-    """Gives each optional input of the graph in ``path`` a zero default.
+def write_with_input_defaults(source: Path, target: Path, inputs: tuple[GraphTensor, ...]) -> None:
+    """Writes the graph in ``source`` to ``target`` with zero defaults for its ``zero_default``
+    inputs, so that a caller may leave them out.
 
     An initializer that shares its name with a graph input is an overridable initializer: ONNX
-    Runtime uses it when the caller leaves the input out and the caller's value otherwise, and
-    does not fold it into constants.
-    """
-    optional = [tensor for tensor in inputs if tensor.optional]
-    if not optional:
-        return
-    model = onnx.load(str(path))
-    model.graph.initializer.extend(
-        numpy_helper.from_array(np.zeros(tensor.default_shape, np.float32), tensor.name)
-        for tensor in optional
-    )
-    onnx.save(model, str(path))
+    Runtime in Python (and Triton's ONNX Runtime backend) uses it when the caller leaves the input
+    out and the caller's value otherwise. onnxruntime-web does not list such an input and refuses a
+    feed for it, which is why exported graphs never carry these defaults; only a serving layer that
+    lets callers omit inputs (Triton's unbatched decoder) gets a graph written with them.
 
-
-def write_without_input_defaults(source: Path, target: Path) -> None:
-    """Writes the graph in ``source`` to ``target`` with every input required.
-
-    Triton refuses optional inputs in a model it batches, and counts an input with a default
-    (an overridable initializer) as not provided by the model; such a model gets its defaults
-    removed so that the config can list every input as required.
+    Args:
+        source: A graph whose inputs are all plain inputs.
+        target: Where to write the graph with defaults; may equal ``source``.
+        inputs: The graph's inputs, as in :data:`~imgembed.export.onnx_metadata.GRAPHS`.
     """
     model = onnx.load(str(source))
-    inputs = {value.name for value in model.graph.input}
-    kept = [init for init in model.graph.initializer if init.name not in inputs]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+    model.graph.initializer.extend(
+        numpy_helper.from_array(np.zeros(tensor.default_shape, np.float32), tensor.name)
+        for tensor in inputs
+        if tensor.zero_default
+    )
     onnx.save(model, str(target))
 
 
 def _export_graph(
     module: torch.nn.Module, role: str, path: Path, opset: int, device: torch.device
 ) -> None:
-    """Traces one graph to ``path`` in float32, with zero defaults for its optional inputs."""
+    """Traces one graph to ``path`` in float32; every input a plain graph input."""
     _, inputs, outputs = GRAPHS[role]
     generator = torch.Generator().manual_seed(0)
     # Example sizes: batches of 2 and 3 (a batch of 1 would be specialised to a constant), and
@@ -166,7 +157,6 @@ def _export_graph(
             f"torch.onnx could not export the SAM 2 {role} (opset {opset}, torch "
             f"{torch.__version__}): {str(error).splitlines()[0]}"
         ) from error
-    _add_input_defaults(path, inputs)
 
 
 def export_loaded_onnx(

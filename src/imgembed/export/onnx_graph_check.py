@@ -55,12 +55,17 @@ def graph_signature(path: Path) -> dict[str, Any]:
     }
 
 
-def _mismatch(expected: GraphTensor, found: dict[str, Any]) -> str | None:
-    """Why a written tensor differs from the table, or ``None`` when it fits."""
+def _mismatch(expected: GraphTensor, found: dict[str, Any], input_defaults: bool) -> str | None:
+    """Why a written tensor differs from the table, or ``None`` when it fits; ``input_defaults``
+    says whether the ``zero_default`` inputs should carry their defaults."""
     if found["name"] != expected.name:
         return f"expected {expected.name!r} here, found {found['name']!r}"
-    if found.get("optional", expected.optional) != expected.optional:
-        return f"{expected.name} should {'' if expected.optional else 'not '}be optional"
+    optional = input_defaults and expected.zero_default
+    if found.get("optional", optional) != optional:
+        return (
+            f"{expected.name} should {'' if optional else 'not '}be optional (an initializer of "
+            "the same name)"
+        )
     if found["dtype"] != "float32":
         return f"{expected.name} is {found['dtype']}, expected float32"
     shape = found["shape"]
@@ -75,7 +80,11 @@ def _mismatch(expected: GraphTensor, found: dict[str, Any]) -> str | None:
 
 
 def check_graph(
-    path: Path, inputs: tuple[GraphTensor, ...], outputs: tuple[GraphTensor, ...]
+    path: Path,
+    inputs: tuple[GraphTensor, ...],
+    outputs: tuple[GraphTensor, ...],
+    *,
+    input_defaults: bool = False,
 ) -> dict[str, Any]:
     """Runs ``onnx.checker`` (with shape inference) on a file and checks its signature.
 
@@ -83,6 +92,9 @@ def check_graph(
         path: The ``.onnx`` file.
         inputs: The inputs it must have, in order.
         outputs: The outputs it must have, in order.
+        input_defaults: The ``zero_default`` inputs must carry zero defaults (a graph written by
+            :func:`~imgembed.export.onnx_export.write_with_input_defaults`); otherwise no input
+            may have a default.
 
     Returns:
         Its :func:`graph_signature`.
@@ -105,7 +117,7 @@ def check_graph(
                 f"{[tensor.name for tensor in expected]}"
             )
         for tensor, item in zip(expected, found, strict=True):
-            problem = _mismatch(tensor, item)
+            problem = _mismatch(tensor, item, input_defaults)
             if problem:
                 raise ImgembedError(f"{path.name} does not have the expected {kind}: {problem}")
     return signature

@@ -7,7 +7,6 @@ written (read back from the file, not copied from a table).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -126,18 +125,17 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def graph_entry(role: str, path: Path, *, all_required: bool = False) -> dict[str, Any]:
+def graph_entry(role: str, path: Path, *, input_defaults: bool = False) -> dict[str, Any]:
     """The metadata entry of one written graph: file, size and its real signature.
 
     Args:
         role: Which graph (a key of :data:`GRAPHS`).
         path: The written file, checked against the role's inputs and outputs.
-        all_required: The graph's optional inputs had their defaults removed.
+        input_defaults: The graph was written with zero defaults for its ``zero_default`` inputs
+            (Triton's unbatched decoder); exported graphs have none.
     """
     _, inputs, outputs = GRAPHS[role]
-    if all_required:
-        inputs = tuple(dataclasses.replace(tensor, optional=False) for tensor in inputs)
-    signature = check_graph(path, inputs, outputs)
+    signature = check_graph(path, inputs, outputs, input_defaults=input_defaults)
     return {"file": path.name, "bytes": path.stat().st_size, **signature}
 
 

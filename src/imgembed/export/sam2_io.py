@@ -5,9 +5,12 @@ Triton repositories run today, seed 002) and of imgembed's own v2 models ``sam2_
 ``sam2_decoder`` (:mod:`imgembed.server.v2_models`), so features from any of them feed any decoder
 by name. A dimension is a size, or the name of a dynamic axis.
 
-``mask_input`` and ``has_mask_input`` are optional, as on imgembed's v2 ``sam2_decoder``: the
-exported decoder carries zeros (no mask) for them as overridable initializers, so a client may
-leave them out, and ONNX Runtime (and Triton, for a model without Triton batching) accepts that.
+Every exported graph takes all of its inputs as plain graph inputs, none of them also an
+initializer: onnxruntime-web does not list an input that an initializer shadows and refuses a feed
+for it, so a browser tool sending samexporter's seven decoder feeds (seed 002) must find seven
+inputs. ``mask_input`` and ``has_mask_input`` may still be left out where a serving layer supplies
+zeros (no mask) for them: imgembed's v2 ``sam2_decoder`` and the unbatched Triton decoder, whose
+graph gets zero defaults written in (:func:`imgembed.export.onnx_export.write_with_input_defaults`).
 
 Decoder batching: ``point_coords``/``point_labels`` carry B prompts. The features, ``mask_input``
 and ``has_mask_input`` each have batch 1 (shared by all B prompts: one image, many prompts) or B
@@ -38,18 +41,18 @@ class GraphTensor:
         name: The tensor's name in the graph, in Triton's config and on the v2 wire.
         shape: Dimensions; a string names a dynamic axis.
         description: What the tensor holds, for the export metadata.
-        optional: Whether a caller may leave the input out; it then holds zeros of
-            :attr:`default_shape`.
+        zero_default: Whether a serving layer may let a caller leave the input out and feed
+            zeros of :attr:`default_shape` instead; the exported graphs still require it.
     """
 
     name: str
     shape: tuple[Dimension, ...]
     description: str
-    optional: bool = False
+    zero_default: bool = False
 
     @property
     def default_shape(self) -> tuple[int, ...]:
-        """The shape of an optional input's default: 1 on every dynamic axis."""
+        """The shape of a zero default: 1 on every dynamic axis."""
         return tuple(size if isinstance(size, int) else 1 for size in self.shape)
 
     @property
@@ -121,14 +124,14 @@ DECODER_INPUTS = (
     GraphTensor(
         "mask_input",
         (MASK_BATCH, 1, *_MASK_SIDES),
-        "Mask logits from an earlier round (one channel of masks); batch 1 or B; optional (zeros).",
-        optional=True,
+        "Mask logits from an earlier round (one channel of masks); batch 1 or B; zeros when there is none.",
+        zero_default=True,
     ),
     GraphTensor(
         "has_mask_input",
         (HAS_MASK_BATCH,),
-        "1 to use mask_input, 0 to ignore it; batch 1 or B; optional (0: no mask).",
-        optional=True,
+        "1 to use mask_input, 0 to ignore it; batch 1 or B.",
+        zero_default=True,
     ),
 )
 

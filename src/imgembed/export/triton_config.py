@@ -199,7 +199,7 @@ def _io_entry(tensor: GraphTensor, batching: bool) -> dict[str, Any]:
         "dims": dims,
         "reshape": reshape,
     }
-    if tensor.optional and not batching:
+    if tensor.zero_default and not batching:
         entry["optional"] = True
     return entry
 

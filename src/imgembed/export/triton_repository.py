@@ -32,9 +32,10 @@ import torch
 from imgembed.export.onnx_export import (
     DEFAULT_OPSET,
     export_loaded_onnx,
-    write_without_input_defaults,
+    write_with_input_defaults,
 )
 from imgembed.export.onnx_metadata import (
+    GRAPHS,
     METADATA_FILE,
     ExportResult,
     graph_entry,
@@ -116,10 +117,12 @@ def _fill_repository(
         target = staging / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         entry = {**graphs[role], "file": relative, "triton_model": name}
-        if role == "decoder" and settings.decoder.max_batch_size > 0:
-            # Triton batches it: no optional inputs allowed, so the defaults go.
-            write_without_input_defaults(export.files[role], target)
-            entry = {**entry, **graph_entry(role, target, all_required=True), "file": relative}
+        if role == "decoder" and settings.decoder.max_batch_size == 0:
+            # Unbatched, Triton lets callers leave mask_input and has_mask_input out (seed 003's
+            # clients send neither): the graph gets zero defaults for them. A batching model
+            # may have no optional inputs, so it keeps the export's plain graph.
+            write_with_input_defaults(export.files[role], target, GRAPHS[role][1])
+            entry = {**entry, **graph_entry(role, target, input_defaults=True), "file": relative}
         elif move:
             os.replace(export.files[role], target)
         else:

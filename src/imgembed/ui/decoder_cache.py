@@ -14,9 +14,9 @@ concurrent first requests for one model share one export.
 
 Layout: ``<export_dir>/<model>-<key>/`` holds what
 :func:`~imgembed.export.onnx_export.export_loaded_onnx` writes (``encoder.onnx``, ``decoder.onnx``,
-``decoder_single_mask.onnx``, ``imgembed-export.json``: the same format as ``imgembed export``),
-and ``web/`` the two decoder graphs as browsers get them, with every input required (see
-:func:`browser_graph`).
+``decoder_single_mask.onnx``, ``imgembed-export.json``: the same format as ``imgembed export``).
+Browsers get the decoder graphs as exported: every input, ``mask_input`` and ``has_mask_input``
+included, is a plain graph input, as onnxruntime-web needs to accept seed 002's seven feeds.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import copy
 import dataclasses
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -47,9 +46,8 @@ DECODER_FILES: dict[DecoderGraph, str] = {
 }
 ENCODER_PREFIX = "vision_encoder."
 """State-dict prefix of the image encoder, whose weights the decoder graphs do not hold."""
-WEB_FOLDER = "web"
-"""Subfolder of an export holding the graphs as served to browsers (see :func:`browser_graph`)."""
-CACHE_LAYOUT_VERSION = 1
+CACHE_LAYOUT_VERSION = 2
+"""2: the exported graphs are served as they are (1 kept browser copies in ``web/``)."""
 
 
 def default_export_dir() -> Path:
@@ -81,49 +79,22 @@ def _onnx_extra_missing(error: ImportError) -> ServiceUnavailableError:
     )
 
 
-def browser_graph(source: Path, target: Path) -> None:
-    """Writes ``source`` to ``target`` with every input required: initializers that share a name
-    with a graph input (zero defaults that make ``mask_input`` and ``has_mask_input`` optional)
-    are dropped.
-
-    onnxruntime-web does not list such inputs and refuses a feed for them ("invalid input
-    'mask_input'"), so a browser could never send a mask prompt; with plain inputs the graph takes
-    the same feeds as samexporter's decoder, which browser tools (seed 002) send. The file is
-    replaced atomically.
-    """
+def _prepare_decoders(loaded: LoadedSam2, folder: Path) -> None:
+    """Exports a CPU copy of ``loaded`` into ``folder`` unless its decoder graphs are there
+    (blocks for seconds to minutes)."""
+    if all((folder / name).is_file() for name in DECODER_FILES.values()):
+        return
     try:
-        import onnx
+        from imgembed.export.onnx_export import export_loaded_onnx
     except ImportError as error:
         raise _onnx_extra_missing(error) from error
-    model = onnx.load(str(source))
-    input_names = {graph_input.name for graph_input in model.graph.input}
-    kept = [tensor for tensor in model.graph.initializer if tensor.name not in input_names]
-    if len(kept) != len(model.graph.initializer):
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(kept)
-    partial = target.with_name(target.name + ".partial")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(partial))
-    os.replace(partial, target)
-
-
-def _prepare_decoders(loaded: LoadedSam2, folder: Path) -> None:
-    """Exports a CPU copy of ``loaded`` into ``folder`` unless its decoder graphs are there, then
-    writes their browser versions into ``folder/web`` (blocks for seconds to minutes)."""
-    if not all((folder / name).is_file() for name in DECODER_FILES.values()):
-        try:
-            from imgembed.export.onnx_export import export_loaded_onnx
-        except ImportError as error:
-            raise _onnx_extra_missing(error) from error
-        model_copy = copy.deepcopy(loaded.model).to("cpu").eval()
-        export_loaded_onnx(
-            dataclasses.replace(loaded, model=model_copy),
-            folder,
-            single_mask_decoder=True,
-            overwrite=True,
-        )
-    for name in DECODER_FILES.values():
-        browser_graph(folder / name, folder / WEB_FOLDER / name)
+    model_copy = copy.deepcopy(loaded.model).to("cpu").eval()
+    export_loaded_onnx(
+        dataclasses.replace(loaded, model=model_copy),
+        folder,
+        single_mask_decoder=True,
+        overwrite=True,
+    )
 
 
 class DecoderExportCache:
@@ -157,7 +128,7 @@ class DecoderExportCache:
             key = await asyncio.to_thread(decoder_weights_key, loaded)
             self._keys[id(loaded.model)] = key
         folder = self.export_dir / f"{loaded.variant.name}-{key}"
-        path = folder / WEB_FOLDER / DECODER_FILES[graph]
+        path = folder / DECODER_FILES[graph]
         if path.is_file():
             return path
         export = self._exports.get(folder)
