@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from servers import ImageHost, in_process_server
 from siglip_checkpoints import TINY_FIXRES, build_siglip_model, photo_like, save_siglip_folder
@@ -81,10 +82,10 @@ def server(folder: Path) -> Iterator[str]:
         api_key=API_KEY,
     )
 
-    def load(name: str, weights: str | None, **options: Any) -> Any:
-        return load_siglip(TINY_FIXRES, str(folder), **options)
+    def load(spec: ModelSpec, device: torch.device) -> Any:
+        return load_siglip(TINY_FIXRES, str(folder), device=device)
 
-    engine = Engine(config, siglip_loader=load)
+    engine = Engine(config, loaders={"siglip": load})
     with in_process_server(create_app(engine.config, engine=engine)) as base_url:
         yield base_url
 
