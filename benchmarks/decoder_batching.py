@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"
 from torchvision_shim import import_meta_predictors
 
 from imgembed.config import DECODER_BATCH_SIZE_ON_GPU, DECODER_BATCHING, ModelSpec, ServerConfig
-from imgembed.engine import Engine
+from imgembed.engine import Engine, Sam2Service
 from imgembed.pipelines.sam2_segment import SegmentObject
 from imgembed.types import ImageBytes
 
@@ -120,7 +120,7 @@ async def closed_loop(
         for index in counter:
             image_id = image_ids[(number + index) % len(image_ids)]
             started = time.perf_counter()
-            await engine.sam2_segment(None, click(index), image_id=image_id)
+            await engine.service(Sam2Service).segment(None, click(index), image_id=image_id)
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, engine in engines.items():
             loop.run_until_complete(engine.start())
             image_ids[name] = [
-                loop.run_until_complete(engine.sam2_embed(ImageBytes(photo))).image_id
+                loop.run_until_complete(engine.service(Sam2Service).embed(ImageBytes(photo))).image_id
                 for photo in photos
             ]
         predictor = predictor_module.SAM2ImagePredictor(reference)

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"
 from torchvision_shim import import_meta_predictors
 
 from imgembed.config import ModelSpec, ServerConfig
-from imgembed.engine import Engine
+from imgembed.engine import Engine, Sam2Service
 from imgembed.pipelines.sam2_segment import SegmentObject
 from imgembed.types import ImageBytes
 
@@ -95,13 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         predictor = predictor_module.SAM2ImagePredictor(reference)
         predictor.set_image(rgb)
         first = loop.run_until_complete(
-            engine.sam2_segment(ImageBytes(photo), [point_objects(1)[0]])
+            engine.service(Sam2Service).segment(ImageBytes(photo), [point_objects(1)[0]])
         )
         image_id = first.image_id
 
         def ours(count: int) -> None:
             loop.run_until_complete(
-                engine.sam2_segment(None, point_objects(count), image_id=image_id)
+                engine.service(Sam2Service).segment(None, point_objects(count), image_id=image_id)
             )
 
         def meta(count: int) -> None:
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         def ours_cold() -> None:
-            engine.models[0].cache.clear()
-            loop.run_until_complete(engine.sam2_segment(ImageBytes(photo), point_objects(1)))
+            engine.models[0].features.clear()
+            loop.run_until_complete(engine.service(Sam2Service).segment(ImageBytes(photo), point_objects(1)))
 
         def meta_cold() -> None:
             with torch.inference_mode():

@@ -42,7 +42,7 @@ from bench_util import (
 from sam2_fixtures import PHOTO_SIZE, make_photo, reference_and_imgembed
 
 from imgembed.config import BatchingSettings, ModelSpec, ServerConfig
-from imgembed.engine import Engine
+from imgembed.engine import Engine, Sam2Service
 from imgembed.pipelines.sam2_segment import SegmentObject
 from imgembed.types import ImageBytes
 
@@ -94,12 +94,12 @@ async def closed_loop(
         for index in counter:
             started = time.perf_counter()
             if index % 2 == 0:
-                await engine.sam2_embed(ImageBytes(photos[index]))
+                await engine.service(Sam2Service).embed(ImageBytes(photos[index]))
                 embeds.append(time.perf_counter() - started)
             else:
                 point = np.random.default_rng(index).uniform((0, 0), PHOTO_SIZE)
                 objects = [SegmentObject(points=point[None], labels=np.ones(1, np.int32))]
-                await engine.sam2_segment(None, objects, image_id=image_id)
+                await engine.service(Sam2Service).segment(None, objects, image_id=image_id)
                 segments.append(time.perf_counter() - started)
 
     started = time.perf_counter()
@@ -116,7 +116,7 @@ def measure(
     loop = asyncio.new_event_loop()
     engine = Engine(ServerConfig(models=(spec,), compute_threads=compute))
     loop.run_until_complete(engine.start())
-    image_id = loop.run_until_complete(engine.sam2_embed(ImageBytes(photos[-1]))).image_id
+    image_id = loop.run_until_complete(engine.service(Sam2Service).embed(ImageBytes(photos[-1]))).image_id
     loop.run_until_complete(closed_loop(engine, photos, image_id, range(2 * CLIENTS)))
     before = CpuSnapshot.take([os.getpid()])
     wall_s, embeds, segments = loop.run_until_complete(

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from servers import ImageHost, in_process_server
 from siglip_checkpoints import TINY_FIXRES, build_siglip_model, photo_like, save_siglip_folder
@@ -60,10 +61,10 @@ def make_engine(folder: Path, data_dir: Path) -> Engine:
         collections_dir=str(data_dir),
     )
 
-    def load(name: str, weights: str | None, **options: Any) -> Any:
-        return load_siglip(TINY_FIXRES, str(folder), **options)
+    def load(spec: ModelSpec, device: torch.device) -> Any:
+        return load_siglip(TINY_FIXRES, str(folder), device=device)
 
-    return Engine(config, siglip_loader=load)
+    return Engine(config, loaders={"siglip": load})
 
 
 @pytest.fixture(scope="module")

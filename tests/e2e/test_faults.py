@@ -106,8 +106,8 @@ class RaisesOnWhiteImages(torch.nn.Module):
         return self.inner(pixel_values, **kwargs)
 
 
-def faulty_loader(*args: Any, **kwargs: Any) -> LoadedSam2:
-    loaded = load_sam2(*args, **kwargs)
+def faulty_loader(spec: ModelSpec, device: torch.device) -> LoadedSam2:
+    loaded = load_sam2(spec.name, spec.weights, spec.meta_config, device=device)
     vision = loaded.model.vision_encoder
     vision.backbone = RaisesOnWhiteImages(vision.backbone)
     return dataclasses.replace(loaded)
@@ -116,7 +116,7 @@ def faulty_loader(*args: Any, **kwargs: Any) -> LoadedSam2:
 def test_a_model_that_raises_fails_only_its_own_request() -> None:
     spec = ModelSpec(MODEL, weights="dummy", warmup=False, batching=BatchingSettings(4, 300, 16))
     config = ServerConfig(models=(spec,))
-    app = create_app(config, engine=Engine(config, loader=faulty_loader))
+    app = create_app(config, engine=Engine(config, loaders={"sam2": faulty_loader}))
     with in_process_server(app) as server:
         results: dict[str, httpx.Response] = {}
         bodies = {"white": {"image_b64": WHITE_B64}, "normal": {"image_b64": PNG_B64}}

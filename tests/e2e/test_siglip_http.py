@@ -74,8 +74,8 @@ def config(folder: Path) -> ServerConfig:
 def tiny_loader(folder: Path) -> Any:
     """The engine's SigLIP loader, building the small test design whatever the name."""
 
-    def load(name: str, weights: str | None, **options: Any) -> Any:
-        return load_siglip(TINY_FIXRES, str(folder), **options)
+    def load(spec: ModelSpec, device: torch.device) -> Any:
+        return load_siglip(TINY_FIXRES, str(folder), device=device)
 
     return load
 
@@ -101,7 +101,7 @@ def image_host() -> Iterator[ImageHost]:
 
 @pytest.fixture(scope="module")
 def server(folder: Path) -> Iterator[str]:
-    engine = Engine(config(folder), siglip_loader=tiny_loader(folder))
+    engine = Engine(config(folder), loaders={"siglip": tiny_loader(folder)})
     with in_process_server(create_app(engine.config, engine=engine)) as base_url:
         yield base_url
 
@@ -220,7 +220,7 @@ def test_seed_runpod_event_gives_the_seed_response(
     folder: Path, image_host: ImageHost, reference: Any
 ) -> None:
     async def scenario() -> dict[str, Any]:
-        engine = Engine(config(folder), siglip_loader=tiny_loader(folder))
+        engine = Engine(config(folder), loaders={"siglip": tiny_loader(folder)})
         await engine.start()
         runpod_adapter._engine = engine
         try:

@@ -14,7 +14,7 @@ from checkpoints import relative_error
 from PIL import Image
 
 from imgembed.config import ModelSpec, ServerConfig
-from imgembed.engine import Engine
+from imgembed.engine import Engine, Sam2Service
 from imgembed.errors import ModelLoadError
 from imgembed.export.onnx_metadata import ExportResult
 from imgembed.pipelines.sam2_segment import SegmentObject
@@ -32,9 +32,9 @@ def png() -> bytes:
 
 async def embed_and_segment(spec: ModelSpec) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
     async with Engine(ServerConfig(models=(spec,))) as engine:
-        embedded = await engine.sam2_embed(ImageBytes(png()))
+        embedded = await engine.service(Sam2Service).embed(ImageBytes(png()))
         point = SegmentObject(np.array([[60.0, 40.0]]), np.array([1], np.int32))
-        segmented = await engine.sam2_segment(None, [point], image_id=embedded.image_id)
+        segmented = await engine.service(Sam2Service).segment(None, [point], image_id=embedded.image_id)
         return embedded.embedding.arrays, segmented.objects[0].masks, engine.models[0].describe()
 
 

@@ -20,7 +20,7 @@ from checkpoints import SEED, build_meta_model, save_meta_checkpoint
 from torchvision_shim import import_meta_predictors
 
 from imgembed.config import ModelSpec, ServerConfig
-from imgembed.engine import Engine
+from imgembed.engine import Engine, Sam2Service
 from imgembed.models.sam2_registry import resolve_variant
 from imgembed.pipelines.sam2_segment import ObjectMasks, SegmentObject, SegmentOptions
 from imgembed.types import ImageBytes
@@ -64,7 +64,7 @@ class Case:
         self, objects: list[SegmentObject], options: SegmentOptions | None = None
     ) -> list[ObjectMasks]:
         result = self.loop.run_until_complete(
-            self.engine.sam2_segment(ImageBytes(png_bytes(self.image)), objects, options=options)
+            self.engine.service(Sam2Service).segment(ImageBytes(png_bytes(self.image)), objects, options=options)
         )
         return result.objects
 

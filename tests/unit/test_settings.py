@@ -18,7 +18,7 @@ from imgembed.config import (
     BatchingSettings,
     ModelSpec,
 )
-from imgembed.engine.served import ServedModel, ServedSam2, ServedSiglip
+from imgembed.engine import ServedModel, ServedSam2, ServedSiglip
 from imgembed.errors import InvalidInputError
 from imgembed.runtime.device import DevicePlacement
 from imgembed.settings import SETTINGS, server_config_from_env

@@ -18,7 +18,7 @@ from imgembed.errors import InvalidInputError
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from imgembed.engine import Engine
+    from imgembed.engine import Engine, Sam2Service
     from imgembed.pipelines.sam2_embed import Sam2EmbedOptions
     from imgembed.types import ImageBytes
     from imgembed.wire import NPZ_KEYS, sam2_embed_meta
@@ -35,7 +35,7 @@ def _embed(args: argparse.Namespace) -> int:
 
     async def run() -> Any:
         async with Engine(config) as engine:
-            return await engine.sam2_embed(ImageBytes(data, field="image"), options=options)
+            return await engine.service(Sam2Service).embed(ImageBytes(data, field="image"), options=options)
 
     result = asyncio.run(run())
     meta = {
@@ -68,7 +68,7 @@ def _numbers(text: str, count: tuple[int, ...], flag: str) -> list[float]:
 
 
 def _segment(args: argparse.Namespace) -> int:
-    from imgembed.engine import Engine
+    from imgembed.engine import Engine, Sam2Service
     from imgembed.preprocess.image import decode_image
     from imgembed.segment_schemas import Sam2SegmentRequest, segment_objects
     from imgembed.types import ImageBytes
@@ -90,7 +90,7 @@ def _segment(args: argparse.Namespace) -> int:
 
     async def run() -> Any:
         async with Engine(config) as engine:
-            return await engine.sam2_segment(
+            return await engine.service(Sam2Service).segment(
                 ImageBytes(data, field="image"),
                 objects,
                 resize_mode=args.resize_mode,
@@ -138,7 +138,7 @@ def _segment(args: argparse.Namespace) -> int:
 
 
 def _segment_everything(args: argparse.Namespace) -> int:
-    from imgembed.engine import Engine
+    from imgembed.engine import Engine, Sam2Service
     from imgembed.masks.rle import rle_to_mask
     from imgembed.preprocess.image import decode_image
     from imgembed.schemas import parse_request
@@ -170,7 +170,7 @@ def _segment_everything(args: argparse.Namespace) -> int:
 
     async def run() -> Any:
         async with Engine(config) as engine:
-            return await engine.sam2_segment_everything(
+            return await engine.service(Sam2Service).segment_everything(
                 ImageBytes(data, field="image"), params=params
             )
 

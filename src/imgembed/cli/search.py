@@ -47,7 +47,7 @@ def _progress(done: int, total: int, failed: int) -> None:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from imgembed.engine import Engine, NewItem
+    from imgembed.engine import CollectionService, Engine, NewItem
     from imgembed.types import ImageBytes
 
     folder = Path(args.folder)
@@ -76,7 +76,7 @@ def _index(args: argparse.Namespace) -> int:
                         )
                     )
                 try:
-                    outcome = await engine.collection_add(
+                    outcome = await engine.service(CollectionService).add(
                         args.collection, items, on_conflict="upsert"
                     )
                 except ImgembedError as error:
@@ -106,7 +106,7 @@ def _index(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from imgembed.engine import Engine
+    from imgembed.engine import CollectionService, Engine
     from imgembed.types import ImageBytes
 
     if (args.text is None) == (args.image is None):
@@ -125,7 +125,7 @@ def _search(args: argparse.Namespace) -> int:
 
     async def run() -> Any:
         async with Engine(config) as engine:
-            return await engine.collection_search(
+            return await engine.service(CollectionService).search(
                 args.collection, image=image, text=args.text, top_k=args.top_k, filter=filter_spec
             )
 

@@ -1,5 +1,5 @@
-"""Similarity search: collections of image embeddings in the vector store, filled and searched
-through a SigLIP model.
+"""The collections family: similarity search over collections of image embeddings in the vector
+store, filled and searched through a SigLIP model. A family without models of its own.
 
 The store (LanceDB, :mod:`imgembed.search.lancedb_store`) opens on first use under
 ``ServerConfig.collections_dir``, so a server that never touches collections does not need the
@@ -12,16 +12,27 @@ that fills it, and searched with vectors of that size. Use one model per collect
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from imgembed.engine.siglip import SiglipTasks
+from imgembed.engine.core import EngineCore
+from imgembed.engine.registry import ModelFamily
+from imgembed.engine.siglip import SiglipService
 from imgembed.errors import ImgembedError, InvalidInputError, NotFoundError
-from imgembed.search.store import AddResult, CollectionInfo, OnConflict, SearchHit, VectorStore
+from imgembed.search.store import (
+    AddResult,
+    CollectionInfo,
+    ItemPage,
+    OnConflict,
+    SearchHit,
+    VectorStore,
+)
 from imgembed.types import ImageInput
+
+ResultT = TypeVar("ResultT")
 
 logger = logging.getLogger(__name__)
 
@@ -60,38 +71,81 @@ class AddOutcome:
     collection: CollectionInfo
 
 
-class CollectionTasks(SiglipTasks):
-    """Collections: add images (embedded on the way in), search by image, text or vector."""
+class CollectionService:
+    """Collections: add images (embedded on the way in), search by image, text or vector.
 
-    _store: VectorStore | None = None
+    Args:
+        core: The engine's models, pools and image input.
+        siglip: Embeds the images and texts (built on the same core when not given).
+    """
+
+    def __init__(self, core: EngineCore, siglip: SiglipService | None = None) -> None:
+        self.core = core
+        self.siglip = siglip or SiglipService(core)
+        self._store: VectorStore | None = None
 
     def vector_store(self) -> VectorStore:
         """The vector store, opened on first use (blocks; call from a worker thread)."""
         if self._store is None:
             from imgembed.search.lancedb_store import LanceDBStore
 
-            self._store = LanceDBStore(self.config.collections_dir)
-            logger.info("opened the vector store at %s", self.config.collections_dir)
+            self._store = LanceDBStore(self.core.config.collections_dir)
+            logger.info("opened the vector store at %s", self.core.config.collections_dir)
         return self._store
 
     async def close(self) -> None:
-        """Stops the worker pools (see :meth:`EngineCore.close`), then closes the store."""
-        await super().close()
+        """Closes the store."""
         if self._store is not None:
             close = getattr(self._store, "close", None)
             if close is not None:
                 close()
             self._store = None
 
-    async def collection_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Calls a :class:`~imgembed.search.store.VectorStore` method in the CPU pool."""
+    async def _call(self, call: Callable[[VectorStore], ResultT]) -> ResultT:
+        """Runs a store call in the CPU pool (the store opens there on first use)."""
+        return await self.core.run_cpu(lambda: call(self.vector_store()))
 
-        def call() -> Any:
-            return getattr(self.vector_store(), method)(*args, **kwargs)
+    async def list_collections(self) -> list[CollectionInfo]:
+        """Every collection."""
+        return await self._call(lambda store: store.list_collections())
 
-        return await self.run_cpu(call)
+    async def get_collection(self, name: str) -> CollectionInfo:
+        """One collection's description.
 
-    async def collection_add(
+        Raises:
+            NotFoundError: No such collection.
+        """
+        return await self._call(lambda store: store.get_collection(name))
+
+    async def delete_collection(self, name: str) -> None:
+        """Deletes a collection and its items.
+
+        Raises:
+            NotFoundError: No such collection.
+        """
+        await self._call(lambda store: store.delete_collection(name))
+
+    async def list_items(
+        self,
+        name: str,
+        *,
+        limit: int = 100,
+        after: str | None = None,
+        filter: Mapping[str, Any] | None = None,
+        with_vectors: bool = False,
+    ) -> ItemPage:
+        """A page of a collection's items in id order, starting after the id ``after``."""
+        return await self._call(
+            lambda store: store.list_items(
+                name, limit=limit, after=after, filter=filter, with_vectors=with_vectors
+            )
+        )
+
+    async def delete_items(self, name: str, ids: Sequence[str]) -> int:
+        """Deletes items by id; returns how many existed."""
+        return await self._call(lambda store: store.delete_items(name, ids))
+
+    async def add(
         self,
         name: str,
         items: Sequence[NewItem],
@@ -115,7 +169,7 @@ class CollectionTasks(SiglipTasks):
         failed: list[tuple[int, NewItem, ImgembedError]] = []
         dimension: int | None = None
         if with_images:
-            result = await self.siglip_embed_images(
+            result = await self.siglip.embed_images(
                 [item.image for _, item in with_images if item.image is not None], model=model
             )
             dimension = result.model.loaded.embedding_dim
@@ -141,24 +195,25 @@ class CollectionTasks(SiglipTasks):
                 field="items",
             )
         stacked = np.stack([vectors[index] for index in kept])  # N x [D] -> [N,D]
-        result = await self.collection_call(
-            "add_items",
-            name,
-            [items[index].id for index in kept],
-            stacked,
-            [dict(items[index].metadata) for index in kept],
-            on_conflict=on_conflict,
+        result = await self._call(
+            lambda store: store.add_items(
+                name,
+                [items[index].id for index in kept],
+                stacked,
+                [dict(items[index].metadata) for index in kept],
+                on_conflict=on_conflict,
+            )
         )
-        info = await self.collection_call("get_collection", name)
+        info = await self.get_collection(name)
         return AddOutcome(result=result, failed=failed, collection=info)
 
     async def _collection_for_write(self, name: str, dimension: int) -> CollectionInfo:
         try:
-            return await self.collection_call("get_collection", name)
+            return await self.get_collection(name)
         except NotFoundError:
-            return await self.collection_call("create_collection", name, dimension)
+            return await self._call(lambda store: store.create_collection(name, dimension))
 
-    async def collection_search(
+    async def search(
         self,
         name: str,
         *,
@@ -187,10 +242,10 @@ class CollectionTasks(SiglipTasks):
                 + (f"; got {' and '.join(given)}" if given else ""),
                 field=given[1] if len(given) > 1 else "image",
             )
-        await self.collection_call("get_collection", name)  # 404 before any embedding work
+        await self.get_collection(name)  # 404 before any embedding work
         used_model: str | None = None
         if image is not None:
-            result = await self.siglip_embed_images([image], model=model)
+            result = await self.siglip.embed_images([image], model=model)
             outcome = result.outcomes[0]
             if outcome.error is not None:
                 raise outcome.error
@@ -198,12 +253,18 @@ class CollectionTasks(SiglipTasks):
             used_model = result.model.name
         elif text is not None:
             try:
-                texts, served = await self.siglip_embed_texts([text], model=model)
+                texts, served = await self.siglip.embed_texts([text], model=model)
             except InvalidInputError as error:
                 message = error.message.replace("texts[0]", "text", 1)
                 raise InvalidInputError(message, field="text") from error
             query, used_model = texts[0], served.name
         else:
             query = np.asarray(vector, dtype=np.float64)
-        hits = await self.collection_call("search", name, query, top_k=top_k, filter=filter)
+        hits = await self._call(lambda store: store.search(name, query, top_k=top_k, filter=filter))
         return hits, used_model
+
+
+COLLECTIONS_FAMILY = ModelFamily(
+    name="collections", display_name="collections", service=CollectionService
+)
+"""Collections of SigLIP 2 image embeddings in the vector store; no models of its own."""

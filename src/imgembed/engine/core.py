@@ -1,4 +1,7 @@
-"""The engine's core: loaded models, their batchers and caches, the CPU worker pool, image input.
+"""The engine's core: loaded models, their batchers, the worker pools, image input.
+
+What every family's service needs and nothing family-specific: models are loaded, named and
+resolved through the family registry (:mod:`imgembed.engine.registry`).
 
 CPU stages (download, decode, resize, dtype conversion, serialisation) run in a thread pool; the
 device stage runs on one thread per model behind a dynamic batcher, so concurrent requests share
@@ -11,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Self, TypeVar
@@ -19,50 +22,38 @@ from typing import Any, Self, TypeVar
 import torch
 
 from imgembed.config import ModelSpec, ServerConfig
-from imgembed.engine.served import (
-    FAMILY_NAMES,
-    Family,
-    ServedModel,
-    ServedSam2,
-    ServedSiglip,
-)
-from imgembed.errors import ImgembedError, ModelLoadError, UnknownModelError
+from imgembed.engine.registry import ModelFamily, family_of
+from imgembed.engine.served import ServedModel
+from imgembed.errors import UnknownModelError
 from imgembed.metrics import Metrics
-from imgembed.models.sam2_loading import LoadedSam2, load_sam2
-from imgembed.models.sam2_registry import resolve_variant
-from imgembed.models.siglip_loading import LoadedSiglip, load_siglip
-from imgembed.models.siglip_registry import is_siglip_name, resolve_siglip_variant
 from imgembed.preprocess.fetch import fetch_url_bytes
 from imgembed.preprocess.image import DecodedImage, decode_base64_image, decode_image
 from imgembed.runtime.device import choose_placement
-from imgembed.runtime.feature_cache import CachedImage, FeatureCache
 from imgembed.types import ImageBase64, ImageInput, ImageURL
 
 logger = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT")
+ServedT = TypeVar("ServedT", bound=ServedModel)
 
 
 class EngineCore:
-    """Loads the configured models, runs the worker pools, and fetches and decodes images; the task
-    methods live in the subclasses (:class:`~imgembed.engine.sam2.Sam2Tasks`, ...)."""
+    """Loads the configured models, runs the worker pools, and fetches and decodes images; the
+    families' operations live in their services (:class:`~imgembed.engine.Engine` holds them).
 
-    def __init__(
-        self,
-        config: ServerConfig,
-        *,
-        loader: Callable[..., LoadedSam2] = load_sam2,
-        siglip_loader: Callable[..., LoadedSiglip] = load_siglip,
-    ) -> None:
+    Args:
+        config: What to serve and how.
+        families: The model families (:data:`~imgembed.engine.families.FAMILIES` by default).
+    """
+
+    def __init__(self, config: ServerConfig, families: Sequence[ModelFamily]) -> None:
         self.config = config
-        self._loader = loader
-        self._siglip_loader = siglip_loader
+        self.families = tuple(families)
         self._models: dict[str, ServedModel] = {}
         self._by_name: dict[str, ServedModel] = {}
         self._cpu_pool: ThreadPoolExecutor | None = None
         self._job_pool: ThreadPoolExecutor | None = None
         self._ready = False
-        self._encoding: dict[tuple[str, str], asyncio.Future[CachedImage]] = {}
         self.metrics = Metrics()
 
     async def __aenter__(self) -> Self:
@@ -136,69 +127,50 @@ class EngineCore:
             self._cpu_pool = None
 
     def _load(self, spec: ModelSpec) -> ServedModel:
+        family = family_of(self.families, spec.name)
+        assert family.load_weights is not None
+        assert family.serve is not None
         placement = choose_placement(spec.device)
         started = time.perf_counter()
-        if is_siglip_name(spec.name):
-            loaded_siglip = self._siglip_loader(spec.name, spec.weights, device=placement.device)
-            location, source = loaded_siglip.weights_location, loaded_siglip.source
-            siglip_variant = loaded_siglip.variant
-            names = {siglip_variant.name, siglip_variant.hub_id}
-        else:
-            loaded = self._loader(
-                spec.name, spec.weights, spec.meta_config, device=placement.device
-            )
-            location, source = loaded.weights_location, loaded.source
-            variant = loaded.variant
-            names = {variant.name, variant.hub_id, variant.meta_checkpoint, variant.meta_config}
-            names.add(variant.meta_config.rsplit("/", 1)[-1])
+        loaded = family.load_weights(spec, placement.device)
         seconds = time.perf_counter() - started
-        if spec.alias:
-            names.add(spec.alias)
-        common = {
-            "spec": spec,
-            "placement": placement,
-            "names": frozenset(names),
-            "load_seconds": seconds,
-        }
-        served: ServedModel
-        if is_siglip_name(spec.name):
-            served = ServedSiglip(
-                loaded=loaded_siglip, **common, device_executor=self._thread(spec)
-            )
-        else:
-            served = ServedSam2(
-                loaded=loaded,
-                **common,
-                device_executor=self._thread(spec),
-                cache=FeatureCache(
-                    self.config.cache_bytes, on_change=self.metrics.cache_observer(variant.name)
-                ),
-                onnx=_onnx_encoder(spec, variant.name) if spec.backend == "onnxruntime" else None,
-            )
+        served = family.serve(loaded, spec, placement, seconds, self)
         logger.info(
             "loaded %s from %s (%s) on %s, compute %s, in %.1f s",
             served.name,
-            location,
-            source,
+            loaded.weights_location,
+            served.source,
             placement.device,
             placement.compute_dtype,
             seconds,
         )
         return served
 
-    @staticmethod
-    def _thread(spec: ModelSpec) -> ThreadPoolExecutor:
+    def family(self, name: str) -> ModelFamily:
+        """The registered family called ``name``.
+
+        Raises:
+            KeyError: No family of that name is registered.
+        """
+        for family in self.families:
+            if family.name == name:
+                return family
+        raise KeyError(f"no model family {name!r}; registered: {[f.name for f in self.families]}")
+
+    def device_thread(self, spec: ModelSpec) -> ThreadPoolExecutor:
+        """A new single thread for one model's forward passes."""
         return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"imgembed-{spec.name}")
 
     def resolve_model(
-        self, name: str | None, *, field_name: str = "model", family: Family | None = None
+        self, name: str | None, *, field_name: str = "model", family: str | None = None
     ) -> ServedModel:
         """The served model a request names, or the default (of ``family``) when it names none.
 
         Args:
             name: A model name or alias, or ``None``/empty for the default.
             field_name: The request field, for error messages.
-            family: The family the route needs; a model of another family is refused.
+            family: The family the route needs (a :class:`ModelFamily` name); a model of another
+                family is refused.
 
         Raises:
             UnknownModelError: No served model has that name, or it is of the wrong family; the
@@ -207,7 +179,7 @@ class EngineCore:
         candidates = [
             served for served in self._models.values() if family is None or served.family == family
         ]
-        wanted = FAMILY_NAMES[family] + " " if family is not None else ""
+        wanted = self.family(family).display_name + " " if family is not None else ""
         if name is None or name == "":
             if not candidates:
                 raise UnknownModelError(
@@ -218,11 +190,12 @@ class EngineCore:
             return candidates[0]
         served = self._by_name.get(name.lower())
         if served is None:
-            served = self._models.get(_canonical_name(name) or "")
+            served = self._models.get(self._canonical_name(name) or "")
         if served is not None and family is not None and served.family != family:
             raise UnknownModelError(
-                f"model {name!r} is a {FAMILY_NAMES[served.family]} model; this route needs a "
-                f"{wanted}model: {', '.join(sorted(c.name for c in candidates)) or 'none served'}",
+                f"model {name!r} is a {self.family(served.family).display_name} model; this "
+                f"route needs a {wanted}model: "
+                f"{', '.join(sorted(c.name for c in candidates)) or 'none served'}",
                 field=field_name,
             )
         if served is None:
@@ -234,17 +207,21 @@ class EngineCore:
             )
         return served
 
-    def resolve_sam2(self, name: str | None, *, field_name: str = "model") -> ServedSam2:
-        """The SAM 2 model a request names (see :meth:`resolve_model`)."""
-        served = self.resolve_model(name, field_name=field_name, family="sam2")
-        assert isinstance(served, ServedSam2)
+    def resolve_typed(
+        self, kind: type[ServedT], family: str, name: str | None, *, field_name: str = "model"
+    ) -> ServedT:
+        """:meth:`resolve_model` for a family whose served models are ``kind``."""
+        served = self.resolve_model(name, field_name=field_name, family=family)
+        if not isinstance(served, kind):
+            raise TypeError(f"{served.name} is a {type(served).__name__}, not a {kind.__name__}")
         return served
 
-    def resolve_siglip(self, name: str | None, *, field_name: str = "model") -> ServedSiglip:
-        """The SigLIP 2 model a request names (see :meth:`resolve_model`)."""
-        served = self.resolve_model(name, field_name=field_name, family="siglip")
-        assert isinstance(served, ServedSiglip)
-        return served
+    def _canonical_name(self, name: str) -> str | None:
+        """The canonical name of any spelling of a registered family's model, ``None`` if none."""
+        for family in self.families:
+            if family.canonical_name is not None and family.knows(name):
+                return family.canonical_name(name)
+        return None
 
     def device_memory(self) -> dict[str, int]:
         """Bytes held by tensors on each CUDA device serving a model (empty on CPU)."""
@@ -259,6 +236,12 @@ class EngineCore:
         """Runs CPU-bound work (decode, serialise) in the engine's worker pool."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._cpu_pool, function, *args)
+
+    async def run_job(self, function: Callable[[], ResultT]) -> ResultT:
+        """Runs a long pipeline (segment everything) on the job pool, whose threads wait on the
+        batchers without holding the CPU pool's threads that short requests need."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._job_pool, function)
 
     async def load_image(self, image: ImageInput) -> DecodedImage:
         """Fetches (for URLs) and decodes an image, off the event loop."""
@@ -276,43 +259,3 @@ class EngineCore:
         return await self.run_cpu(
             partial(decode_image, data, self.config.limits, field=image.field)
         )
-
-
-def _canonical_name(name: str) -> str | None:
-    """The canonical name of any spelling of a SAM 2 or SigLIP 2 model, ``None`` if unknown."""
-    for resolve in (resolve_variant, resolve_siglip_variant):
-        try:
-            return resolve(name).name
-        except UnknownModelError:
-            continue
-    return None
-
-
-def _onnx_encoder(spec: ModelSpec, model_name: str) -> Any:
-    """The ONNX Runtime backend of ``spec.onnx_dir``, checked to be an export of ``model_name``.
-
-    Raises:
-        ModelLoadError: No folder given, the onnx extra missing, or an export of another model.
-    """
-    if not spec.onnx_dir:
-        raise ModelLoadError(
-            f"the onnxruntime backend of {model_name} needs an export: run 'imgembed export onnx "
-            f"--model {model_name} --weights ... --out DIR' and set --onnx-dir DIR "
-            "(IMGEMBED_ONNX_DIR)"
-        )
-    try:
-        from imgembed.runtime.onnx_backend import OnnxSam2Backend
-    except ImportError as error:
-        raise ModelLoadError(
-            f"the onnxruntime backend needs the onnx extra: pip install 'imgembed[onnx]' ({error})"
-        ) from error
-    try:
-        backend = OnnxSam2Backend.from_dir(spec.onnx_dir)
-    except ImgembedError as error:
-        raise ModelLoadError(f"--onnx-dir {spec.onnx_dir}: {error.message}") from error
-    if backend.model_id != model_name:
-        raise ModelLoadError(
-            f"--onnx-dir {spec.onnx_dir} holds an export of {backend.model_id}, not {model_name}; "
-            f"export this model with 'imgembed export onnx --model {model_name}'"
-        )
-    return backend

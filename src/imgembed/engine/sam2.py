@@ -1,4 +1,5 @@
-"""SAM 2 tasks of the engine: embed, segment, and the pieces the v2 protocol calls."""
+"""The SAM 2 image family: its registry entry and its service (embed, segment, segment everything,
+and the pieces the v2 protocol calls)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,33 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from imgembed.config import ResizeMode
+from imgembed.config import ModelSpec, ResizeMode
+from imgembed.engine import sam2_everything
 from imgembed.engine.core import EngineCore
-from imgembed.engine.served import ServedSam2
-from imgembed.errors import NotFoundError, ServiceUnavailableError
+from imgembed.engine.feature_store import FeatureStore
+from imgembed.engine.registry import ModelFamily
+from imgembed.engine.sam2_everything import milliseconds
+from imgembed.engine.sam2_served import ServedSam2
+from imgembed.errors import ImgembedError, ModelLoadError, ServiceUnavailableError
 from imgembed.models.sam2 import Sam2Features
 from imgembed.models.sam2_decoder import Sam2MaskPrediction
+from imgembed.models.sam2_loading import LoadedSam2, load_sam2
+from imgembed.models.sam2_registry import resolve_variant
 from imgembed.pipelines import sam2_embed, sam2_segment
 from imgembed.pipelines.sam2_decode import DecodeJob
+from imgembed.pipelines.sam2_everything_params import Sam2EverythingParams
 from imgembed.preprocess.image import DecodedImage
 from imgembed.preprocess.sam2_frame import FrameMapping
+from imgembed.runtime.device import DevicePlacement
 from imgembed.runtime.feature_cache import CachedImage, image_id_for
 from imgembed.types import ImageInput
+
+FAMILY_NAME = "sam2"
+NOT_STARTED = "the engine is not started; use 'async with Engine(config)' or await start()"
 
 
 @dataclass(frozen=True)
@@ -63,10 +76,45 @@ class Sam2SegmentResult:
     timings_ms: dict[str, float]
 
 
-class Sam2Tasks(EngineCore):
-    """SAM 2 requests: features (cached by image), masks from prompts, and the v2 pieces."""
+@dataclass(frozen=True)
+class ImageFeatures:
+    """An image's encoder features as a request gets them.
 
-    async def sam2_image(
+    Attributes:
+        entry: The feature store's entry: ``image_id``, batch-1 features on the model's device
+            in its compute dtype, and the frame mapping.
+        model: The model whose features they are.
+        cache_hit: The features came from the store (cached, or another request's encoder
+            pass); the encoder did not run for this request.
+        seconds: Seconds per stage this request spent (decode, preprocess, encode).
+    """
+
+    entry: CachedImage
+    model: ServedSam2
+    cache_hit: bool
+    seconds: dict[str, float]
+
+
+class Sam2Service:
+    """SAM 2 requests: features (from the models' feature stores), masks from prompts, segment
+    everything, and the v2 pieces.
+
+    Args:
+        core: The engine's models, pools and image input.
+    """
+
+    def __init__(self, core: EngineCore) -> None:
+        self.core = core
+
+    async def close(self) -> None:
+        """Nothing to release: the models' batchers are the core's."""
+
+    def resolve(self, name: str | None, *, field_name: str = "model") -> ServedSam2:
+        """The SAM 2 model a request names, or the default one (see
+        :meth:`~imgembed.engine.core.EngineCore.resolve_model`)."""
+        return self.core.resolve_typed(ServedSam2, FAMILY_NAME, name, field_name=field_name)
+
+    async def image_features(
         self,
         image: ImageInput | None,
         *,
@@ -76,10 +124,9 @@ class Sam2Tasks(EngineCore):
         deadline: float | None = None,
         image_id_field: str = "image_id",
         decoded: DecodedImage | None = None,
-    ) -> tuple[CachedImage, ServedSam2, bool, dict[str, float]]:
-        """An image's encoder features: from the cache when they are there, else encoded and cached.
-
-        Concurrent requests for the same uncached image share one encoder pass.
+    ) -> ImageFeatures:
+        """An image's encoder features, from the model's :class:`FeatureStore`: cached, shared
+        with a concurrent request for the same image, or encoded now.
 
         Args:
             image: The image, or ``None`` when ``image_id`` names cached features.
@@ -92,77 +139,49 @@ class Sam2Tasks(EngineCore):
             decoded: ``image`` already decoded by the caller (it is not fetched or decoded again).
 
         Returns:
-            The cache entry (features on the model's device in its compute dtype, batch 1, and the
-            frame mapping), the model, whether it was a cache hit, and seconds per stage.
+            The features, the model, whether they came from the store, and seconds per stage.
 
         Raises:
             NotFoundError: ``image_id`` is not (or no longer) cached for this model (404).
             QueueFullError: The model's queue is full (429).
             DeadlineExceededError: The deadline passed before the encoder ran (504).
         """
-        served = self.resolve_sam2(model)
+        served = self.resolve(model)
         if served.batcher is None:
-            raise ServiceUnavailableError(
-                "the engine is not started; use 'async with Engine(config)' or await start()"
-            )
+            raise ServiceUnavailableError(NOT_STARTED)
         if image is None:
-            cached = served.cache.get(image_id or "")
-            if cached is None:
-                raise NotFoundError(
-                    f"image_id {image_id!r} is not in {served.name}'s embedding cache (it expired "
-                    "or was never cached here); send the image again (image_b64, input_image_url or "
-                    "a file) and use the image_id of that response",
-                    field=image_id_field,
-                )
-            return cached, served, True, {}
+            entry = served.features.cached(image_id or "", field=image_id_field)
+            return ImageFeatures(entry, served, True, {})
         if deadline is None:
-            deadline = time.monotonic() + self.config.request_timeout_s
+            deadline = time.monotonic() + self.core.config.request_timeout_s
         options = sam2_embed.Sam2EmbedOptions(
-            resize_mode=resize_mode or self.config.default_resize_mode
+            resize_mode=resize_mode or self.core.config.default_resize_mode
         )
         started = time.perf_counter()
         served.batcher.refuse_if_full(served.preparing)
         served.preparing += 1
         try:
             if decoded is None:
-                decoded = await self.load_image(image)
-            image_key = await self.run_cpu(image_id_for, decoded.pixels, options.resize_mode)
+                decoded = await self.core.load_image(image)
+            image_key = await self.core.run_cpu(image_id_for, decoded.pixels, options.resize_mode)
         finally:
             served.preparing -= 1
         decoded_at = time.perf_counter()
-        timings = {"decode": decoded_at - started}
-        cached = served.cache.get(image_key)
-        if cached is not None:
-            return cached, served, True, timings
-        pending_key = (served.name, image_key)
-        while (pending := self._encoding.get(pending_key)) is not None:
-            try:
-                return await asyncio.shield(pending), served, True, timings
-            except asyncio.CancelledError:
-                if not pending.cancelled():
-                    raise  # this request was cancelled, not the one encoding the image
-        future: asyncio.Future[CachedImage] = asyncio.get_running_loop().create_future()
-        self._encoding[pending_key] = future
-        try:
-            prepared = await self.run_cpu(sam2_embed.prepare, decoded, options)
-            prepared_at = time.perf_counter()
-            features = await served.batcher.submit(prepared.pixel_values, deadline=deadline)
-            timings["preprocess"] = prepared_at - decoded_at
-            timings["encode"] = time.perf_counter() - prepared_at
-            cached = served.cache.put(image_key, _own_storage(features), prepared.mapping)
-            future.set_result(cached)
-        except asyncio.CancelledError:
-            future.cancel()  # requests waiting on this one encode the image themselves
-            raise
-        except BaseException as error:
-            future.set_exception(error)
-            future.exception()  # marks it retrieved when no other request waits on it
-            raise
-        finally:
-            del self._encoding[pending_key]
-        return cached, served, False, timings
+        seconds = {"decode": decoded_at - started}
+        batcher = served.batcher
 
-    async def sam2_embed(
+        async def encode() -> tuple[Sam2Features, FrameMapping]:
+            prepared = await self.core.run_cpu(sam2_embed.prepare, decoded, options)
+            prepared_at = time.perf_counter()
+            features = await batcher.submit(prepared.pixel_values, deadline=deadline)
+            seconds["preprocess"] = prepared_at - decoded_at
+            seconds["encode"] = time.perf_counter() - prepared_at
+            return features, prepared.mapping
+
+        entry, hit = await served.features.get_or_encode(image_key, encode)
+        return ImageFeatures(entry, served, hit, seconds)
+
+    async def embed(
         self,
         image: ImageInput | None,
         *,
@@ -192,7 +211,7 @@ class Sam2Tasks(EngineCore):
             DeadlineExceededError: The deadline passed before the encoder ran (504).
         """
         options = options or sam2_embed.Sam2EmbedOptions()
-        cached, served, hit, timings = await self.sam2_image(
+        found = await self.image_features(
             image,
             image_id=image_id,
             model=model,
@@ -200,18 +219,21 @@ class Sam2Tasks(EngineCore):
             deadline=deadline,
             image_id_field=f"{field_prefix}image_id",
         )
+        entry, timings = found.entry, found.seconds
         finishing_at = time.perf_counter()
-        embedding = await self.run_cpu(sam2_embed.finish, cached.features, cached.mapping, options)
+        embedding = await self.core.run_cpu(
+            sam2_embed.finish, entry.features, entry.mapping, options
+        )
         timings["postprocess"] = time.perf_counter() - finishing_at
         return Sam2EmbedResult(
             embedding=embedding,
-            model=served,
-            image_id=cached.image_id,
-            cache_hit=hit,
-            timings_ms=_milliseconds(timings),
+            model=found.model,
+            image_id=entry.image_id,
+            cache_hit=found.cache_hit,
+            timings_ms=milliseconds(timings),
         )
 
-    async def sam2_segment(
+    async def segment(
         self,
         image: ImageInput | None,
         objects: Sequence[sam2_segment.SegmentObject],
@@ -246,7 +268,7 @@ class Sam2Tasks(EngineCore):
             DeadlineExceededError: The deadline passed before the encoder ran (504).
         """
         options = options or sam2_segment.SegmentOptions()
-        cached, served, hit, timings = await self.sam2_image(
+        found = await self.image_features(
             image,
             image_id=image_id,
             model=model,
@@ -254,10 +276,11 @@ class Sam2Tasks(EngineCore):
             deadline=deadline,
             image_id_field=f"{field_prefix}image_id",
         )
+        cached, served, timings = found.entry, found.model, found.seconds
         sam2_segment.check_in_image(objects, cached.mapping.orig_hw)
         decoding_at = time.perf_counter()
         groups = sam2_segment.build_prompt_groups(objects, cached.mapping)
-        predictions = await self.sam2_decode_jobs(
+        predictions = await self.decode_jobs(
             served,
             [
                 DecodeJob(
@@ -280,7 +303,7 @@ class Sam2Tasks(EngineCore):
                 per_object[index] = (prediction.masks[row], prediction.iou_predictions[row])
         results = await asyncio.gather(
             *(
-                self.run_cpu(_postprocess_object, logits, scores, cached.mapping, options)
+                self.core.run_cpu(_postprocess_object, logits, scores, cached.mapping, options)
                 for logits, scores in per_object
             )
         )
@@ -291,11 +314,11 @@ class Sam2Tasks(EngineCore):
             mapping=cached.mapping,
             model=served,
             image_id=cached.image_id,
-            cache_hit=hit,
-            timings_ms=_milliseconds(timings),
+            cache_hit=found.cache_hit,
+            timings_ms=milliseconds(timings),
         )
 
-    async def sam2_prepare_images(
+    async def prepare_images(
         self, images: Sequence[ImageInput], *, resize_mode: ResizeMode = "stretch"
     ) -> list[sam2_embed.PreparedSam2Image]:
         """Fetches, decodes and preprocesses images for the SAM 2 encoder, concurrently.
@@ -314,12 +337,12 @@ class Sam2Tasks(EngineCore):
         options = sam2_embed.Sam2EmbedOptions(resize_mode=resize_mode)
 
         async def prepare(image: ImageInput) -> sam2_embed.PreparedSam2Image:
-            decoded = await self.load_image(image)
-            return await self.run_cpu(sam2_embed.prepare, decoded, options)
+            decoded = await self.core.load_image(image)
+            return await self.core.run_cpu(sam2_embed.prepare, decoded, options)
 
         return list(await asyncio.gather(*(prepare(image) for image in images)))
 
-    async def sam2_encode_pixels(
+    async def encode_pixels(
         self,
         pixel_values: Sequence[torch.Tensor],
         *,
@@ -345,13 +368,11 @@ class Sam2Tasks(EngineCore):
             DeadlineExceededError: The deadline passed before an image was encoded (504).
             ServiceUnavailableError: The engine is not started.
         """
-        served = self.resolve_sam2(model)
+        served = self.resolve(model)
         if served.batcher is None:
-            raise ServiceUnavailableError(
-                "the engine is not started; use 'async with Engine(config)' or await start()"
-            )
+            raise ServiceUnavailableError(NOT_STARTED)
         if deadline is None:
-            deadline = time.monotonic() + self.config.request_timeout_s
+            deadline = time.monotonic() + self.core.config.request_timeout_s
         batcher = served.batcher
         tasks = [
             asyncio.ensure_future(batcher.submit(pixels, deadline=deadline))
@@ -365,7 +386,7 @@ class Sam2Tasks(EngineCore):
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    async def sam2_decode(
+    async def decode(
         self,
         features: Sam2Features,
         point_coords: torch.Tensor,
@@ -398,12 +419,12 @@ class Sam2Tasks(EngineCore):
             DeadlineExceededError: The deadline passed before the prompts were decoded (504).
             ServiceUnavailableError: The engine is not started.
         """
-        served = self.resolve_sam2(model)
+        served = self.resolve(model)
         job = DecodeJob(features, point_coords, point_labels, mask_input, has_mask_input)
-        (prediction,) = await self.sam2_decode_jobs(served, [job], deadline=deadline)
+        (prediction,) = await self.decode_jobs(served, [job], deadline=deadline)
         return Sam2MaskPrediction(prediction.masks.cpu(), prediction.iou_predictions.cpu())
 
-    async def sam2_decode_jobs(
+    async def decode_jobs(
         self, served: ServedSam2, jobs: Sequence[DecodeJob], *, deadline: float | None = None
     ) -> list[Sam2MaskPrediction]:
         """Submits a request's decode jobs to the model's decoder batcher and waits for all.
@@ -427,11 +448,9 @@ class Sam2Tasks(EngineCore):
             ServiceUnavailableError: The engine is not started.
         """
         if served.decoder is None:
-            raise ServiceUnavailableError(
-                "the engine is not started; use 'async with Engine(config)' or await start()"
-            )
+            raise ServiceUnavailableError(NOT_STARTED)
         if deadline is None:
-            deadline = time.monotonic() + self.config.request_timeout_s
+            deadline = time.monotonic() + self.core.config.request_timeout_s
         decoder = served.decoder
         tasks = [asyncio.ensure_future(decoder.submit(job, deadline=deadline)) for job in jobs]
         try:
@@ -441,6 +460,20 @@ class Sam2Tasks(EngineCore):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+
+    async def segment_everything(
+        self,
+        image: ImageInput,
+        *,
+        model: str | None = None,
+        params: Sam2EverythingParams | None = None,
+        deadline: float | None = None,
+    ) -> sam2_everything.Sam2EverythingResult:
+        """Finds every object in an image; see
+        :func:`~imgembed.engine.sam2_everything.segment_everything`."""
+        return await sam2_everything.segment_everything(
+            self, image, model=model, params=params, deadline=deadline
+        )
 
 
 def _postprocess_object(
@@ -453,13 +486,73 @@ def _postprocess_object(
     return sam2_segment.postprocess_object(low_res_logits.cpu(), scores.cpu(), mapping, options)
 
 
-def _milliseconds(seconds: dict[str, float]) -> dict[str, float]:
-    return {stage: round(value * 1000, 2) for stage, value in seconds.items()}
+def _onnx_encoder(spec: ModelSpec, model_name: str) -> Any:
+    """The ONNX Runtime backend of ``spec.onnx_dir``, checked to be an export of ``model_name``.
+
+    Raises:
+        ModelLoadError: No folder given, the onnx extra missing, or an export of another model.
+    """
+    if not spec.onnx_dir:
+        raise ModelLoadError(
+            f"the onnxruntime backend of {model_name} needs an export: run 'imgembed export onnx "
+            f"--model {model_name} --weights ... --out DIR' and set --onnx-dir DIR "
+            "(IMGEMBED_ONNX_DIR)"
+        )
+    try:
+        from imgembed.runtime.onnx_backend import OnnxSam2Backend
+    except ImportError as error:
+        raise ModelLoadError(
+            f"the onnxruntime backend needs the onnx extra: pip install 'imgembed[onnx]' ({error})"
+        ) from error
+    try:
+        backend = OnnxSam2Backend.from_dir(spec.onnx_dir)
+    except ImgembedError as error:
+        raise ModelLoadError(f"--onnx-dir {spec.onnx_dir}: {error.message}") from error
+    if backend.model_id != model_name:
+        raise ModelLoadError(
+            f"--onnx-dir {spec.onnx_dir} holds an export of {backend.model_id}, not {model_name}; "
+            f"export this model with 'imgembed export onnx --model {model_name}'"
+        )
+    return backend
 
 
-def _own_storage(features: Sam2Features) -> Sam2Features:
-    """The features with their own storage: a view into a batch would keep the whole batch alive."""
-    tensors = (features.image_embed, features.high_res_feats_0, features.high_res_feats_1)
-    if all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in tensors):
-        return features
-    return Sam2Features(*(tensor.clone() for tensor in tensors))
+def _serve(
+    loaded: LoadedSam2,
+    spec: ModelSpec,
+    placement: DevicePlacement,
+    seconds: float,
+    core: EngineCore,
+) -> ServedSam2:
+    """Wraps loaded SAM 2 weights as a served model with its feature store and backend."""
+    variant = loaded.variant
+    names = {variant.name, variant.hub_id, variant.meta_checkpoint, variant.meta_config}
+    names.add(variant.meta_config.rsplit("/", 1)[-1])
+    if spec.alias:
+        names.add(spec.alias)
+    return ServedSam2(
+        loaded=loaded,
+        spec=spec,
+        placement=placement,
+        names=frozenset(names),
+        load_seconds=seconds,
+        device_executor=core.device_thread(spec),
+        features=FeatureStore(
+            variant.name,
+            core.config.cache_bytes,
+            on_change=core.metrics.cache_observer(variant.name),
+        ),
+        onnx=_onnx_encoder(spec, variant.name) if spec.backend == "onnxruntime" else None,
+    )
+
+
+SAM2_FAMILY = ModelFamily(
+    name=FAMILY_NAME,
+    display_name="SAM 2",
+    service=Sam2Service,
+    canonical_name=lambda name: resolve_variant(name).name,
+    load_weights=lambda spec, device: load_sam2(
+        spec.name, spec.weights, spec.meta_config, device=device
+    ),
+    serve=_serve,
+)
+"""SAM 2 and 2.1 image models: features, masks from prompts, segment everything."""

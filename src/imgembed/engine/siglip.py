@@ -1,4 +1,5 @@
-"""SigLIP 2 tasks of the engine: image and text embeddings, one bad image never failing the rest."""
+"""The SigLIP 2 family: its registry entry and its service (image and text embeddings, one bad
+image never failing the rest)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from imgembed.config import ModelSpec
 from imgembed.engine.core import EngineCore
-from imgembed.engine.served import ServedSiglip
+from imgembed.engine.registry import ModelFamily
+from imgembed.engine.siglip_served import ServedSiglip
 from imgembed.errors import DeadlineExceededError, ImgembedError, InvalidInputError
+from imgembed.models.siglip_loading import LoadedSiglip, load_siglip
+from imgembed.models.siglip_registry import resolve_siglip_variant
 from imgembed.pipelines import siglip_embed
+from imgembed.runtime.device import DevicePlacement
 from imgembed.types import ImageInput
+
+FAMILY_NAME = "siglip"
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +57,25 @@ class SiglipImagesResult:
     timings_ms: dict[str, float]
 
 
-class SiglipTasks(EngineCore):
-    """SigLIP 2 requests: image batches with per-image failures, and texts."""
+class SiglipService:
+    """SigLIP 2 requests: image batches with per-image failures, and texts.
 
-    async def siglip_embed_images(
+    Args:
+        core: The engine's models, pools and image input.
+    """
+
+    def __init__(self, core: EngineCore) -> None:
+        self.core = core
+
+    async def close(self) -> None:
+        """Nothing to release: the models' batchers are the core's."""
+
+    def resolve(self, name: str | None, *, field_name: str = "model") -> ServedSiglip:
+        """The SigLIP 2 model a request names, or the default one (see
+        :meth:`~imgembed.engine.core.EngineCore.resolve_model`)."""
+        return self.core.resolve_typed(ServedSiglip, FAMILY_NAME, name, field_name=field_name)
+
+    async def embed_images(
         self,
         images: Sequence[ImageInput],
         *,
@@ -82,8 +105,8 @@ class SiglipTasks(EngineCore):
             UnknownModelError: No such SigLIP model is served.
             InvalidInputError: The batch is empty or larger than the configured limit.
         """
-        served = self.resolve_siglip(model, field_name=f"{field_prefix}model")
-        limit = self.config.limits.max_batch_images
+        served = self.resolve(model, field_name=f"{field_prefix}model")
+        limit = self.core.config.limits.max_batch_images
         if not images:
             raise InvalidInputError(
                 f"{field_prefix}images is empty; send at least one image",
@@ -97,7 +120,7 @@ class SiglipTasks(EngineCore):
             )
         options = options or siglip_embed.SiglipEmbedOptions()
         if deadline is None:
-            deadline = time.monotonic() + self.config.request_timeout_s
+            deadline = time.monotonic() + self.core.config.request_timeout_s
         started = time.perf_counter()
         tasks = [
             asyncio.ensure_future(self._embed_one(served, image, options, deadline))
@@ -142,15 +165,15 @@ class SiglipTasks(EngineCore):
         served.image_batcher.refuse_if_full(served.preparing)
         served.preparing += 1
         try:
-            decoded = await self.load_image(image)
-            prepared = await self.run_cpu(
+            decoded = await self.core.load_image(image)
+            prepared = await self.core.run_cpu(
                 siglip_embed.prepare_image, decoded, served.loaded.image_processing, options
             )
         finally:
             served.preparing -= 1
         return await served.image_batcher.submit(prepared, deadline=deadline)
 
-    async def siglip_embed_texts(
+    async def embed_texts(
         self,
         texts: Sequence[str],
         *,
@@ -172,12 +195,13 @@ class SiglipTasks(EngineCore):
         Raises:
             InvalidInputError: Empty list, too many texts, a blank, non-string or too long text.
         """
-        served = self.resolve_siglip(model, field_name=f"{field_prefix}model")
+        served = self.resolve(model, field_name=f"{field_prefix}model")
         field = f"{field_prefix}texts"
-        check_texts(texts, self.config.limits.max_texts, self.config.limits.max_text_chars, field)
+        limits = self.core.config.limits
+        check_texts(texts, limits.max_texts, limits.max_text_chars, field)
         if deadline is None:
-            deadline = time.monotonic() + self.config.request_timeout_s
-        input_ids = await self.run_cpu(
+            deadline = time.monotonic() + self.core.config.request_timeout_s
+        input_ids = await self.core.run_cpu(
             siglip_embed.prepare_texts, served.loaded.tokenizer, list(texts)
         )  # [N,L]
         assert served.text_batcher is not None
@@ -222,3 +246,35 @@ def check_texts(texts: object, max_texts: int, max_chars: int, field: str) -> No
                 "tokens, about 250 characters, so longer text would be cut anyway)",
                 field=where,
             )
+
+
+def _serve(
+    loaded: LoadedSiglip,
+    spec: ModelSpec,
+    placement: DevicePlacement,
+    seconds: float,
+    core: EngineCore,
+) -> ServedSiglip:
+    """Wraps loaded SigLIP 2 weights as a served model with its image and text batchers."""
+    names = {loaded.variant.name, loaded.variant.hub_id}
+    if spec.alias:
+        names.add(spec.alias)
+    return ServedSiglip(
+        loaded=loaded,
+        spec=spec,
+        placement=placement,
+        names=frozenset(names),
+        load_seconds=seconds,
+        device_executor=core.device_thread(spec),
+    )
+
+
+SIGLIP_FAMILY = ModelFamily(
+    name=FAMILY_NAME,
+    display_name="SigLIP 2",
+    service=SiglipService,
+    canonical_name=lambda name: resolve_siglip_variant(name).name,
+    load_weights=lambda spec, device: load_siglip(spec.name, spec.weights, device=device),
+    serve=_serve,
+)
+"""SigLIP 2 image and text embeddings (FixRes and NaFlex)."""

@@ -17,7 +17,7 @@ import logging
 import os
 from typing import Any
 
-from imgembed.engine import Engine
+from imgembed.engine import Engine, Sam2Service, SiglipService
 from imgembed.errors import ImgembedError, InvalidInputError
 from imgembed.schemas import Sam2EmbedRequest, image_source, parse_request, sam2_embed_inputs
 from imgembed.segment_schemas import Sam2EverythingRequest, Sam2SegmentRequest, segment_objects
@@ -54,11 +54,11 @@ async def _embed_image(engine: Engine, job_input: dict[str, Any]) -> dict[str, A
             "npz_base64 or npz_base64_uncompressed",
             field="input.encoding",
         )
-    served = engine.resolve_sam2(body.model, field_name="input.model")
+    served = engine.service(Sam2Service).resolve(body.model, field_name="input.model")
     image, options = sam2_embed_inputs(
         body, default_resize_mode=engine.config.default_resize_mode, prefix="input."
     )
-    result = await engine.sam2_embed(
+    result = await engine.service(Sam2Service).embed(
         image, image_id=body.image_id, model=served.name, options=options, field_prefix="input."
     )
     return await engine.run_cpu(sam2_embed_json, result, body.encoding)
@@ -69,8 +69,8 @@ async def _segment(engine: Engine, job_input: dict[str, Any]) -> dict[str, Any]:
     assert isinstance(body, Sam2SegmentRequest)
     image = image_source(body, upload=None, prefix="input.")
     objects = segment_objects(body, engine.config.limits, prefix="input.")
-    served = engine.resolve_sam2(body.model, field_name="input.model")
-    result = await engine.sam2_segment(
+    served = engine.service(Sam2Service).resolve(body.model, field_name="input.model")
+    result = await engine.service(Sam2Service).segment(
         image,
         objects,
         image_id=body.image_id,
@@ -90,8 +90,8 @@ async def _segment_everything(engine: Engine, job_input: dict[str, Any]) -> dict
     image = image_source(body, upload=None, prefix="input.")
     assert image is not None  # the request has no image_id field
     params = body.params(prefix="input.")
-    served = engine.resolve_sam2(body.model, field_name="input.model")
-    result = await engine.sam2_segment_everything(image, model=served.name, params=params)
+    served = engine.service(Sam2Service).resolve(body.model, field_name="input.model")
+    result = await engine.service(Sam2Service).segment_everything(image, model=served.name, params=params)
     return await engine.run_cpu(sam2_everything_json, result, body.output_mode)
 
 
@@ -99,14 +99,14 @@ async def _embed_images(engine: Engine, job_input: dict[str, Any]) -> dict[str, 
     body = parse_request(SiglipEmbedRequest, job_input, prefix="input.")
     assert isinstance(body, SiglipEmbedRequest)
     images = image_inputs(body.images, field="input.images")
-    result = await engine.siglip_embed_images(images, model=body.model, field_prefix="input.")
+    result = await engine.service(SiglipService).embed_images(images, model=body.model, field_prefix="input.")
     return await engine.run_cpu(siglip_images_json, result, images)
 
 
 async def _embed_texts(engine: Engine, job_input: dict[str, Any]) -> dict[str, Any]:
     body = parse_request(SiglipTextRequest, job_input, prefix="input.")
     assert isinstance(body, SiglipTextRequest)
-    vectors, served = await engine.siglip_embed_texts(
+    vectors, served = await engine.service(SiglipService).embed_texts(
         body.texts, model=body.model, field_prefix="input."
     )
     return await engine.run_cpu(siglip_texts_json, vectors, served)

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 
 from imgembed.collection_schemas import AddItemsRequest, DeleteItemsRequest, SearchRequest
-from imgembed.engine import Engine
+from imgembed.engine import CollectionService, Engine
 from imgembed.errors import InvalidInputError
 from imgembed.schemas import parse_request
 from imgembed.search.store import CollectionInfo, Item
@@ -25,6 +25,10 @@ router = APIRouter(tags=["collections"])
 
 def _engine(request: Request) -> Engine:
     return request.app.state.engine
+
+
+def _collections(request: Request) -> CollectionService:
+    return _engine(request).service(CollectionService)
 
 
 async def _body(request: Request) -> Any:
@@ -53,18 +57,18 @@ def _item(item: Item) -> dict[str, Any]:
 
 @router.get("/v1/collections", summary="List collections")
 async def list_collections(request: Request) -> dict[str, Any]:
-    infos = await _engine(request).collection_call("list_collections")
+    infos = await _collections(request).list_collections()
     return {"collections": [_info(info) for info in infos]}
 
 
 @router.get("/v1/collections/{name}", summary="Describe a collection")
 async def get_collection(request: Request, name: str) -> dict[str, Any]:
-    return _info(await _engine(request).collection_call("get_collection", name))
+    return _info(await _collections(request).get_collection(name))
 
 
 @router.delete("/v1/collections/{name}", summary="Delete a collection and its items")
 async def delete_collection(request: Request, name: str) -> dict[str, Any]:
-    await _engine(request).collection_call("delete_collection", name)
+    await _collections(request).delete_collection(name)
     return {"deleted": name}
 
 
@@ -80,7 +84,7 @@ async def add_items(request: Request, name: str) -> dict[str, Any]:
     body = parse_request(AddItemsRequest, await _body(request))
     assert isinstance(body, AddItemsRequest)
     items = body.new_items(engine.config.limits.max_batch_images)
-    outcome = await engine.collection_add(
+    outcome = await engine.service(CollectionService).add(
         name, items, model=body.model, on_conflict=body.on_conflict
     )
     response: dict[str, Any] = {
@@ -113,8 +117,8 @@ async def list_items(
     after: str | None = Query(default=None, description="next_after of the previous page"),
     with_vectors: bool = Query(default=False),
 ) -> dict[str, Any]:
-    page = await _engine(request).collection_call(
-        "list_items", name, limit=limit, after=after, with_vectors=with_vectors
+    page = await _collections(request).list_items(
+        name, limit=limit, after=after, with_vectors=with_vectors
     )
     return {"items": [_item(item) for item in page.items], "next_after": page.next_after}
 
@@ -123,7 +127,7 @@ async def list_items(
 async def delete_items(request: Request, name: str) -> dict[str, Any]:
     body = parse_request(DeleteItemsRequest, await _body(request))
     assert isinstance(body, DeleteItemsRequest)
-    deleted = await _engine(request).collection_call("delete_items", name, body.ids)
+    deleted = await _collections(request).delete_items(name, body.ids)
     return {"deleted": deleted}
 
 
@@ -140,7 +144,7 @@ async def search(request: Request, name: str) -> dict[str, Any]:
     image = None if body.image is None else image_input(body.image, "image")
     if body.text is not None and not body.text.strip():
         raise InvalidInputError("text is empty; send some words", field="text")
-    hits, model = await engine.collection_search(
+    hits, model = await engine.service(CollectionService).search(
         name,
         image=image,
         text=body.text,

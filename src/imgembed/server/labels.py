@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import Request
 
 from imgembed.engine import Engine
-from imgembed.engine.served import Family
 from imgembed.errors import ImgembedError
 
 UNRESOLVED_MODEL = "unresolved"
@@ -14,7 +13,7 @@ client could create any number of label values."""
 
 
 def label_model(
-    request: Request, engine: Engine, named: object = None, family: Family | None = None
+    request: Request, engine: Engine, named: object = None, family: str | None = None
 ) -> None:
     """Labels the request with the model it addresses, so a refusal still counts against it.
 
@@ -23,7 +22,7 @@ def label_model(
         engine: The engine that resolves names.
         named: The ``model`` field as the client sent it (any JSON value); ``None`` for the
             family's default model.
-        family: The route's model family.
+        family: The route's model family (a registered family's name).
     """
     try:
         served = (

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from imgembed.codecs import BINARY_HEADER_LENGTH, BINARY_MEDIA_TYPE
-from imgembed.engine import Engine
+from imgembed.engine import Engine, Sam2Service
 from imgembed.errors import InvalidInputError, UnsupportedMediaTypeError
 from imgembed.metrics import CONTENT_TYPE
 from imgembed.schemas import Sam2EmbedRequest, image_source, parse_request, sam2_embed_inputs
@@ -160,12 +160,12 @@ async def sam2_embed(request: Request) -> Response:
         upload=upload,
         upload_field=upload_field,
     )
-    served = engine.resolve_sam2(body.model)
+    served = engine.service(Sam2Service).resolve(body.model)
     request.state.model = served.name
     try:
         result = await unless_disconnected(
             request,
-            engine.sam2_embed(image, image_id=body.image_id, model=served.name, options=options),
+            engine.service(Sam2Service).embed(image, image_id=body.image_id, model=served.name, options=options),
         )
     except ClientDisconnectedError:
         logger.info("client closed the connection; request %s dropped", request.state.request_id)
@@ -207,9 +207,9 @@ async def sam2_segment(request: Request) -> Response:
     assert isinstance(body, Sam2SegmentRequest)
     image = image_source(body, upload=upload, upload_field=upload_field)
     objects = segment_objects(body, engine.config.limits)
-    served = engine.resolve_sam2(body.model)
+    served = engine.service(Sam2Service).resolve(body.model)
     request.state.model = served.name
-    work = engine.sam2_segment(
+    work = engine.service(Sam2Service).segment(
         image,
         objects,
         image_id=body.image_id,
@@ -254,10 +254,10 @@ async def sam2_segment_everything(request: Request) -> Response:
     assert isinstance(body, Sam2EverythingRequest)
     image = image_source(body, upload=upload, upload_field=upload_field)
     params = body.params()
-    served = engine.resolve_sam2(body.model)
+    served = engine.service(Sam2Service).resolve(body.model)
     request.state.model = served.name
     assert image is not None  # the request has no image_id field
-    work = engine.sam2_segment_everything(image, model=served.name, params=params)
+    work = engine.service(Sam2Service).segment_everything(image, model=served.name, params=params)
     try:
         result = await unless_disconnected(request, work)
     except ClientDisconnectedError:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 
-from imgembed.engine import Engine
+from imgembed.engine import Engine, SiglipService
 from imgembed.errors import InvalidInputError, UnsupportedMediaTypeError
 from imgembed.schemas import parse_request
 from imgembed.server.disconnect import (
@@ -111,9 +111,9 @@ async def siglip_embed(request: Request) -> Response:
         body = parse_request(SiglipEmbedRequest, payload)
         assert isinstance(body, SiglipEmbedRequest)
         images, model = image_inputs(body.images), body.model
-    served = engine.resolve_siglip(model)
+    served = engine.service(SiglipService).resolve(model)
     request.state.model = served.name
-    work = engine.siglip_embed_images(images, model=served.name)
+    work = engine.service(SiglipService).embed_images(images, model=served.name)
     return await _respond(request, work, lambda result: siglip_images_json(result, images))
 
 
@@ -130,9 +130,9 @@ async def siglip_embed_text(request: Request) -> Response:
     label_model(request, engine, named_model(payload), "siglip")
     body = parse_request(SiglipTextRequest, payload)
     assert isinstance(body, SiglipTextRequest)
-    served = engine.resolve_siglip(body.model)
+    served = engine.service(SiglipService).resolve(body.model)
     request.state.model = served.name
-    work = engine.siglip_embed_texts(body.texts, model=served.name)
+    work = engine.service(SiglipService).embed_texts(body.texts, model=served.name)
     return await _respond(request, work, lambda result: siglip_texts_json(*result))
 
 
@@ -151,7 +151,7 @@ async def openai_embeddings(request: Request) -> Response:
     label_model(request, engine, named_model(payload), "siglip")
     body = parse_request(OpenAIEmbeddingsRequest, payload)
     assert isinstance(body, OpenAIEmbeddingsRequest)
-    served = engine.resolve_siglip(body.model)
+    served = engine.service(SiglipService).resolve(body.model)
     request.state.model = served.name
     if body.dimensions is not None and body.dimensions != served.loaded.embedding_dim:
         raise InvalidInputError(
@@ -186,7 +186,7 @@ async def _openai_vectors(engine: Engine, inputs: list[str], model: str) -> np.n
     if image_positions:
         images = [ImageURL(inputs[i], field=f"input[{i}]") for i in image_positions]
         try:
-            result = await engine.siglip_embed_images(images, model=model)
+            result = await engine.service(SiglipService).embed_images(images, model=model)
         except InvalidInputError as error:
             raise _renamed(error, image_positions, "images") from error
         for position, outcome in zip(image_positions, result.outcomes, strict=True):
@@ -197,7 +197,9 @@ async def _openai_vectors(engine: Engine, inputs: list[str], model: str) -> np.n
     if text_positions:
         texts = [inputs[i] for i in text_positions]
         try:
-            embedded, _ = await engine.siglip_embed_texts(texts, model=model, field_prefix="")
+            embedded, _ = await engine.service(SiglipService).embed_texts(
+                texts, model=model, field_prefix=""
+            )
         except InvalidInputError as error:
             raise _renamed(error, text_positions) from error
         for position, vector in zip(text_positions, embedded, strict=True):

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgembed.engine import Engine, ServedModel, ServedSam2
+from imgembed.engine import Engine, Sam2Service, ServedModel, ServedSam2
 from imgembed.errors import InvalidInputError
 from imgembed.models.sam2 import (
     HIGH_RES_FEATS_0_SHAPE,
@@ -181,9 +181,9 @@ class Sam2EncoderModel(V2Model):
                 else ImageBase64(data, field=f"image_bytes[{index}]")
                 for index, data in enumerate(files)
             ]
-            prepared = await engine.sam2_prepare_images(images_in, resize_mode="stretch")
+            prepared = await engine.service(Sam2Service).prepare_images(images_in, resize_mode="stretch")
             pixel_values = [item.pixel_values for item in prepared]
-        features = await engine.sam2_encode_pixels(
+        features = await engine.service(Sam2Service).encode_pixels(
             pixel_values, model=self.served.name, deadline=deadline
         )
         return await engine.run_cpu(_stack_features, features)
@@ -275,7 +275,7 @@ class Sam2DecoderModel(V2Model):
             high_res_feats_0=torch.from_numpy(tensors["high_res_feats_0"]),
             high_res_feats_1=torch.from_numpy(tensors["high_res_feats_1"]),
         )
-        prediction = await engine.sam2_decode(
+        prediction = await engine.service(Sam2Service).decode(
             features,
             torch.from_numpy(coords),
             torch.from_numpy(labels).long(),

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from imgembed.engine import Engine, ServedSiglip
+from imgembed.engine import Engine, ServedSiglip, SiglipService
 from imgembed.errors import InvalidInputError
 from imgembed.server.v2_models import V2Model
 from imgembed.server.v2_tensors import TensorSpec
@@ -37,7 +37,7 @@ class SiglipImageModel(V2Model):
             else ImageBase64(data, field=f"image_bytes[{index}]")
             for index, data in enumerate(files)
         ]
-        result = await engine.siglip_embed_images(images, model=self.served.name, deadline=deadline)
+        result = await engine.service(SiglipService).embed_images(images, model=self.served.name, deadline=deadline)
         for outcome in result.outcomes:
             if outcome.error is not None:
                 raise outcome.error
@@ -64,7 +64,7 @@ class SiglipTextModel(V2Model):
                         field=f"text[{index}]",
                     ) from error
             texts.append(value)
-        vectors, _ = await engine.siglip_embed_texts(
+        vectors, _ = await engine.service(SiglipService).embed_texts(
             texts, model=self.served.name, deadline=deadline
         )
         return {"embeddings": vectors.astype(np.float32)}

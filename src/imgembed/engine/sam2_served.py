@@ -1,0 +1,145 @@
+"""A SAM 2 model as the engine serves it: encoder and decoder batchers, the feature store."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from imgembed.config import (
+    DECODER_BATCH_SIZE_ON_GPU,
+    DEFAULT_BATCH_SIZE,
+    SAM2_ENCODER_BATCH_SIZE_ON_CPU,
+    BatchingSettings,
+)
+from imgembed.engine.feature_store import FeatureStore
+from imgembed.engine.served import ServedModel
+from imgembed.metrics import Metrics
+from imgembed.models.sam2 import SAM2_INPUT_SIZE, Sam2Features
+from imgembed.models.sam2_decoder import LOW_RES_MASK_SIZE, Sam2MaskPrediction
+from imgembed.models.sam2_loading import LoadedSam2
+from imgembed.pipelines import sam2_decode, sam2_embed
+from imgembed.pipelines.sam2_decode import DecodeJob
+from imgembed.runtime.batcher import DynamicBatcher
+
+logger = logging.getLogger(__name__)
+
+DECODER_SUFFIX = "/decoder"
+"""Appended to a SAM 2 model's name for its decoder batcher's metrics."""
+
+
+@dataclass(kw_only=True)
+class ServedSam2(ServedModel):
+    """A SAM 2 model: encoder batches, decoder batches and the embedding cache.
+
+    Attributes:
+        loaded: Weights, architecture and provenance.
+        batcher: Groups encode requests into batches; created by :meth:`start`.
+        decoder: Groups prompt decoding from concurrent requests into decoder passes; created by
+            :meth:`start`.
+        decoder_executor: The decoder's own thread. Decoder passes run beside encoder batches
+            instead of queueing behind them, so a click on a cached image is answered in about a
+            decoder pass even while other requests' images are being encoded (the two touch
+            disjoint parts of the model and only read its weights).
+        features: Encoder features of recent images, by ``image_id`` (cache and in-flight
+            de-duplication).
+        onnx: The ONNX Runtime encoder when the model's backend is ``onnxruntime`` (the
+            prompt decoder runs in PyTorch either way).
+    """
+
+    loaded: LoadedSam2
+    batcher: DynamicBatcher[torch.Tensor, Sam2Features] | None = field(default=None, repr=False)
+    decoder: DynamicBatcher[DecodeJob, Sam2MaskPrediction] | None = field(default=None, repr=False)
+    decoder_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="imgembed-decoder"),
+        repr=False,
+    )
+    features: FeatureStore = field(default_factory=lambda: FeatureStore("sam2", 0), repr=False)
+    onnx: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.family = "sam2"
+
+    @property
+    def name(self) -> str:
+        return self.loaded.variant.name
+
+    @property
+    def source(self) -> str:
+        return self.loaded.source
+
+    @property
+    def untrained(self) -> bool:
+        return self.loaded.untrained
+
+    def encode_batch(self, pixel_values: list[torch.Tensor]) -> list[Sam2Features]:
+        """Encodes ``[3,1024,1024]`` images in one forward pass; one ``[1,...]`` result each."""
+        if self.onnx is not None:
+            features = self.onnx.encode(torch.stack(pixel_values))  # B x [3,S,S] -> [B,3,S,S]
+        else:
+            features = sam2_embed.encode(self.loaded.model, self.placement, pixel_values)
+        return [features[index] for index in range(len(pixel_values))]
+
+    @property
+    def batching(self) -> BatchingSettings:
+        """The encoder's batching settings, ``max_batch_size`` 0 resolved for the device."""
+        size = DEFAULT_BATCH_SIZE if self.on_gpu else SAM2_ENCODER_BATCH_SIZE_ON_CPU
+        return self.spec.batching.with_default_batch_size(size)
+
+    @property
+    def decoder_batching(self) -> BatchingSettings:
+        """The decoder's batching settings, ``max_batch_size`` 0 resolved for the device."""
+        size = DECODER_BATCH_SIZE_ON_GPU if self.on_gpu else 1
+        return self.spec.decoder_batching.with_default_batch_size(size)
+
+    def decode_batch(self, jobs: list[DecodeJob]) -> list[Sam2MaskPrediction]:
+        """Decodes jobs from many requests; float32 results on the model's device, per job."""
+        return sam2_decode.decode_jobs(self.loaded.model, self.placement, jobs)
+
+    def start(self, metrics: Metrics) -> None:
+        if self.batcher is None:
+            self.batcher = self._batcher(self.name, self.encode_batch, metrics)
+        if self.decoder is None:
+            self.decoder = self._batcher(
+                self.name + DECODER_SUFFIX,
+                self.decode_batch,
+                metrics,
+                settings=self.decoder_batching,
+                item_size=lambda job: job.prompts,
+                executor=self.decoder_executor,
+            )
+
+    def batchers(self) -> list[DynamicBatcher[Any, Any]]:
+        return [b for b in (self.batcher, self.decoder) if b is not None]
+
+    def executors(self) -> list[ThreadPoolExecutor]:
+        return [self.device_executor, self.decoder_executor]
+
+    def warm_up(self) -> None:
+        features = self.encode_batch([torch.zeros(3, SAM2_INPUT_SIZE, SAM2_INPUT_SIZE)])[0]
+        self.decode_batch(
+            [
+                DecodeJob(
+                    features=features,
+                    point_coords=torch.full((1, 1, 2), SAM2_INPUT_SIZE / 2),  # [1,1,2] centre
+                    point_labels=torch.ones(1, 1, dtype=torch.int32),  # [1,1]
+                    mask_input=torch.zeros(1, 1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE),
+                    has_mask_input=torch.zeros(1),
+                )
+            ]
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **self._common_description("sam2-image-embedding", self.loaded.weights_location),
+            "meta_config": self.loaded.variant.meta_config,
+            "backend": self.spec.backend,
+            "onnx": None if self.onnx is None else self.onnx.describe(),
+            "input_size": [SAM2_INPUT_SIZE, SAM2_INPUT_SIZE],
+            "decoder_batching": dataclasses.asdict(self.decoder_batching),
+            "cache": self.features.describe(),
+        }
