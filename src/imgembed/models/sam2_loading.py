@@ -14,25 +14,29 @@
 Every failure raises one :class:`~imgembed.errors.ModelLoadError` that says what was tried and what
 to set. This module reads no environment: ``huggingface_hub`` reads ``HF_HUB_OFFLINE``,
 ``HF_ENDPOINT`` and ``HF_HUB_CACHE`` once, at import, so callers pass ``hub_offline``,
-``hub_endpoint`` and ``hub_cache_dir`` explicitly.
+``hub_endpoint`` and ``hub_cache_dir`` explicitly. Hub ids, snapshots and ``from_pretrained`` are
+:mod:`imgembed.models.hub`'s, shared with the SigLIP 2 loader.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-from huggingface_hub import constants as hub_constants
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HTTPError as HubHTTPError
-from safetensors import SafetensorError
 from transformers import Sam2Model
 
 from imgembed.errors import ModelLoadError, UnknownModelError
+from imgembed.models.hub import (
+    HubAccess,
+    download_snapshot,
+    explained_load_errors,
+    load_pretrained,
+    local_path_or_hub_id,
+    read_json_object,
+)
 from imgembed.models.sam2_meta import (
     check_state_dict_fits,
     convert_meta_state_dict,
@@ -59,8 +63,6 @@ META_CHECKPOINT_SUFFIXES = (".pt", ".pth")
 _HUB_CONFIG_PATTERNS = ["config.json"]
 _HUB_TRANSFORMERS_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json"]
 _HUB_META_PATTERNS = ["*.pt", "*.pth"]
-_HUB_ERRORS = (OSError, ValueError, HubHTTPError)
-_FROM_PRETRAINED_ERRORS = (OSError, ValueError, RuntimeError, KeyError, SafetensorError)
 
 
 @dataclass(frozen=True)
@@ -159,34 +161,16 @@ def _load_meta_checkpoint(path: Path, variant: Sam2Variant) -> Sam2Model:
 
 def _transformers_model_type(folder: Path) -> str | None:
     """The ``model_type`` of a folder's ``config.json``, or ``None`` when it has no such config."""
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        return None
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    model_type = config.get("model_type") if isinstance(config, dict) else None
+    config = read_json_object(folder / "config.json")
+    model_type = config.get("model_type") if config else None
     return model_type if isinstance(model_type, str) else None
 
 
 def _load_transformers_folder(folder: Path, variant: Sam2Variant) -> Sam2Model:
     """Loads a Hugging Face format folder and checks it holds ``variant``'s architecture."""
-    try:
-        model, loading_info = Sam2Model.from_pretrained(
-            folder, dtype=torch.float32, local_files_only=True, output_loading_info=True
-        )
-    except _FROM_PRETRAINED_ERRORS as error:
-        raise ModelLoadError(
-            f"Cannot load the Hugging Face format SAM 2 weights in {folder}: "
-            f"{type(error).__name__}: {str(error).rstrip('. ')}."
-        ) from error
-    unfilled = sorted(loading_info["missing_keys"]) + sorted(loading_info["mismatched_keys"])
-    if unfilled:
-        raise ModelLoadError(
-            f"The weights in {folder} leave {len(unfilled)} Sam2Model weight(s) unfilled "
-            f"({', '.join(map(str, unfilled[:10]))}): the checkpoint does not match its config."
-        )
+    model = load_pretrained(
+        Sam2Model, folder, what="Hugging Face format SAM 2 weights", where=str(folder)
+    )
     found = architecture_of(model.config)
     if found != variant.architecture:
         raise ModelLoadError(
@@ -237,111 +221,50 @@ def _load_folder(
     )
 
 
-def _download(
-    repo_id: str,
-    patterns: list[str],
-    *,
-    cache_dir: str | None,
-    offline: bool,
-    endpoint: str | None,
-) -> Path:
-    """Fetches the files of a hub repository that match ``patterns`` into the Hugging Face cache."""
-    try:
-        snapshot = snapshot_download(
-            repo_id,
-            allow_patterns=patterns,
-            cache_dir=cache_dir,
-            local_files_only=offline,
-            endpoint=endpoint,
-        )
-    except _HUB_ERRORS as error:
-        where = f"the cache {cache_dir}" if cache_dir else "the default Hugging Face cache"
-        if offline or hub_constants.HF_HUB_OFFLINE:
-            mode = "offline, the hub was not contacted"
-            remedy = (
-                " To download it, allow hub access (unset HF_HUB_OFFLINE) on a networked machine."
-            )
-        else:
-            mode = f"hub {endpoint or hub_constants.ENDPOINT}"
-            remedy = ""
-        raise ModelLoadError(
-            f"Cannot get SAM 2 weights from hub repository {repo_id!r} ({mode}; looked in "
-            f"{where}): {type(error).__name__}: {str(error).rstrip('. ')}.{remedy}"
-        ) from error
-    return Path(snapshot)
-
-
-def _load_hub(
-    repo_id: str,
-    variant: Sam2Variant,
-    *,
-    cache_dir: str | None,
-    offline: bool,
-    endpoint: str | None,
-) -> Sam2Model:
+def _load_hub(repo_id: str, variant: Sam2Variant, hub: HubAccess) -> Sam2Model:
     """Loads a hub repository in either format, downloading only the format it is read in."""
-    options = {"cache_dir": cache_dir, "offline": offline, "endpoint": endpoint}
-    snapshot = _download(repo_id, _HUB_CONFIG_PATTERNS, **options)
+    snapshot = download_snapshot(repo_id, _HUB_CONFIG_PATTERNS, hub, weights_of="SAM 2")
     if _transformers_model_type(snapshot) in TRANSFORMERS_MODEL_TYPES:
-        snapshot = _download(repo_id, _HUB_TRANSFORMERS_PATTERNS, **options)
+        patterns = _HUB_TRANSFORMERS_PATTERNS
     else:
-        snapshot = _download(repo_id, _HUB_META_PATTERNS, **options)
+        patterns = _HUB_META_PATTERNS
+    snapshot = download_snapshot(repo_id, patterns, hub, weights_of="SAM 2")
     model, _ = _load_folder(snapshot, variant, f"The hub repository {repo_id!r} ({snapshot})")
     return model
 
 
-def _is_hub_id(weights: str) -> bool:
-    """Whether ``weights`` has the shape ``org/name`` rather than that of a file path."""
-    parts = weights.split("/")
-    return (
-        len(parts) == 2
-        and all(parts)
-        and not weights.startswith((".", "~"))
-        and "\\" not in weights
-    )
-
-
 def _load_weights(
-    variant: Sam2Variant,
-    weights: str | None,
-    *,
-    cache_dir: str | None,
-    offline: bool,
-    endpoint: str | None,
-    dummy_seed: int,
+    variant: Sam2Variant, weights: str | None, hub: HubAccess, dummy_seed: int
 ) -> tuple[Sam2Model, WeightsSource, str]:
     """Dispatches on what ``weights`` names; see :func:`load_sam2`.
 
     Returns:
         The model on the CPU, the kind of source and the location loaded from.
     """
-    hub_options = {"cache_dir": cache_dir, "offline": offline, "endpoint": endpoint}
     if weights == DUMMY_WEIGHTS:
         return _build_dummy(variant, dummy_seed), "dummy", DUMMY_WEIGHTS
     if weights is None:
-        return _load_hub(variant.hub_id, variant, **hub_options), "hub", variant.hub_id
-    path = Path(weights).expanduser()
-    if path.is_dir():
-        model, checkpoint = _load_folder(path, variant, f"The folder {path}")
+        return _load_hub(variant.hub_id, variant, hub), "hub", variant.hub_id
+    expanded = Path(weights).expanduser()
+    is_meta_name = expanded.suffix.lower() in META_CHECKPOINT_SUFFIXES
+    if is_meta_name and not expanded.exists():
+        raise ModelLoadError(f"The Meta checkpoint {expanded} does not exist.")
+    place = local_path_or_hub_id(weights, looked_for="file or folder")
+    if isinstance(place, str):
+        return _load_hub(place, variant, hub), "hub", place
+    if place.is_dir():
+        model, checkpoint = _load_folder(place, variant, f"The folder {place}")
         if checkpoint is not None:
             return model, "meta_checkpoint", str(checkpoint)
-        return model, "folder", str(path)
-    if path.suffix.lower() in META_CHECKPOINT_SUFFIXES:
-        if not path.exists():
-            raise ModelLoadError(f"The Meta checkpoint {path} does not exist.")
-        if not path.is_file():
-            raise ModelLoadError(f"{path} is not a file.")
-        return _load_meta_checkpoint(path, variant), "meta_checkpoint", str(path)
-    if path.exists():
+        return model, "folder", str(place)
+    if not is_meta_name:
         raise ModelLoadError(
-            f"{path} is neither a folder nor a Meta checkpoint ending in .pt or .pth; for a "
+            f"{place} is neither a folder nor a Meta checkpoint ending in .pt or .pth; for a "
             "Hugging Face format model, point at its folder."
         )
-    if _is_hub_id(weights):
-        return _load_hub(weights, variant, **hub_options), "hub", weights
-    raise ModelLoadError(
-        f"No file or folder {path} exists, and {weights!r} is not a hub id (org/name)."
-    )
+    if not place.is_file():
+        raise ModelLoadError(f"{place} is not a file.")
+    return _load_meta_checkpoint(place, variant), "meta_checkpoint", str(place)
 
 
 def load_sam2(
@@ -391,20 +314,9 @@ def load_sam2(
                 f"{variant.name}. Set the model name to {config_variant.name}, or the config to "
                 f"{variant.meta_config}, or leave the config unset to follow the model name."
             )
-    try:
-        model, source, location = _load_weights(
-            variant,
-            weights,
-            cache_dir=hub_cache_dir,
-            offline=hub_offline,
-            endpoint=hub_endpoint,
-            dummy_seed=dummy_seed,
-        )
-    except ModelLoadError as error:
-        raise ModelLoadError(
-            f"Cannot load {variant.name} from weights={weights!r}: {error.message} "
-            f"{_how_to_fix(variant)}"
-        ) from error
+    hub = HubAccess(cache_dir=hub_cache_dir, offline=hub_offline, endpoint=hub_endpoint)
+    with explained_load_errors(variant.name, weights, _how_to_fix(variant)):
+        model, source, location = _load_weights(variant, weights, hub, dummy_seed)
     model = model.to(device=device, dtype=torch.float32).eval()
     streamline_attention(model)
     logger.info("Loaded %s from %s %s onto %s.", variant.name, source, location, device)

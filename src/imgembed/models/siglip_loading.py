@@ -16,22 +16,18 @@ mean, std, NaFlex patch budget) come from the checkpoint's own processor config 
 
 Every failure raises one :class:`~imgembed.errors.ModelLoadError` that says what was tried and what
 to set. Like :mod:`imgembed.models.sam2_loading`, this module reads no environment: callers pass
-``hub_offline``, ``hub_endpoint`` and ``hub_cache_dir`` explicitly.
+``hub_offline``, ``hub_endpoint`` and ``hub_cache_dir`` explicitly. Hub ids, snapshots and
+``from_pretrained`` are :mod:`imgembed.models.hub`'s, shared with the SAM 2 loader.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from huggingface_hub import constants as hub_constants
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HTTPError as HubHTTPError
-from safetensors import SafetensorError
 from transformers import (
     AutoTokenizer,
     PreTrainedTokenizerBase,
@@ -40,6 +36,15 @@ from transformers import (
 )
 
 from imgembed.errors import ModelLoadError, UnknownModelError
+from imgembed.models.hub import (
+    HubAccess,
+    describe_error,
+    download_snapshot,
+    explained_load_errors,
+    load_pretrained,
+    local_path_or_hub_id,
+    read_json_object,
+)
 from imgembed.models.siglip_dummy import (
     DUMMY_WEIGHTS,
     build_dummy_model,
@@ -79,8 +84,6 @@ _HUB_PATTERNS = [
     "added_tokens.json",
     *_PROCESSOR_CONFIGS,
 ]
-_HUB_ERRORS = (OSError, ValueError, HubHTTPError)
-_FROM_PRETRAINED_ERRORS = (OSError, ValueError, RuntimeError, KeyError, SafetensorError)
 _TOKENIZER_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError)
 
 
@@ -138,20 +141,9 @@ def _names(variants: tuple[SiglipVariant, ...]) -> str:
     return " or ".join(v.name for v in variants) if variants else "no released SigLIP 2 variant"
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object file, or ``None`` when it is absent or not a JSON object."""
-    if not path.is_file():
-        return None
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return content if isinstance(content, dict) else None
-
-
 def _load_model(folder: Path, variant: SiglipVariant, described_as: str) -> SiglipModelClass:
     """Loads the weights of a Hugging Face format folder and checks they are ``variant``'s."""
-    config = _read_json(folder / "config.json")
+    config = read_json_object(folder / "config.json")
     model_type = config.get("model_type") if config else None
     if model_type not in _MODEL_CLASSES:
         present = sorted(path.name for path in folder.iterdir())[:10] if folder.is_dir() else []
@@ -167,23 +159,9 @@ def _load_model(folder: Path, variant: SiglipVariant, described_as: str) -> Sigl
             f"({variant.architecture_class}, model_type {variant.model_type!r}); name a "
             f"{'NaFlex' if model_type == 'siglip2' else 'FixRes'} model for these weights."
         )
-    model_class = _MODEL_CLASSES[model_type]
-    try:
-        model, loading_info = model_class.from_pretrained(
-            folder, dtype=torch.float32, local_files_only=True, output_loading_info=True
-        )
-    except _FROM_PRETRAINED_ERRORS as error:
-        raise ModelLoadError(
-            f"Cannot load the SigLIP weights in {described_as}: "
-            f"{type(error).__name__}: {str(error).rstrip('. ')}."
-        ) from error
-    unfilled = sorted(loading_info["missing_keys"]) + sorted(loading_info["mismatched_keys"])
-    if unfilled:
-        raise ModelLoadError(
-            f"The weights in {described_as} leave {len(unfilled)} {model_class.__name__} "
-            f"weight(s) unfilled ({', '.join(map(str, unfilled[:10]))}): the checkpoint does not "
-            "match its config."
-        )
+    model = load_pretrained(
+        _MODEL_CLASSES[model_type], folder, what="SigLIP weights", where=described_as
+    )
     try:
         found = architecture_of_config(model.config)
     except ValueError as error:
@@ -212,8 +190,7 @@ def _load_tokenizer(
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except _TOKENIZER_ERRORS as error:
         raise ModelLoadError(
-            f"Cannot load the tokenizer in {described_as}: "
-            f"{type(error).__name__}: {str(error).rstrip('. ')}."
+            f"Cannot load the tokenizer in {described_as}: {describe_error(error)}"
         ) from error
     if len(tokenizer) > variant.vocab_size:
         raise ModelLoadError(
@@ -232,10 +209,10 @@ def _image_processor_config(folder: Path) -> dict[str, Any] | None:
     """The image processor settings a folder saved: ``preprocessor_config.json`` (what the hub
     repositories hold) or the ``image_processor`` entry of ``processor_config.json`` (what
     ``transformers`` 5 writes)."""
-    legacy = _read_json(folder / "preprocessor_config.json")
+    legacy = read_json_object(folder / "preprocessor_config.json")
     if legacy is not None:
         return legacy
-    combined = _read_json(folder / "processor_config.json")
+    combined = read_json_object(folder / "processor_config.json")
     nested = combined.get("image_processor") if combined else None
     return nested if isinstance(nested, dict) else None
 
@@ -320,74 +297,27 @@ def _load_folder(
     return model, tokenizer, _image_processing(folder, variant, described_as)
 
 
-def _download(repo_id: str, *, cache_dir: str | None, offline: bool, endpoint: str | None) -> Path:
-    """Fetches a hub repository's weights, tokenizer and processor config into the HF cache."""
-    try:
-        snapshot = snapshot_download(
-            repo_id,
-            allow_patterns=_HUB_PATTERNS,
-            cache_dir=cache_dir,
-            local_files_only=offline,
-            endpoint=endpoint,
-        )
-    except _HUB_ERRORS as error:
-        where = f"the cache {cache_dir}" if cache_dir else "the default Hugging Face cache"
-        if offline or hub_constants.HF_HUB_OFFLINE:
-            mode = "offline, the hub was not contacted"
-            remedy = (
-                " To download it, allow hub access (unset HF_HUB_OFFLINE) on a networked machine."
-            )
-        else:
-            mode = f"hub {endpoint or hub_constants.ENDPOINT}"
-            remedy = ""
-        raise ModelLoadError(
-            f"Cannot get SigLIP 2 weights from hub repository {repo_id!r} ({mode}; looked in "
-            f"{where}): {type(error).__name__}: {str(error).rstrip('. ')}.{remedy}"
-        ) from error
-    return Path(snapshot)
-
-
-def _is_hub_id(weights: str) -> bool:
-    """Whether ``weights`` has the shape ``org/name`` rather than that of a file path."""
-    parts = weights.split("/")
-    return (
-        len(parts) == 2
-        and all(parts)
-        and not weights.startswith((".", "~"))
-        and "\\" not in weights
-    )
-
-
 def _load_weights(
-    variant: SiglipVariant,
-    weights: str | None,
-    *,
-    cache_dir: str | None,
-    offline: bool,
-    endpoint: str | None,
-    dummy_seed: int,
+    variant: SiglipVariant, weights: str | None, hub: HubAccess, dummy_seed: int
 ) -> tuple[SiglipModelClass, PreTrainedTokenizerBase, ImageProcessing, SiglipWeightsSource, str]:
     """Dispatches on what ``weights`` names; see :func:`load_siglip`."""
-    hub_options = {"cache_dir": cache_dir, "offline": offline, "endpoint": endpoint}
     if weights == DUMMY_WEIGHTS:
         model = build_dummy_model(variant, dummy_seed)
         tokenizer = build_stand_in_tokenizer(variant.vocab_size)
         return model, tokenizer, variant.image_processing(), "dummy", DUMMY_WEIGHTS
-    repo_id = variant.hub_id if weights is None else weights
+    repo_id = variant.hub_id
     if weights is not None:
-        path = Path(weights).expanduser()
-        if path.is_dir():
-            return (*_load_folder(path, variant, f"The folder {path}"), "folder", str(path))
-        if path.exists():
+        place = local_path_or_hub_id(weights, looked_for="folder")
+        if isinstance(place, str):
+            repo_id = place
+        elif place.is_dir():
+            return (*_load_folder(place, variant, f"The folder {place}"), "folder", str(place))
+        else:
             raise ModelLoadError(
-                f"{path} is a file; SigLIP weights are a Hugging Face format folder: point at "
+                f"{place} is a file; SigLIP weights are a Hugging Face format folder: point at "
                 "the folder holding config.json."
             )
-        if not _is_hub_id(weights):
-            raise ModelLoadError(
-                f"No folder {path} exists, and {weights!r} is not a hub id (org/name)."
-            )
-    snapshot = _download(repo_id, **hub_options)
+    snapshot = download_snapshot(repo_id, _HUB_PATTERNS, hub, weights_of="SigLIP 2")
     loaded = _load_folder(snapshot, variant, f"The hub repository {repo_id!r} ({snapshot})")
     return (*loaded, "hub", repo_id)
 
@@ -435,20 +365,11 @@ def load_siglip(
             raise ModelLoadError(
                 f"Cannot load SigLIP 2: the model name is not known. {error.message}"
             ) from error
-    try:
+    hub = HubAccess(cache_dir=hub_cache_dir, offline=hub_offline, endpoint=hub_endpoint)
+    with explained_load_errors(variant.name, weights, _how_to_fix(variant)):
         model, tokenizer, image_processing, source, location = _load_weights(
-            variant,
-            weights,
-            cache_dir=hub_cache_dir,
-            offline=hub_offline,
-            endpoint=hub_endpoint,
-            dummy_seed=dummy_seed,
+            variant, weights, hub, dummy_seed
         )
-    except ModelLoadError as error:
-        raise ModelLoadError(
-            f"Cannot load {variant.name} from weights={weights!r}: {error.message} "
-            f"{_how_to_fix(variant)}"
-        ) from error
     model = model.to(device=device, dtype=torch.float32).eval()
     logger.info("Loaded %s from %s %s onto %s.", variant.name, source, location, device)
     return LoadedSiglip(
