@@ -3,7 +3,8 @@
 The page fetches the image's features from the server once, then decodes every click in the
 browser with onnxruntime-web (the decoder graph exported from the served model). Each check
 compares what the browser computed with the server's own ``POST /v1/sam2/segment`` for the same
-prompt: the chosen mask, its score, the low-resolution logits and the mask's pixels.
+prompt, with the ``mask_input`` the page fed (a second prompt on an object refines the mask shown):
+the chosen mask, its score, the low-resolution logits and the mask's pixels.
 
 Needs Debian's ``chromium`` (``/usr/bin/chromium``; the module is skipped without it), the
 ``playwright`` Python package (no downloaded browsers: ``executable_path`` points at Debian's), and
@@ -43,6 +44,9 @@ EXPORT_TIMEOUT_MS = 600_000
 """The first image of a session waits for the decoder export (tens of seconds on a small CPU)."""
 DECODE_TIMEOUT_MS = 60_000
 MIN_PIXEL_AGREEMENT = 0.995
+MIN_REFINED_PIXEL_AGREEMENT = 0.999
+ZERO_MASK_INPUT = base64.b64encode(bytes(4 * 256 * 256)).decode("ascii")
+"""What the page feeds as ``mask_input`` with ``has_mask_input`` 0: 256x256 float32 zeros."""
 SERVER_ARGS = ["--weights", "dummy", "--model", MODEL]
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "ui-screenshot.png"
 
@@ -211,14 +215,24 @@ def browser_result(page: Any) -> dict[str, Any]:
 
 
 def server_segment(
-    base_url: str, image_id: str, prompt: dict[str, Any], *, multimask: bool
+    base_url: str,
+    image_id: str,
+    prompt: dict[str, Any],
+    *,
+    multimask: bool,
+    mask_input: str | None = None,
 ) -> dict[str, Any]:
-    """The server's masks for the page's prompt: ``masks [K,H,W]``, scores, logits, best index."""
+    """The server's masks for the page's prompt: ``masks [K,H,W]``, scores, logits, best index.
+
+    ``mask_input``: base64 float32 256x256 logits of an earlier mask to refine, or ``None``.
+    """
     body: dict[str, Any] = {
         "image_id": image_id,
         "multimask_output": multimask,
         "mask_format": "npz",
     }
+    if mask_input is not None:
+        body["mask_input"] = mask_input
     if prompt["points"]:
         body["points"] = prompt["points"]
         body["point_labels"] = prompt["labels"]
@@ -236,11 +250,27 @@ def server_segment(
         }
 
 
-def assert_matches_server(page: Any, base_url: str, *, multimask: bool) -> dict[str, Any]:
-    """The browser's mask for its last prompt equals the server's segment for the same prompt."""
+def fed_mask_input(page: Any) -> str | None:
+    """The ``mask_input`` the page's last decode was fed (base64 float32 256x256), or ``None`` when
+    it had none (``has_mask_input`` 0, and then the page fed zeros)."""
+    fed = page.evaluate("window.__imgembed.maskInputBase64()")
+    if page.evaluate("window.__imgembed.lastMask.hasMaskInput") == 1:
+        return fed
+    assert fed == ZERO_MASK_INPUT, "has_mask_input 0 must come with a zero mask_input"
+    return None
+
+
+def assert_matches_server(
+    page: Any, base_url: str, *, multimask: bool, min_agreement: float = MIN_PIXEL_AGREEMENT
+) -> dict[str, Any]:
+    """The browser's mask for its last prompt equals the server's segment for the same prompt and
+    the same ``mask_input`` (the page's previous mask when it refined one)."""
     ours = browser_result(page)
     image_id = page.evaluate("window.__imgembed.imageId")
-    theirs = server_segment(base_url, image_id, ours["prompt"], multimask=multimask)
+    ours["mask_input"] = fed_mask_input(page)
+    theirs = server_segment(
+        base_url, image_id, ours["prompt"], multimask=multimask, mask_input=ours["mask_input"]
+    )
     expected_index = theirs["best"] if multimask else 0
     assert ours["index"] == expected_index, (ours["scores"], theirs["scores"])
     np.testing.assert_allclose(ours["scores"], theirs["scores"], atol=1e-5)
@@ -250,9 +280,9 @@ def assert_matches_server(page: Any, base_url: str, *, multimask: bool) -> dict[
     server_mask = theirs["masks"][expected_index]
     assert ours["mask"].shape == server_mask.shape == IMAGE_SIZE
     agreement = float(np.mean(ours["mask"] == server_mask))
-    assert agreement > MIN_PIXEL_AGREEMENT, f"pixel agreement {agreement:.5f}"
+    assert agreement > min_agreement, f"pixel agreement {agreement:.5f}"
     assert 0 < server_mask.sum() < server_mask.size, "a trivial mask would make agreement vacuous"
-    return {**ours, "agreement": agreement}
+    return {**ours, "agreement": agreement, "server": theirs}
 
 
 def test_clicks_boxes_and_download_match_server_segment(
@@ -298,6 +328,118 @@ def test_clicks_boxes_and_download_match_server_segment(
         page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)
         if os.environ.get("IMGEMBED_UPDATE_UI_SCREENSHOT"):  # the picture in docs/ui.md
             page.screenshot(path=str(DOCS_SCREENSHOT))
+        watch.assert_only(server)
+
+
+def test_second_click_refines_the_previous_mask_and_clear_starts_without_one(
+    browser: Any, server: str, image_file: Path
+) -> None:
+    """Meta's predictor workflow in the page: the second click on an object is decoded with the
+    first round's chosen low-resolution logits as ``mask_input`` (``has_mask_input`` 1) and both
+    clicks; Clear starts a new object with no mask (zeros, 0)."""
+    with open_page(browser) as (page, watch):
+        assert open_image(page, server, image_file) == "ready", message(page)
+
+        click_pixel(page, 60.5, 75.5)  # the red disc
+        wait_decodes(page, 1)
+        first = assert_matches_server(
+            page, server, multimask=True, min_agreement=MIN_REFINED_PIXEL_AGREEMENT
+        )
+        assert first["hasMaskInput"] == 0
+        assert first["mask_input"] is None
+        assert page.evaluate("document.body.dataset.maskInput") == "none"
+        assert "refined" not in message(page)[1]
+        first_logits = page.evaluate(f"window.__imgembed.lowResBase64({first['index']})")
+
+        click_pixel(page, 75.5, 60.5)  # the same disc
+        wait_decodes(page, 2)
+        second = assert_matches_server(
+            page, server, multimask=True, min_agreement=MIN_REFINED_PIXEL_AGREEMENT
+        )
+        # (a) The decoder was fed has_mask_input 1 and, bit for bit, the first round's chosen logits.
+        assert second["hasMaskInput"] == 1
+        assert second["maskInputFrom"] == first["decode"] == 1
+        assert second["mask_input"] == first_logits
+        assert second["prompt"]["labels"] == [1, 1]
+        np.testing.assert_allclose(
+            second["prompt"]["points"], [[60.5, 75.5], [75.5, 60.5]], atol=0.5
+        )
+        assert page.evaluate("document.body.dataset.maskInput") == "previous"
+        assert "refined with the previous mask" in message(page)[1]
+        # (b) assert_matches_server compared it with the server's segment for both clicks and that
+        # mask_input; without the mask the server answers otherwise, so the mask input mattered.
+        image_id = page.evaluate("window.__imgembed.imageId")
+        unrefined = server_segment(server, image_id, second["prompt"], multimask=True)
+        refined_logits = second["server"]["low_res"]
+        change = float(np.abs(unrefined["low_res"] - refined_logits).max())
+        assert change > 1e-2 * float(np.abs(refined_logits).max()), change
+
+        # Undo decodes the first click again as it was decoded: without a mask.
+        page.click("#undo")
+        wait_decodes(page, 3)
+        undone = browser_result(page)
+        assert undone["hasMaskInput"] == 0
+        assert undone["prompt"] == first["prompt"]
+        np.testing.assert_array_equal(undone["mask"], first["mask"])
+
+        # Clear starts a new object: its first click is decoded with no mask (zeros, 0).
+        page.click("#clear")
+        page.wait_for_selector("body:not([data-mask-input])", state="attached")
+        click_pixel(page, 155.5, 75.5)  # the green rectangle
+        wait_decodes(page, 4)
+        fresh = assert_matches_server(
+            page, server, multimask=True, min_agreement=MIN_REFINED_PIXEL_AGREEMENT
+        )
+        assert fresh["hasMaskInput"] == 0
+        assert fresh["mask_input"] is None
+        assert fresh["maskInputFrom"] is None
+        assert fresh["prompt"]["labels"] == [1]
+        assert page.evaluate("document.body.dataset.maskInput") == "none"
+        assert "refined" not in message(page)[1]
+
+        # Its second prompt, a box, refines it in turn; single-mask output feeds its one mask.
+        page.select_option("#output", "single")
+        wait_decodes(page, 5)
+        assert browser_result(page)["hasMaskInput"] == 0  # the same prompt, decoded again
+        single_logits = page.evaluate("window.__imgembed.lowResBase64(0)")
+        drag_box(page, 120, 20, 190, 130)
+        wait_decodes(page, 6)
+        boxed = assert_matches_server(
+            page, server, multimask=False, min_agreement=MIN_REFINED_PIXEL_AGREEMENT
+        )
+        assert boxed["hasMaskInput"] == 1
+        assert boxed["mask_input"] == single_logits
+        watch.assert_only(server)
+
+
+def test_a_decoder_graph_without_the_mask_inputs_is_refused_by_name(
+    browser: Any, server: str, image_file: Path
+) -> None:
+    """A graph whose mask_input and has_mask_input are zero defaults (overridable initializers),
+    which onnxruntime-web does not list as inputs, is refused with the missing inputs named."""
+    onnx = pytest.importorskip("onnx", reason="the onnx extra exports the decoder")
+    from onnx import numpy_helper
+
+    served = httpx.get(f"{server}/ui/models/{MODEL}/decoder.onnx", timeout=EXPORT_TIMEOUT_MS / 1000)
+    assert served.status_code == 200, served.text
+    graph = onnx.load_from_string(served.content)
+    assert {"mask_input", "has_mask_input"} <= {item.name for item in graph.graph.input}
+    graph.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.zeros((1, 1, 256, 256), np.float32), "mask_input"),
+            numpy_helper.from_array(np.zeros(1, np.float32), "has_mask_input"),
+        ]
+    )
+    defaulted = graph.SerializeToString()
+    with open_page(browser) as (page, watch):
+        page.route(
+            "**/ui/models/*/decoder.onnx",
+            lambda route: route.fulfill(body=defaulted, content_type="application/octet-stream"),
+        )
+        assert open_image(page, server, image_file) == "error"
+        kind, text = message(page)
+        assert kind == "error"
+        assert "the decoder graph lacks the inputs mask_input, has_mask_input" in text, text
         watch.assert_only(server)
 
 

@@ -1,6 +1,9 @@
 // The page: open an image, the server computes its features once, then every click, background
 // click or dragged box is decoded here in the browser (no further request), and the mask can be
-// downloaded as PNG. See docs/ui.md.
+// downloaded as PNG. Every prompt after an object's first refines the mask shown: the decoder gets
+// that mask's low-resolution logits as mask_input (has_mask_input 1) with all the object's points,
+// as in Meta's predictor workflow; Clear (or a new image) starts a new object, without a mask.
+// See docs/ui.md.
 
 import { capabilities, loadRuntime, createSession, promptInputs, decode, bestIndex } from "./decoder.js";
 import { ConnectionLostError, ServerError, request, fetchFeatures, float16ToFloat32 } from "./features.js";
@@ -36,7 +39,10 @@ const state = {
   sessions: new Map(), // "model|graph" -> Promise of {session, backend}
   image: null, // {file, width, height, meta, features, imageId, model, untrained}
   session: null, // {session, backend, graph}
-  prompt: { points: [], labels: [], box: null },
+  // previous: the mask this prompt refines, fed to the decoder as mask_input: null for an object's
+  // first prompt (no mask), {logits, decode} once known, undefined until then (the mask shown when
+  // the prompt is decoded; see maskToRefine).
+  prompt: { points: [], labels: [], box: null, previous: null },
   history: [],
   loadToken: 0,
   decoding: false,
@@ -61,10 +67,13 @@ const api = {
     const last = state.lastMask;
     if (!last) return null;
     const { width, height, index, scores, area: pixels, prompt, graph, backend, decodeMs } = last;
-    return { width, height, index, scores, area: pixels, prompt, graph, backend, decodeMs };
+    const { decode, hasMaskInput, maskInputFrom } = last;
+    return { width, height, index, scores, area: pixels, prompt, graph, backend, decodeMs, decode, hasMaskInput, maskInputFrom };
   },
   maskBase64: () => (state.lastMask ? bytesToBase64(state.lastMask.data) : null),
   lowResBase64: (k) => (state.lastMask ? bytesToBase64(new Uint8Array(state.lastMask.lowRes[k].buffer)) : null),
+  // The mask_input fed to the last decode: 256x256 float32 logits (zeros when has_mask_input was 0).
+  maskInputBase64: () => (state.lastMask ? bytesToBase64(new Uint8Array(state.lastMask.maskInput.buffer)) : null),
   float16ToFloat32: (bits) => Array.from(float16ToFloat32(Uint16Array.from(bits))),
 };
 window.__imgembed = api;
@@ -220,6 +229,7 @@ async function openImage(file) {
   const current = () => token === state.loadToken;
   state.image = null;
   state.lastMask = null;
+  delete document.body.dataset.maskInput;
   resetPrompt();
   setEditing(false);
   setState("loading");
@@ -284,18 +294,43 @@ async function openImage(file) {
 // ---- prompts and decoding ---------------------------------------------------------------------
 
 function copyPrompt(prompt) {
-  return { points: prompt.points.map((point) => [...point]), labels: [...prompt.labels], box: prompt.box ? [...prompt.box] : null };
+  return {
+    points: prompt.points.map((point) => [...point]),
+    labels: [...prompt.labels],
+    box: prompt.box ? [...prompt.box] : null,
+    previous: prompt.previous, // never changed in place: shared
+  };
+}
+
+function isEmpty(prompt) {
+  return !prompt.points.length && !prompt.box;
 }
 
 function resetPrompt() {
-  state.prompt = { points: [], labels: [], box: null };
+  state.prompt = { points: [], labels: [], box: null, previous: null };
   state.history = [];
   stage.drawPrompts(state.prompt);
 }
 
+/**
+ * The mask the current prompt refines, settled on first use: the mask the page shows (its chosen
+ * candidate's 256x256 logits), or null for none.
+ */
+function maskToRefine() {
+  if (state.prompt.previous === undefined) {
+    const shown = state.lastMask;
+    state.prompt.previous = shown ? { logits: shown.lowRes[shown.index], decode: shown.decode } : null;
+  }
+  return state.prompt.previous;
+}
+
 function changePrompt(change) {
+  maskToRefine(); // the prompt kept for Undo decodes again exactly as it did
+  const continues = !isEmpty(state.prompt);
   state.history.push(copyPrompt(state.prompt));
   change(state.prompt);
+  // A prompt added to an object refines its mask; an object's first prompt (after Clear) has none.
+  state.prompt.previous = continues && !isEmpty(state.prompt) ? undefined : null;
   stage.drawPrompts(state.prompt);
   scheduleDecode();
 }
@@ -320,10 +355,12 @@ async function decodeCurrent() {
   const image = state.image;
   const session = state.session;
   if (!image || !session) return;
-  const prompt = copyPrompt(state.prompt);
-  if (!prompt.points.length && !prompt.box) {
+  const previous = isEmpty(state.prompt) ? null : maskToRefine();
+  const { previous: _, ...prompt } = copyPrompt(state.prompt);
+  if (isEmpty(prompt)) {
     state.lastMask = null;
     stage.clearMask();
+    delete document.body.dataset.maskInput;
     setEditing(true);
     return;
   }
@@ -331,11 +368,13 @@ async function decodeCurrent() {
   try {
     const runtime = await state.runtime;
     const started = performance.now();
-    const output = await decode(runtime, session.session, image.features, promptInputs(image.meta, prompt));
+    const maskInput = previous ? previous.logits : null;
+    const output = await decode(runtime, session.session, image.features, promptInputs(image.meta, prompt), maskInput);
     const index = bestIndex(output.scores);
     const mask = threshold(upscaleLogits(output.masks[index], image.meta));
     const decodeMs = performance.now() - started;
     if (image !== state.image) return;
+    api.decodeCount += 1;
     state.lastMask = {
       width: image.width,
       height: image.height,
@@ -348,16 +387,21 @@ async function decodeCurrent() {
       graph: session.graph,
       backend: session.backend,
       decodeMs,
+      decode: api.decodeCount,
+      hasMaskInput: output.fed.hasMaskInput,
+      maskInput: output.fed.maskInput,
+      maskInputFrom: previous ? previous.decode : null,
     };
     stage.drawMask(mask);
-    api.decodeCount += 1;
+    document.body.dataset.maskInput = output.fed.hasMaskInput ? "previous" : "none";
     document.body.dataset.decodes = String(api.decodeCount);
     setEditing(true);
     setState("ready");
     const which = output.masks.length > 1 ? `best of ${output.masks.length} (mask ${index + 1})` : "single mask";
+    const refined = output.fed.hasMaskInput ? "refined with the previous mask, " : "";
     say(
       image.untrained ? "warning" : "info",
-      `${which}, predicted IoU ${output.scores[index].toFixed(3)}, ${state.lastMask.area} pixels; decoded in this browser in ${decodeMs.toFixed(0)} ms.` +
+      `${which}, ${refined}predicted IoU ${output.scores[index].toFixed(3)}, ${state.lastMask.area} pixels; decoded in this browser in ${decodeMs.toFixed(0)} ms.` +
         (image.untrained ? " Untrained (dummy) weights: the mask is meaningless." : ""),
     );
   } catch (error) {

@@ -3,7 +3,9 @@
 // Inputs (samexporter's decoder graph, as imgembed exports it): image_embed [1,256,64,64],
 // high_res_feats_0 [1,32,256,256], high_res_feats_1 [1,64,128,128], point_coords [1,N,2] in the
 // 1024x1024 input frame, point_labels [1,N] (1 foreground, 0 background, 2/3 box corners),
-// mask_input [1,1,256,256], has_mask_input [1]. The graph appends SAM 2's padding point itself.
+// mask_input [1,1,256,256] (an earlier round's low-resolution logits, or zeros) and has_mask_input
+// [1] (1 to use mask_input, 0 to ignore it): all seven are plain graph inputs and every decode
+// feeds all seven. The graph appends SAM 2's padding point itself.
 // Outputs: masks [1,K,256,256] low-resolution logits and iou_predictions [1,K] (K = 3, or 1 for
 // the single-mask graph).
 
@@ -53,18 +55,24 @@ export async function loadRuntime(vendorBase) {
 /**
  * An inference session for decoder graph bytes; falls back to WebAssembly when WebGPU fails.
  * @returns {Promise<{session: object, backend: string}>}
+ * @throws {Error} When the graph does not take all seven decoder inputs (see checkDecoderInputs).
  */
 export async function createSession(runtime, graphBytes) {
   const options = { graphOptimizationLevel: "all" };
   if (runtime.backend === "webgpu") {
+    let session = null;
     try {
-      const session = await runtime.ort.InferenceSession.create(graphBytes, { ...options, executionProviders: ["webgpu"] });
-      return { session, backend: "webgpu" };
+      session = await runtime.ort.InferenceSession.create(graphBytes, { ...options, executionProviders: ["webgpu"] });
     } catch (error) {
       console.warn("WebGPU session failed, using WebAssembly:", error);
     }
+    if (session) {
+      checkDecoderInputs(session);
+      return { session, backend: "webgpu" };
+    }
   }
   const session = await runtime.ort.InferenceSession.create(graphBytes, { ...options, executionProviders: ["wasm"] });
+  checkDecoderInputs(session);
   return { session, backend: "wasm" };
 }
 
@@ -94,15 +102,49 @@ export function promptInputs(frame, prompt) {
   return { coords, labels: Float32Array.from(labels), count: points.length };
 }
 
+export const DECODER_INPUTS = Object.freeze([
+  "image_embed",
+  "high_res_feats_0",
+  "high_res_feats_1",
+  "point_coords",
+  "point_labels",
+  "mask_input",
+  "has_mask_input",
+]);
+
+/**
+ * Refuses a decoder graph that does not take all seven inputs as plain inputs.
+ * @param {object} session From createSession (or an onnxruntime-web InferenceSession).
+ * @throws {Error} Names the missing inputs and the graph's own.
+ */
+export function checkDecoderInputs(session) {
+  const missing = DECODER_INPUTS.filter((name) => !session.inputNames.includes(name));
+  if (missing.length) {
+    throw new Error(
+      `the decoder graph lacks the input${missing.length === 1 ? "" : "s"} ${missing.join(", ")} ` +
+        `(its inputs: ${session.inputNames.join(", ") || "none"}); the page needs all seven of ` +
+        `${DECODER_INPUTS.join(", ")}. Re-export the decoder with this imgembed version.`,
+    );
+  }
+}
+
 /**
  * Runs the decoder on one prompt.
  * @param {object} runtime From loadRuntime.
  * @param {object} session From createSession.
  * @param {Object<string, {data: Float32Array, dims: number[]}>} features The three feature tensors.
  * @param {{coords: Float32Array, labels: Float32Array, count: number}} inputs From promptInputs.
- * @returns {Promise<{masks: Float32Array[], scores: Float32Array}>} K 256x256 logit grids and K scores.
+ * @param {Float32Array|null} maskInput An earlier round's 256x256 low-resolution logits to refine
+ *   (fed with has_mask_input 1), or null for none (zeros, has_mask_input 0).
+ * @returns {Promise<{masks: Float32Array[], scores: Float32Array, fed: {maskInput: Float32Array, hasMaskInput: number}}>}
+ *   K 256x256 logit grids, K scores, and the mask_input and has_mask_input values fed.
  */
-export async function decode(runtime, session, features, inputs) {
+export async function decode(runtime, session, features, inputs, maskInput = null) {
+  checkDecoderInputs(session);
+  const cells = LOW_RES * LOW_RES;
+  if (maskInput && maskInput.length !== cells) {
+    throw new Error(`mask_input must hold ${LOW_RES}x${LOW_RES} logits, got ${maskInput.length} values`);
+  }
   const { Tensor } = runtime.ort;
   const feeds = {
     image_embed: new Tensor("float32", features.image_embed.data, features.image_embed.dims),
@@ -110,28 +152,17 @@ export async function decode(runtime, session, features, inputs) {
     high_res_feats_1: new Tensor("float32", features.high_res_feats_1.data, features.high_res_feats_1.dims),
     point_coords: new Tensor("float32", inputs.coords, [1, inputs.count, 2]),
     point_labels: new Tensor("float32", inputs.labels, [1, inputs.count]),
-    mask_input: new Tensor("float32", new Float32Array(LOW_RES * LOW_RES), [1, 1, LOW_RES, LOW_RES]),
-    has_mask_input: new Tensor("float32", new Float32Array([0]), [1]),
+    mask_input: new Tensor("float32", maskInput ? Float32Array.from(maskInput) : new Float32Array(cells), [1, 1, LOW_RES, LOW_RES]),
+    has_mask_input: new Tensor("float32", new Float32Array([maskInput ? 1 : 0]), [1]),
   };
-  // Graphs that give mask_input and has_mask_input zero defaults (overridable initializers) do not
-  // list them as inputs, and onnxruntime-web refuses a feed it does not list: leave them out then
-  // (the page always sends the defaults, zeros and 0).
-  for (const name of Object.keys(feeds)) {
-    if (!session.inputNames.includes(name)) {
-      if (name !== "mask_input" && name !== "has_mask_input") {
-        throw new Error(`the decoder graph has no input ${name}; its inputs are ${session.inputNames.join(", ")}`);
-      }
-      delete feeds[name];
-    }
-  }
   const outputs = await session.run(feeds);
   const count = outputs.masks.dims[1];
   const all = await outputs.masks.getData();
   const scores = Float32Array.from(await outputs.iou_predictions.getData());
-  const cells = LOW_RES * LOW_RES;
   const masks = [];
   for (let k = 0; k < count; k++) masks.push(Float32Array.from(all.subarray(k * cells, (k + 1) * cells)));
-  return { masks, scores };
+  const fed = { maskInput: feeds.mask_input.data, hasMaskInput: feeds.has_mask_input.data[0] };
+  return { masks, scores, fed };
 }
 
 /** Index of the highest score (the first on ties, as numpy's argmax). */
