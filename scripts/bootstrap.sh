@@ -43,6 +43,9 @@ case "$mode" in
     # Meta's reference implementation, for parity tests only. --no-deps keeps torchvision out;
     # SAM2_BUILD_CUDA=0 skips its CUDA extension; its needs (hydra-core, iopath) are in [test].
     SAM2_BUILD_CUDA=0 "${pip[@]}" install --no-build-isolation --no-deps sam2==1.1.0
+    # samexporter (seed 002's exporter), for tests/export/test_samexporter_peer.py only. --no-deps:
+    # it pins torch and torchvision; export_sam2 needs only torch, onnx, hydra and sam2 (above).
+    "${pip[@]}" install --no-deps samexporter==0.5.0
     ;;
   *) echo "bootstrap: unknown mode '$mode' (expected serve or test)" >&2; exit 2 ;;
 esac
