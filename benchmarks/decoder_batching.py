@@ -187,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, engine in engines.items():
             loop.run_until_complete(engine.start())
             image_ids[name] = [
-                loop.run_until_complete(engine.service(Sam2Service).embed(ImageBytes(photo))).image_id
+                loop.run_until_complete(
+                    engine.service(Sam2Service).embed(ImageBytes(photo))
+                ).image_id
                 for photo in photos
             ]
         predictor = predictor_module.SAM2ImagePredictor(reference)

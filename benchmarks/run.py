@@ -54,11 +54,11 @@ from sam2_server import embed_request, running_server, serve_command
 from sam2_wire import measure_codecs
 from transformers import Sam2Model
 
+from imgembed.api.sam2.embed import NPZ_KEYS
 from imgembed.models.sam2 import Sam2Features, encode_images
 from imgembed.models.sam2_registry import resolve_variant
 from imgembed.pipelines.sam2_embed import Sam2EmbedOptions, finish
 from imgembed.preprocess.sam2_frame import FrameMapping
-from imgembed.wire import NPZ_KEYS
 
 HERE = Path(__file__).resolve().parent
 E2E_DTYPE = "float16"

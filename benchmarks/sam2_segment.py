@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def ours_cold() -> None:
             engine.models[0].features.clear()
-            loop.run_until_complete(engine.service(Sam2Service).segment(ImageBytes(photo), point_objects(1)))
+            loop.run_until_complete(
+                engine.service(Sam2Service).segment(ImageBytes(photo), point_objects(1))
+            )
 
         def meta_cold() -> None:
             with torch.inference_mode():

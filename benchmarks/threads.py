@@ -116,7 +116,9 @@ def measure(
     loop = asyncio.new_event_loop()
     engine = Engine(ServerConfig(models=(spec,), compute_threads=compute))
     loop.run_until_complete(engine.start())
-    image_id = loop.run_until_complete(engine.service(Sam2Service).embed(ImageBytes(photos[-1]))).image_id
+    image_id = loop.run_until_complete(
+        engine.service(Sam2Service).embed(ImageBytes(photos[-1]))
+    ).image_id
     loop.run_until_complete(closed_loop(engine, photos, image_id, range(2 * CLIENTS)))
     before = CpuSnapshot.take([os.getpid()])
     wall_s, embeds, segments = loop.run_until_complete(

@@ -34,7 +34,9 @@ async def embed_and_segment(spec: ModelSpec) -> tuple[dict[str, np.ndarray], np.
     async with Engine(ServerConfig(models=(spec,))) as engine:
         embedded = await engine.service(Sam2Service).embed(ImageBytes(png()))
         point = SegmentObject(np.array([[60.0, 40.0]]), np.array([1], np.int32))
-        segmented = await engine.service(Sam2Service).segment(None, [point], image_id=embedded.image_id)
+        segmented = await engine.service(Sam2Service).segment(
+            None, [point], image_id=embedded.image_id
+        )
         return embedded.embedding.arrays, segmented.objects[0].masks, engine.models[0].describe()
 
 

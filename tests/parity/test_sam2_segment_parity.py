@@ -64,7 +64,9 @@ class Case:
         self, objects: list[SegmentObject], options: SegmentOptions | None = None
     ) -> list[ObjectMasks]:
         result = self.loop.run_until_complete(
-            self.engine.service(Sam2Service).segment(ImageBytes(png_bytes(self.image)), objects, options=options)
+            self.engine.service(Sam2Service).segment(
+                ImageBytes(png_bytes(self.image)), objects, options=options
+            )
         )
         return result.objects
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from imgembed.api.parsing import parse_request
+from imgembed.api.sam2.embed import Sam2EmbedRequest, sam2_embed_inputs
 from imgembed.errors import InvalidInputError
-from imgembed.schemas import Sam2EmbedRequest, parse_request, sam2_embed_inputs
 from imgembed.types import ImageBase64, ImageBytes, ImageURL
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +73,41 @@ def read_image_file(path_text: str) -> bytes:
         return path.read_bytes()
     except OSError as error:
         raise ImgembedError(f"image file {path} cannot be read: {error}", field="image") from error
+
+
+def call_operation(
+    config: ServerConfig,
+    operation: Any,
+    payload: dict[str, Any],
+    uploads: Sequence[Any] = (),
+) -> tuple[Any, Any]:
+    """Runs an :class:`~imgembed.api.operation.Operation` on a local engine, for a command that
+    writes its own files from the result instead of the operation's JSON response.
+
+    The request is parsed before any model loads, so a bad flag fails at once.
+
+    Args:
+        config: The engine's configuration.
+        operation: The api operation.
+        payload: Its request, as the JSON object an HTTP client would send.
+        uploads: Image files, as ``ImageBytes`` named by the flag or argument they came from.
+
+    Returns:
+        The parsed request and the engine call's result.
+
+    Raises:
+        ImgembedError: The request is refused or the call fails.
+    """
+    import asyncio
+
+    from imgembed.api.operation import Context
+    from imgembed.engine import Engine
+
+    request = operation.parse(payload)
+
+    async def run() -> Any:
+        async with Engine(config) as engine:
+            context = Context(engine, "cli", uploads)
+            return await operation.call(request, operation.resolve(request, context), context)
+
+    return request, asyncio.run(run())

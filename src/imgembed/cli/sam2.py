@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -12,32 +11,30 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from imgembed.cli.common import add_model_flags, config_from_args, read_image_file
+from imgembed.cli.common import (
+    add_model_flags,
+    call_operation,
+    config_from_args,
+    read_image_file,
+)
 from imgembed.cli.overlay import draw_overlay
 from imgembed.errors import InvalidInputError
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from imgembed.engine import Engine, Sam2Service
-    from imgembed.pipelines.sam2_embed import Sam2EmbedOptions
+    from imgembed.api.sam2 import operations
+    from imgembed.api.sam2.embed import NPZ_KEYS, sam2_embed_meta
     from imgembed.types import ImageBytes
-    from imgembed.wire import NPZ_KEYS, sam2_embed_meta
 
     image_path = Path(args.image)
     data = read_image_file(args.image)
     output = Path(args.output) if args.output else image_path.with_suffix(".npz")
-    config = config_from_args(args)
-    options = Sam2EmbedOptions(
-        dtype=args.dtype,
-        include_high_res=not args.no_high_res,
-        resize_mode=args.resize_mode or config.default_resize_mode,
+    payload = {"dtype": args.dtype, "include_high_res": not args.no_high_res}
+    if args.resize_mode:
+        payload["resize_mode"] = args.resize_mode
+    _, result = call_operation(
+        config_from_args(args), operations.EMBED, payload, [ImageBytes(data, field="image")]
     )
-
-    async def run() -> Any:
-        async with Engine(config) as engine:
-            return await engine.service(Sam2Service).embed(ImageBytes(data, field="image"), options=options)
-
-    result = asyncio.run(run())
     meta = {
         **sam2_embed_meta(result),
         "dtype": result.embedding.dtype,
@@ -68,9 +65,8 @@ def _numbers(text: str, count: tuple[int, ...], flag: str) -> list[float]:
 
 
 def _segment(args: argparse.Namespace) -> int:
-    from imgembed.engine import Engine, Sam2Service
+    from imgembed.api.sam2 import operations
     from imgembed.preprocess.image import decode_image
-    from imgembed.segment_schemas import Sam2SegmentRequest, segment_objects
     from imgembed.types import ImageBytes
 
     data = read_image_file(args.image)
@@ -78,26 +74,18 @@ def _segment(args: argparse.Namespace) -> int:
     points = [values[:2] for values in parsed]
     labels = [int(values[2]) if len(values) == 3 else 1 for values in parsed]
     boxes = [_numbers(text, (4,), "--box") for text in args.box or []]
-    request = Sam2SegmentRequest(
-        points=points or None,
-        point_labels=labels or None,
-        boxes=boxes or None,
-        multimask_output=args.multimask,
-    )
+    payload = {
+        "points": points or None,
+        "point_labels": labels or None,
+        "boxes": boxes or None,
+        "multimask_output": args.multimask,
+        "resize_mode": args.resize_mode,
+    }
     config = config_from_args(args)
-    objects = segment_objects(request, config.limits)
     image = decode_image(data, config.limits, field="image")
-
-    async def run() -> Any:
-        async with Engine(config) as engine:
-            return await engine.service(Sam2Service).segment(
-                ImageBytes(data, field="image"),
-                objects,
-                resize_mode=args.resize_mode,
-                options=request.options(),
-            )
-
-    result = asyncio.run(run())
+    _, result = call_operation(
+        config, operations.SEGMENT, payload, [ImageBytes(data, field="image")]
+    )
     output = Path(args.output)
     best_masks = [item.masks[int(np.argmax(item.scores))] for item in result.objects]
     written = []
@@ -138,13 +126,11 @@ def _segment(args: argparse.Namespace) -> int:
 
 
 def _segment_everything(args: argparse.Namespace) -> int:
-    from imgembed.engine import Engine, Sam2Service
+    from imgembed.api.sam2 import operations
+    from imgembed.api.sam2.everything import sam2_everything_json
     from imgembed.masks.rle import rle_to_mask
     from imgembed.preprocess.image import decode_image
-    from imgembed.schemas import parse_request
-    from imgembed.segment_schemas import Sam2EverythingRequest
     from imgembed.types import ImageBytes
-    from imgembed.wire_segment import sam2_everything_json
 
     data = read_image_file(args.image)
     settings = {
@@ -160,21 +146,13 @@ def _segment_everything(args: argparse.Namespace) -> int:
         )
         if getattr(args, name) is not None
     }
-    request = parse_request(
-        Sam2EverythingRequest, {**settings, "use_m2m": args.use_m2m, "output_mode": "coco_rle"}
-    )
-    assert isinstance(request, Sam2EverythingRequest)
-    params = request.params()
+    payload = {**settings, "use_m2m": args.use_m2m, "output_mode": "coco_rle"}
+    operations.SEGMENT_EVERYTHING.parse(payload).params()  # refuses bad settings before loading
     config = config_from_args(args)
     image = decode_image(data, config.limits, field="image")
-
-    async def run() -> Any:
-        async with Engine(config) as engine:
-            return await engine.service(Sam2Service).segment_everything(
-                ImageBytes(data, field="image"), params=params
-            )
-
-    result = asyncio.run(run())
+    _, result = call_operation(
+        config, operations.SEGMENT_EVERYTHING, payload, [ImageBytes(data, field="image")]
+    )
     output = Path(args.output)
     body = sam2_everything_json(result, "coco_rle")
     output.write_text(json.dumps(body, indent=1))

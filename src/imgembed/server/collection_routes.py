@@ -7,18 +7,24 @@ every acknowledged write is durable. Filters use the JSON language of
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
-from imgembed.collection_schemas import AddItemsRequest, DeleteItemsRequest, SearchRequest
+from imgembed.api.collections import (
+    AddItemsRequest,
+    DeleteItemsRequest,
+    SearchRequest,
+    add_outcome_json,
+    collection_json,
+    item_json,
+    search_json,
+)
+from imgembed.api.parsing import parse_request
+from imgembed.api.siglip import image_input
 from imgembed.engine import CollectionService, Engine
 from imgembed.errors import InvalidInputError
-from imgembed.schemas import parse_request
-from imgembed.search.store import CollectionInfo, Item
-from imgembed.server.errors import invalid_json
-from imgembed.siglip_schemas import image_input
+from imgembed.server.bodies import read_json
 
 router = APIRouter(tags=["collections"])
 
@@ -31,39 +37,15 @@ def _collections(request: Request) -> CollectionService:
     return _engine(request).service(CollectionService)
 
 
-async def _body(request: Request) -> Any:
-    try:
-        return json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise invalid_json(error) from error
-
-
-def _info(info: CollectionInfo) -> dict[str, Any]:
-    return {
-        "name": info.name,
-        "dimension": info.dimension,
-        "count": info.count,
-        "metric": info.metric,
-        "indexed": info.indexed,
-    }
-
-
-def _item(item: Item) -> dict[str, Any]:
-    entry: dict[str, Any] = {"id": item.id, "metadata": item.metadata}
-    if item.vector is not None:
-        entry["vector"] = item.vector.tolist()
-    return entry
-
-
 @router.get("/v1/collections", summary="List collections")
 async def list_collections(request: Request) -> dict[str, Any]:
     infos = await _collections(request).list_collections()
-    return {"collections": [_info(info) for info in infos]}
+    return {"collections": [collection_json(info) for info in infos]}
 
 
 @router.get("/v1/collections/{name}", summary="Describe a collection")
 async def get_collection(request: Request, name: str) -> dict[str, Any]:
-    return _info(await _collections(request).get_collection(name))
+    return collection_json(await _collections(request).get_collection(name))
 
 
 @router.delete("/v1/collections/{name}", summary="Delete a collection and its items")
@@ -81,32 +63,12 @@ async def delete_collection(request: Request, name: str) -> dict[str, Any]:
 )
 async def add_items(request: Request, name: str) -> dict[str, Any]:
     engine = _engine(request)
-    body = parse_request(AddItemsRequest, await _body(request))
-    assert isinstance(body, AddItemsRequest)
+    body = parse_request(AddItemsRequest, await read_json(request))
     items = body.new_items(engine.config.limits.max_batch_images)
     outcome = await engine.service(CollectionService).add(
         name, items, model=body.model, on_conflict=body.on_conflict
     )
-    response: dict[str, Any] = {
-        "collection": _info(outcome.collection),
-        "inserted": outcome.result.inserted,
-        "updated": outcome.result.updated,
-    }
-    if outcome.failed:
-        response["warnings"] = {
-            "failed": [
-                {
-                    "index": index,
-                    "id": item.id,
-                    "error": error.message,
-                    "code": error.code,
-                    "field": item.field,
-                }
-                for index, item, error in outcome.failed
-            ],
-            "message": f"{len(outcome.failed)} of {len(items)} items could not be added",
-        }
-    return response
+    return add_outcome_json(outcome, len(items))
 
 
 @router.get("/v1/collections/{name}/items", summary="List items, in id order")
@@ -120,13 +82,12 @@ async def list_items(
     page = await _collections(request).list_items(
         name, limit=limit, after=after, with_vectors=with_vectors
     )
-    return {"items": [_item(item) for item in page.items], "next_after": page.next_after}
+    return {"items": [item_json(item) for item in page.items], "next_after": page.next_after}
 
 
 @router.post("/v1/collections/{name}/items/delete", summary="Delete items by id")
 async def delete_items(request: Request, name: str) -> dict[str, Any]:
-    body = parse_request(DeleteItemsRequest, await _body(request))
-    assert isinstance(body, DeleteItemsRequest)
+    body = parse_request(DeleteItemsRequest, await read_json(request))
     deleted = await _collections(request).delete_items(name, body.ids)
     return {"deleted": deleted}
 
@@ -139,8 +100,7 @@ async def delete_items(request: Request, name: str) -> dict[str, Any]:
 )
 async def search(request: Request, name: str) -> dict[str, Any]:
     engine = _engine(request)
-    body = parse_request(SearchRequest, await _body(request))
-    assert isinstance(body, SearchRequest)
+    body = parse_request(SearchRequest, await read_json(request))
     image = None if body.image is None else image_input(body.image, "image")
     if body.text is not None and not body.text.strip():
         raise InvalidInputError("text is empty; send some words", field="text")
@@ -153,8 +113,4 @@ async def search(request: Request, name: str) -> dict[str, Any]:
         filter=body.filter,
         model=body.model,
     )
-    return {
-        "collection": name,
-        "model": model,
-        "hits": [{"id": hit.id, "score": hit.score, "metadata": hit.metadata} for hit in hits],
-    }
+    return search_json(name, model, hits)

@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from imgembed.api.parsing import validation_error_to_input_error
 from imgembed.errors import ImgembedError, InvalidInputError
-from imgembed.schemas import validation_error_to_input_error
 
 logger = logging.getLogger(__name__)
 

@@ -181,7 +181,9 @@ class Sam2EncoderModel(V2Model):
                 else ImageBase64(data, field=f"image_bytes[{index}]")
                 for index, data in enumerate(files)
             ]
-            prepared = await engine.service(Sam2Service).prepare_images(images_in, resize_mode="stretch")
+            prepared = await engine.service(Sam2Service).prepare_images(
+                images_in, resize_mode="stretch"
+            )
             pixel_values = [item.pixel_values for item in prepared]
         features = await engine.service(Sam2Service).encode_pixels(
             pixel_values, model=self.served.name, deadline=deadline

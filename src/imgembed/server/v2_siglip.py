@@ -37,7 +37,9 @@ class SiglipImageModel(V2Model):
             else ImageBase64(data, field=f"image_bytes[{index}]")
             for index, data in enumerate(files)
         ]
-        result = await engine.service(SiglipService).embed_images(images, model=self.served.name, deadline=deadline)
+        result = await engine.service(SiglipService).embed_images(
+            images, model=self.served.name, deadline=deadline
+        )
         for outcome in result.outcomes:
             if outcome.error is not None:
                 raise outcome.error
