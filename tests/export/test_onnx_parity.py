@@ -10,6 +10,7 @@ prove the axes are dynamic.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -232,15 +233,20 @@ def test_decoder_on_onnx_features(
     _assert_close(onnx.masks, onnx.iou_predictions, reference.masks, reference.iou_predictions)
 
 
-def test_mask_inputs_may_be_left_out(
-    onnx_export: ExportResult, torch_features: Sam2Features
+def test_mask_inputs_may_be_left_out_where_defaults_are_written(
+    onnx_export: ExportResult, torch_features: Sam2Features, tmp_path: Path
 ) -> None:
-    """``mask_input``/``has_mask_input`` default to "no mask", as on imgembed's v2 decoder."""
+    """With zero defaults written in (what Triton's unbatched decoder gets),
+    ``mask_input``/``has_mask_input`` default to "no mask", as on imgembed's v2 decoder; the
+    exported graph itself requires them (onnxruntime-web refuses shadowed inputs)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(
-        str(onnx_export.decoder_path), providers=["CPUExecutionProvider"]
-    )
+    from imgembed.export.onnx_export import write_with_input_defaults
+    from imgembed.export.sam2_io import DECODER_INPUTS
+
+    defaulted = tmp_path / "decoder_with_defaults.onnx"
+    write_with_input_defaults(onnx_export.decoder_path, defaulted, DECODER_INPUTS)
+    session = ort.InferenceSession(str(defaulted), providers=["CPUExecutionProvider"])
     features = {name: getattr(torch_features, name).numpy() for name in FEATURE_NAMES}
     prompts = {
         "point_coords": np.array([[[512.0, 384.0]], [[100.0, 900.0]]], np.float32),

@@ -113,8 +113,12 @@ def test_example_against_imgembed_and_the_exported_graphs(
     )
     coords = example.to_input_frame(np.array([[(180.0, 150.0)], [(60.0, 200.0)]]), 240, 320)
     labels = np.array([[1.0], [0.0]], np.float32)
+    no_mask = {
+        "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+        "has_mask_input": np.zeros(1, np.float32),
+    }
     onnx_masks, onnx_iou = decoder.run(
-        None, {**features, "point_coords": coords, "point_labels": labels}
+        None, {**features, "point_coords": coords, "point_labels": labels, **no_mask}
     )
     client = example.httpclient.InferenceServerClient(url=server)
     try:

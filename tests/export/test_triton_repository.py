@@ -65,15 +65,6 @@ def repositories(
     }
 
 
-@pytest.fixture(scope="module")
-def sessions(onnx_export: ExportResult) -> dict[str, ort.InferenceSession]:
-    """The graphs as ONNX Runtime (Triton's onnxruntime backend) opens them."""
-    return {
-        role: ort.InferenceSession(str(onnx_export.files[role]), providers=["CPUExecutionProvider"])
-        for role in ("encoder", "decoder")
-    }
-
-
 def _parse(path: Path, model_config: ModuleType) -> Any:
     """The file parsed strictly into Triton's ``inference.ModelConfig`` (unknown fields fail)."""
     return text_format.Parse(path.read_text(encoding="utf-8"), model_config.ModelConfig())
@@ -266,12 +257,14 @@ def test_configs_pass_tritons_load_checks(
 
 def test_the_load_checks_catch_mismatches(
     repositories: dict[str, TritonExportResult],
-    sessions: dict[str, ort.InferenceSession],
     triton_model_config: ModuleType,
 ) -> None:
     """The re-stated rules can fail: configs bent one field at a time are refused."""
     path = repositories["default"].config_paths["sam2_decoder"]
-    decoder = sessions["decoder"]
+    decoder = ort.InferenceSession(
+        str(repositories["default"].model_paths["sam2_decoder"]), providers=["CPUExecutionProvider"]
+    )
+    assert triton_load_errors(_parse(path, triton_model_config), decoder, triton_model_config) == []
 
     renamed = _parse(path, triton_model_config)
     renamed.input[3].name = "points"
