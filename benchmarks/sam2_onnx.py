@@ -47,11 +47,11 @@ from bench_util import (
 )
 from sam2_fixtures import photo_pixel_values, reference_and_imgembed
 
+from imgembed.export.onnx_backend import OnnxRuntimeSettings, OnnxSam2Backend
 from imgembed.export.onnx_export import ExportResult, convert_precision, export_loaded_onnx
 from imgembed.models.sam2 import Sam2Features, encode_images
 from imgembed.models.sam2_decoder import decode_masks
 from imgembed.models.sam2_loading import LoadedSam2, load_sam2
-from imgembed.runtime.onnx_backend import OnnxRuntimeSettings, OnnxSam2Backend
 
 MODEL = "sam2.1-hiera-tiny"
 PRECISIONS = ("fp32", "fp16", "int8")

@@ -78,7 +78,7 @@ def torch_features(tiny: LoadedSam2, image_batch: torch.Tensor) -> Sam2Features:
 @pytest.fixture(scope="session")
 def onnx_features(onnx_export: ExportResult, image_batch: torch.Tensor) -> Sam2Features:
     """The exported encoder's features of the gradient image, on ONNX Runtime's CPU provider."""
-    from imgembed.runtime.onnx_backend import OnnxRuntimeSettings, OnnxSam2Backend
+    from imgembed.export.onnx_backend import OnnxRuntimeSettings, OnnxSam2Backend
 
     backend = OnnxSam2Backend(onnx_export, OnnxRuntimeSettings(provider="cpu"))
     return backend.encode(image_batch[:1])

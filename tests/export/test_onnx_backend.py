@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from imgembed.errors import ImgembedError, InvalidInputError, ModelLoadError
-from imgembed.export.onnx_export import METADATA_FILE, ExportResult
-from imgembed.models.sam2 import Sam2Features
-from imgembed.runtime.onnx_backend import (
+from imgembed.export.onnx_backend import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
     OnnxRuntimeSettings,
     OnnxSam2Backend,
     choose_providers,
 )
+from imgembed.export.onnx_export import METADATA_FILE, ExportResult
+from imgembed.models.sam2 import Sam2Features
 
 CPU_ONLY = CUDA_PROVIDER not in ort.get_available_providers()
 

@@ -16,6 +16,7 @@ import torch
 from checkpoints import relative_error
 
 from imgembed.errors import ConflictError, InvalidInputError, UnknownModelError
+from imgembed.export.onnx_backend import OnnxRuntimeSettings, OnnxSam2Backend
 from imgembed.export.onnx_export import (
     DEFAULT_OPSET,
     METADATA_FILE,
@@ -28,7 +29,6 @@ from imgembed.models.sam2 import Sam2Features
 from imgembed.models.sam2_decoder import decode_masks
 from imgembed.models.sam2_loading import LoadedSam2
 from imgembed.models.sam2_registry import list_variants
-from imgembed.runtime.onnx_backend import OnnxRuntimeSettings, OnnxSam2Backend
 
 logger = logging.getLogger(__name__)
 

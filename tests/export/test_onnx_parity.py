@@ -17,11 +17,11 @@ import pytest
 import torch
 from checkpoints import relative_error
 
+from imgembed.export.onnx_backend import OnnxRuntimeSettings, OnnxSam2Backend
 from imgembed.export.onnx_export import ExportResult
 from imgembed.models.sam2 import Sam2Features, encode_images
 from imgembed.models.sam2_decoder import decode_masks
 from imgembed.models.sam2_loading import LoadedSam2
-from imgembed.runtime.onnx_backend import OnnxRuntimeSettings, OnnxSam2Backend
 
 pytestmark = pytest.mark.parity
 

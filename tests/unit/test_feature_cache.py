@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from imgembed.models.sam2 import Sam2Features
-from imgembed.preprocess.sam2_frame import FrameMapping
-from imgembed.runtime.feature_cache import (
+from imgembed.engine.feature_cache import (
     CacheStats,
     FeatureCache,
     features_nbytes,
     image_id_for,
 )
+from imgembed.models.sam2 import Sam2Features
+from imgembed.preprocess.sam2_frame import FrameMapping
 
 MAPPING = FrameMapping.for_image(10, 20, 1024, "stretch")
 

@@ -9,9 +9,9 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from imgembed.engine import Engine
-from imgembed.metrics import Metrics
+from imgembed.engine.feature_cache import CacheStats
+from imgembed.engine.metrics import Metrics
 from imgembed.runtime.batcher import BatchStats
-from imgembed.runtime.feature_cache import CacheStats
 
 MODEL = "sam2.1-hiera-tiny"
 

@@ -22,10 +22,10 @@ from typing import Any, Self, TypeVar
 import torch
 
 from imgembed.config import ModelSpec, ServerConfig
+from imgembed.engine.metrics import Metrics
 from imgembed.engine.registry import ModelFamily, family_of
 from imgembed.engine.served import ServedModel
 from imgembed.errors import UnknownModelError
-from imgembed.metrics import Metrics
 from imgembed.preprocess.fetch import fetch_url_bytes
 from imgembed.preprocess.image import DecodedImage, decode_base64_image, decode_image
 from imgembed.runtime.device import choose_placement

@@ -1,7 +1,7 @@
 """The feature store: every SAM 2 image's encoder features, owned in one place.
 
 Embed once, decode many. A request's image becomes an ``image_id`` (a hash of its decoded pixels
-and resize mode, :func:`~imgembed.runtime.feature_cache.image_id_for`); the store answers with the
+and resize mode, :func:`~imgembed.engine.feature_cache.image_id_for`); the store answers with the
 features under that id from its byte-bounded LRU cache, or has them encoded once: concurrent
 requests for the same image wait on the first one's encoder pass instead of running their own. A
 later request may name the id alone; once evicted, the id is refused with a message saying to send
@@ -21,10 +21,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from imgembed.engine.feature_cache import CachedImage, CacheStats, FeatureCache
 from imgembed.errors import NotFoundError
 from imgembed.models.sam2 import Sam2Features
 from imgembed.preprocess.sam2_frame import FrameMapping
-from imgembed.runtime.feature_cache import CachedImage, CacheStats, FeatureCache
 
 logger = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ import torch
 from imgembed.config import ModelSpec, ResizeMode
 from imgembed.engine import sam2_everything
 from imgembed.engine.core import EngineCore
+from imgembed.engine.feature_cache import CachedImage, image_id_for
 from imgembed.engine.feature_store import FeatureStore
 from imgembed.engine.registry import ModelFamily
 from imgembed.engine.sam2_everything import milliseconds
@@ -29,7 +30,6 @@ from imgembed.pipelines.sam2_everything_params import Sam2EverythingParams
 from imgembed.preprocess.image import DecodedImage
 from imgembed.preprocess.sam2_frame import FrameMapping
 from imgembed.runtime.device import DevicePlacement
-from imgembed.runtime.feature_cache import CachedImage, image_id_for
 from imgembed.types import ImageInput
 
 FAMILY_NAME = "sam2"
@@ -499,7 +499,7 @@ def _onnx_encoder(spec: ModelSpec, model_name: str) -> Any:
             "(IMGEMBED_ONNX_DIR)"
         )
     try:
-        from imgembed.runtime.onnx_backend import OnnxSam2Backend
+        from imgembed.export.onnx_backend import OnnxSam2Backend
     except ImportError as error:
         raise ModelLoadError(
             f"the onnxruntime backend needs the onnx extra: pip install 'imgembed[onnx]' ({error})"

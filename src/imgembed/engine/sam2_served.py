@@ -17,8 +17,8 @@ from imgembed.config import (
     BatchingSettings,
 )
 from imgembed.engine.feature_store import FeatureStore
+from imgembed.engine.metrics import Metrics
 from imgembed.engine.served import ServedModel
-from imgembed.metrics import Metrics
 from imgembed.models.sam2 import SAM2_INPUT_SIZE, Sam2Features
 from imgembed.models.sam2_decoder import LOW_RES_MASK_SIZE, Sam2MaskPrediction
 from imgembed.models.sam2_loading import LoadedSam2

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgembed.config import DEFAULT_BATCH_SIZE, BatchingSettings, ModelSpec
-from imgembed.metrics import Metrics
+from imgembed.engine.metrics import Metrics
 from imgembed.runtime.batcher import DynamicBatcher
 from imgembed.runtime.device import DevicePlacement
 

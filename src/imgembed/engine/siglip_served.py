@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from imgembed.engine.metrics import Metrics
 from imgembed.engine.served import ServedModel
-from imgembed.metrics import Metrics
 from imgembed.models.siglip_loading import LoadedSiglip
 from imgembed.pipelines import siglip_embed
 from imgembed.preprocess.image import DecodedImage

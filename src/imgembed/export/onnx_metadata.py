@@ -29,10 +29,9 @@ from imgembed.export.sam2_io import (
     SINGLE_MASK_DECODER_OUTPUTS,
     GraphTensor,
 )
-from imgembed.models.sam2 import FEATURE_STRIDE, SAM2_INPUT_SIZE
+from imgembed.models.sam2 import FEATURE_STRIDE, IMAGENET_MEAN, IMAGENET_STD, SAM2_INPUT_SIZE
 from imgembed.models.sam2_decoder import LOW_RES_MASK_SIZE
 from imgembed.models.sam2_loading import LoadedSam2
-from imgembed.preprocess.sam2_frame import IMAGENET_MEAN, IMAGENET_STD
 
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"

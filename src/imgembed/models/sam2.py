@@ -14,6 +14,10 @@ from imgembed.models.sam2_streamline import fpn_features
 
 SAM2_INPUT_SIZE = 1024
 """Side of the square image the SAM 2 encoder takes, in pixels."""
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+"""Per-channel mean SAM 2 normalises RGB in [0, 1] with (ImageNet's)."""
+IMAGENET_STD = (0.229, 0.224, 0.225)
+"""Per-channel standard deviation SAM 2 normalises with (ImageNet's)."""
 
 IMAGE_EMBED_SHAPE = (256, 64, 64)
 HIGH_RES_FEATS_0_SHAPE = (32, 256, 256)

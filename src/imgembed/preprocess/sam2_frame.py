@@ -21,9 +21,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from imgembed.config import ResizeMode
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from imgembed.models.sam2 import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from imgembed.engine.metrics import Metrics
 from imgembed.errors import PayloadTooLargeError, UnauthorizedError
-from imgembed.metrics import Metrics
 from imgembed.server.errors import error_response
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from imgembed.api.sam2.everything import Sam2EverythingRequest
 from imgembed.api.sam2.segment import Sam2SegmentRequest
 from imgembed.codecs import BINARY_MEDIA_TYPE
 from imgembed.engine import Engine
-from imgembed.metrics import CONTENT_TYPE
+from imgembed.engine.metrics import CONTENT_TYPE
 from imgembed.server.bodies import Body, image_body
 from imgembed.server.collection_routes import router as collection_router
 from imgembed.server.operations import serve_operation

@@ -20,9 +20,8 @@ from imgembed.codecs import encode_binary, encode_npz
 from imgembed.config import Encoding, FeatureDtype, ResizeMode
 from imgembed.engine import Sam2EmbedResult
 from imgembed.errors import InvalidInputError
-from imgembed.models.sam2 import FEATURE_STRIDE, SAM2_INPUT_SIZE
+from imgembed.models.sam2 import FEATURE_STRIDE, IMAGENET_MEAN, IMAGENET_STD, SAM2_INPUT_SIZE
 from imgembed.pipelines.sam2_embed import Sam2EmbedOptions
-from imgembed.preprocess.sam2_frame import IMAGENET_MEAN, IMAGENET_STD
 from imgembed.types import ImageInput
 
 

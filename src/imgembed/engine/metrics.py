@@ -11,8 +11,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from imgembed.engine.feature_cache import CacheStats
 from imgembed.runtime.batcher import BatchStats
-from imgembed.runtime.feature_cache import CacheStats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -114,7 +114,7 @@ class Metrics:
         )
 
     def cache_observer(self, model: str) -> Callable[[CacheStats], None]:
-        """A callback for :class:`~imgembed.runtime.feature_cache.FeatureCache` that records
+        """A callback for :class:`~imgembed.engine.feature_cache.FeatureCache` that records
         ``model``'s cache counters."""
         last = CacheStats()
 
