@@ -31,6 +31,7 @@ from imgembed.models.hub import (
     local_path_or_hub_id,
     read_json_object,
 )
+from imgembed.server.errors import http_status
 
 AddToHubCache = Callable[[str, Mapping[str, Path | bytes]], Path]
 OFFLINE_REMEDY = "To download it, allow hub access (unset HF_HUB_OFFLINE) on a networked machine."
@@ -101,7 +102,7 @@ def test_bad_id_says_what_was_looked_for(tmp_path: Path) -> None:
     assert raised.value.message == (
         f"No file or folder {missing} exists, and {str(missing)!r} is not a hub id (org/name)."
     )
-    assert raised.value.status_code == 500
+    assert http_status(raised.value) == 500
 
 
 # Snapshots.

@@ -28,6 +28,7 @@ from imgembed.models.sam2_registry import (
     variants_with,
 )
 from imgembed.models.sam2_variants import Sam2Variant
+from imgembed.server.errors import http_status
 
 VARIANTS = list_variants()
 EXPECTED_NAMES = (
@@ -94,7 +95,7 @@ def test_unknown_names_list_the_valid_ones(unknown: str) -> None:
     assert repr(unknown) in raised.value.message
     for name in EXPECTED_NAMES:
         assert name in raised.value.message
-    assert raised.value.status_code == 404
+    assert http_status(raised.value) == 404
 
 
 def test_meta_config_files_exist_in_the_reference_package() -> None:

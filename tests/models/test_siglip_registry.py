@@ -18,6 +18,7 @@ from imgembed.models.siglip_registry import (
     siglip_variants_with,
 )
 from imgembed.models.siglip_variants import DEFAULT_SIGLIP_MODEL
+from imgembed.server.errors import http_status
 
 EXPECTED_NAMES = {
     "siglip2-base-patch16-224",
@@ -79,7 +80,7 @@ def test_unknown_names_list_the_valid_ones(name: str) -> None:
         resolve_siglip_variant(name)
     assert repr(name) in raised.value.message
     assert "siglip2-large-patch16-512" in raised.value.message
-    assert raised.value.status_code == 404
+    assert http_status(raised.value) == 404
 
 
 def test_configs_round_trip_through_the_table() -> None:

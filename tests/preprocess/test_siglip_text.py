@@ -8,6 +8,7 @@ from siglip_checkpoints import gemma_tokenizer
 
 from imgembed.errors import InvalidInputError
 from imgembed.preprocess.siglip_text import MAX_TEXT_CHARACTERS, tokenize_texts
+from imgembed.server.errors import http_status
 
 PAD, EOS = 0, 1
 
@@ -58,4 +59,4 @@ def test_bad_texts_are_refused(texts: object, expected: str) -> None:
     with pytest.raises(InvalidInputError, match=expected) as raised:
         tokenize_texts(gemma_tokenizer(), texts)  # type: ignore[arg-type]
     assert raised.value.field == "texts"
-    assert raised.value.status_code == 400
+    assert http_status(raised.value) == 400

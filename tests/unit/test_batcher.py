@@ -21,6 +21,7 @@ from imgembed.errors import (
     ServiceUnavailableError,
 )
 from imgembed.runtime.batcher import BatchStats, DynamicBatcher
+from imgembed.server.errors import http_status
 
 FAR = 1e12
 """A deadline that never passes."""
@@ -136,7 +137,7 @@ def test_out_of_memory_splits_the_batch_and_reports_only_what_never_fits() -> No
         await batcher.close()
         assert outcomes[:2] == [0, 2]
         assert isinstance(outcomes[2], ResourceExhaustedError)
-        assert outcomes[2].status_code == 507
+        assert http_status(outcomes[2]) == 507
         assert "ran out of memory on a single request" in outcomes[2].message
         assert outcomes[3:] == [6, 8]
         assert [1, 999, 3, 4] in model.batches
@@ -155,7 +156,7 @@ def test_a_full_queue_refuses_with_429_instead_of_growing() -> None:
         await asyncio.sleep(0.01)
         with pytest.raises(QueueFullError, match="limit") as caught:
             await batcher.submit(3, deadline=FAR)
-        assert caught.value.status_code == 429
+        assert http_status(caught.value) == 429
         model.gate.set()
         assert await asyncio.gather(first, *queued) == [0, 2, 4]
         await batcher.close()
@@ -174,7 +175,7 @@ def test_admission_counts_requests_still_decoding_against_the_limit() -> None:
         await asyncio.sleep(0.01)
         with pytest.raises(QueueFullError, match="limit") as caught:
             batcher.refuse_if_full(waiting_elsewhere=1)  # 1 queued + 1 decoding: full
-        assert caught.value.status_code == 429
+        assert http_status(caught.value) == 429
         model.gate.set()
         assert await asyncio.gather(first, queued) == [0, 2]
         await batcher.close()
@@ -193,7 +194,7 @@ def test_expired_work_is_dropped_not_computed() -> None:
         await first
         with pytest.raises(DeadlineExceededError, match="deadline") as caught:
             await late
-        assert caught.value.status_code == 504
+        assert http_status(caught.value) == 504
         await batcher.close()
         assert all(7 not in batch for batch in model.batches)
         assert stats[-1].dropped == 1

@@ -12,6 +12,7 @@ from PIL import Image
 from imgembed.config import InputLimits
 from imgembed.errors import ImageDecodeError, InvalidInputError, PayloadTooLargeError
 from imgembed.preprocess.image import decode_base64_image, decode_image
+from imgembed.server.errors import http_status
 
 LIMITS = InputLimits()
 
@@ -99,7 +100,7 @@ def test_animated_gif_uses_first_frame() -> None:
 def test_non_images_are_refused(data: bytes, phrase: str) -> None:
     with pytest.raises(ImageDecodeError, match=phrase) as caught:
         decode_image(data, LIMITS, field="image_b64")
-    assert caught.value.status_code == 400
+    assert http_status(caught.value) == 400
     assert caught.value.field == "image_b64"
 
 
@@ -120,7 +121,7 @@ def test_too_small_images_are_refused(size: tuple[int, int]) -> None:
     data = encode(Image.new("RGB", size), "PNG")
     with pytest.raises(InvalidInputError, match="at least 2 pixels") as caught:
         decode_image(data, LIMITS, field="image_b64")
-    assert caught.value.status_code == 400
+    assert http_status(caught.value) == 400
 
 
 def test_zero_pixel_image_is_refused() -> None:
@@ -132,7 +133,7 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
     limits = InputLimits(max_image_pixels=1_000_000)
     with pytest.raises(PayloadTooLargeError, match="2000x2000") as caught:
         decode_image(png_header_only(2000, 2000), limits, field="image_b64")
-    assert caught.value.status_code == 413
+    assert http_status(caught.value) == 413
     assert "IMGEMBED_MAX_IMAGE_PIXELS" in caught.value.message
 
 
@@ -173,4 +174,4 @@ def test_bad_base64_is_refused_naming_the_field(text: str, phrase: str) -> None:
     with pytest.raises(InvalidInputError, match=phrase) as caught:
         decode_base64_image(text, field="image_b64")
     assert caught.value.field == "image_b64"
-    assert caught.value.status_code == 400
+    assert http_status(caught.value) == 400

@@ -7,6 +7,7 @@ import pytest
 from imgembed.api.parsing import parse_request
 from imgembed.api.sam2.embed import Sam2EmbedRequest, sam2_embed_inputs
 from imgembed.errors import InvalidInputError
+from imgembed.server.errors import http_status
 from imgembed.types import ImageBase64, ImageBytes, ImageURL
 
 
@@ -54,7 +55,7 @@ def test_problems_name_their_field(payload: dict, field: str, phrase: str) -> No
     with pytest.raises(InvalidInputError, match=phrase) as caught:
         inputs(payload)
     assert caught.value.field == field
-    assert caught.value.status_code == 400
+    assert http_status(caught.value) == 400
 
 
 def test_upload_and_json_image_together_is_refused() -> None:

@@ -15,9 +15,66 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imgembed.api.parsing import validation_error_to_input_error
-from imgembed.errors import ImgembedError, InvalidInputError
+from imgembed.errors import (
+    ConflictError,
+    DeadlineExceededError,
+    ImgembedError,
+    InvalidInputError,
+    ModelLoadError,
+    NotFoundError,
+    PayloadTooLargeError,
+    QueueFullError,
+    ResourceExhaustedError,
+    ServiceUnavailableError,
+    UnauthorizedError,
+    UnknownModelError,
+    UnsupportedMediaTypeError,
+)
 
 logger = logging.getLogger(__name__)
+
+
+HTTP_STATUS: dict[type[ImgembedError], int] = {
+    InvalidInputError: 400,
+    UnauthorizedError: 401,
+    UnknownModelError: 404,
+    NotFoundError: 404,
+    ConflictError: 409,
+    PayloadTooLargeError: 413,
+    UnsupportedMediaTypeError: 415,
+    QueueFullError: 429,
+    ModelLoadError: 500,
+    ServiceUnavailableError: 503,
+    DeadlineExceededError: 504,
+    ResourceExhaustedError: 507,
+}
+"""The HTTP status of each domain error; a subclass answers with its nearest listed base's."""
+
+
+class HTTPProtocolError(ImgembedError):
+    """A failure Starlette reports itself: unknown route, wrong method, malformed multipart.
+
+    Args:
+        message: What went wrong.
+        status: The status Starlette chose.
+        field: The request field at fault, if one is.
+    """
+
+    code = "http_error"
+
+    def __init__(self, message: str, *, status: int, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.status = status
+
+
+def http_status(error: ImgembedError) -> int:
+    """The status code the server answers ``error`` with (500 for an unlisted class)."""
+    if isinstance(error, HTTPProtocolError):
+        return error.status
+    for kind in type(error).__mro__:
+        if kind in HTTP_STATUS:
+            return HTTP_STATUS[kind]
+    return 500
 
 
 V2_PREFIX = "/v2"
@@ -32,13 +89,14 @@ def error_response(error: ImgembedError, request_id: str, *, path: str = "") -> 
     "request_id"}}``. Both carry ``X-Request-ID``, and ``Retry-After`` on 429 and 503.
     """
     headers = {"x-request-id": request_id}
-    if error.status_code in (429, 503):
+    status = http_status(error)
+    if status in (429, 503):
         headers["retry-after"] = "1"
     if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
         body: dict[str, object] = {"error": error.message}
     else:
         body = {"error": {**error.to_dict(), "request_id": request_id}}
-    return JSONResponse(body, status_code=error.status_code, headers=headers)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _request_id(request: Request) -> str:
@@ -48,7 +106,7 @@ def _request_id(request: Request) -> str:
 async def handle_imgembed_error(request: Request, error: Exception) -> JSONResponse:
     """Answers an :class:`ImgembedError` with its status, code, field and message."""
     assert isinstance(error, ImgembedError)
-    if error.status_code >= 500:
+    if http_status(error) >= 500:
         logger.error("request %s failed: %s", _request_id(request), error.message)
     return error_response(error, _request_id(request), path=request.url.path)
 
@@ -65,19 +123,14 @@ async def handle_validation_error(request: Request, error: Exception) -> JSONRes
     return error_response(converted, _request_id(request), path=request.url.path)
 
 
-class HTTPProtocolError(ImgembedError):
-    """A failure Starlette reports itself: unknown route, wrong method, malformed multipart."""
-
-    code = "http_error"
-
-
 async def handle_http_exception(request: Request, error: Exception) -> JSONResponse:
     """Answers Starlette's own HTTP errors (404, 405, bad multipart) in the common error shape."""
     assert isinstance(error, StarletteHTTPException)
     converted = HTTPProtocolError(
-        str(error.detail), field="body" if error.status_code == 400 else None
+        str(error.detail),
+        status=error.status_code,
+        field="body" if error.status_code == 400 else None,
     )
-    converted.status_code = error.status_code
     response = error_response(converted, _request_id(request), path=request.url.path)
     response.headers.update(error.headers or {})
     return response

@@ -32,7 +32,7 @@ from imgembed.server.disconnect import (
     ClientDisconnectedError,
     unless_disconnected,
 )
-from imgembed.server.errors import error_response
+from imgembed.server.errors import error_response, http_status
 from imgembed.server.labels import UNRESOLVED_MODEL
 from imgembed.server.v2_models import V2Model, v2_models
 from imgembed.server.v2_request import decompress_body, parse_infer_request
@@ -49,7 +49,7 @@ MODEL_VERSION = "1"
 
 def _error_response(request: Request, error: ImgembedError) -> JSONResponse:
     """The v2 error body for a user-facing error, with ``Retry-After`` on 429 and 503."""
-    if error.status_code >= 500:
+    if http_status(error) >= 500:
         logger.error(
             "v2 request %s failed: %s", getattr(request.state, "request_id", "?"), error.message
         )
