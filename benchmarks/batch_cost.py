@@ -45,11 +45,11 @@ from bench_util import (
 from sam2_fixtures import reference_and_imgembed
 from sam2_reference import reference_encode
 
-from imgembed.config import DEFAULT_BATCH_SIZE, SAM2_ENCODER_BATCH_SIZE_ON_CPU
 from imgembed.models import siglip as siglip_math
 from imgembed.models.sam2 import encode_images
 from imgembed.models.siglip_loading import load_siglip
 from imgembed.pipelines import siglip_embed
+from imgembed.settings import DEFAULT_BATCH_SIZE, SAM2_ENCODER_BATCH_SIZE_ON_CPU
 
 HERE = Path(__file__).resolve().parent
 SAM2_MODEL = "sam2.1-hiera-tiny"
@@ -247,7 +247,7 @@ def reading(rows: list[dict[str, Any]]) -> str:
     return text + (
         " `batching.max_batch_size` 0 (the default) means "
         f"{SAM2_ENCODER_BATCH_SIZE_ON_CPU} for SAM 2's image encoder on a CPU and "
-        f"{DEFAULT_BATCH_SIZE} elsewhere (`imgembed.config`). No GPU was measured."
+        f"{DEFAULT_BATCH_SIZE} elsewhere (`imgembed.settings`). No GPU was measured."
     )
 
 

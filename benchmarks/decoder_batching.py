@@ -46,9 +46,9 @@ from sam2_fixtures import PHOTO_SIZE, make_photo, photo_rgb, reference_and_imgem
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 from torchvision_shim import import_meta_predictors
 
-from imgembed.config import DECODER_BATCH_SIZE_ON_GPU, DECODER_BATCHING, ModelSpec, ServerConfig
 from imgembed.engine import Engine, Sam2Service
 from imgembed.pipelines.sam2_segment import SegmentObject
+from imgembed.settings import DECODER_BATCH_SIZE_ON_GPU, DECODER_BATCHING, ModelSpec, ServerConfig
 from imgembed.types import ImageBytes
 
 HERE = Path(__file__).resolve().parent

@@ -41,9 +41,9 @@ from bench_util import (
 )
 from sam2_fixtures import PHOTO_SIZE, make_photo, reference_and_imgembed
 
-from imgembed.config import BatchingSettings, ModelSpec, ServerConfig
 from imgembed.engine import Engine, Sam2Service
 from imgembed.pipelines.sam2_segment import SegmentObject
+from imgembed.settings import BatchingSettings, ModelSpec, ServerConfig
 from imgembed.types import ImageBytes
 
 HERE = Path(__file__).resolve().parent

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from imgembed.config import ModelSpec, ServerConfig
 from imgembed.server.app import create_app
+from imgembed.settings import ModelSpec, ServerConfig
 from imgembed.ui import assets
 from imgembed.ui.assets import FETCH_COMMAND, STATIC_DIR, STATIC_FILES, read_vendor_manifest
 from imgembed.ui.routes import PAGE_SECURITY_POLICY

@@ -22,10 +22,10 @@ from PIL import Image
 from servers import ImageHost, in_process_server
 from siglip_checkpoints import TINY_FIXRES, build_siglip_model, photo_like, save_siglip_folder
 
-from imgembed.config import FetchPolicy, InputLimits, ModelSpec, ServerConfig
 from imgembed.engine import Engine
 from imgembed.models.siglip_loading import load_siglip
 from imgembed.server.app import create_app
+from imgembed.settings import FetchPolicy, InputLimits, ModelSpec, ServerConfig
 
 pytest.importorskip("lancedb", reason="collections need the search extra")
 pytestmark = pytest.mark.e2e

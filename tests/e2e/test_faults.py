@@ -25,10 +25,10 @@ from PIL import Image
 from prometheus import metric
 from servers import LOOPBACK, free_port, imgembed_server, in_process_server
 
-from imgembed.config import BatchingSettings, ModelSpec, ServerConfig
 from imgembed.engine import Engine
 from imgembed.models.sam2_loading import LoadedSam2, load_sam2
 from imgembed.server.app import create_app
+from imgembed.settings import BatchingSettings, ModelSpec, ServerConfig
 
 pytestmark = pytest.mark.e2e
 

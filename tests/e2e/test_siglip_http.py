@@ -32,7 +32,10 @@ from siglip_checkpoints import (
 )
 
 import imgembed.runpod as runpod_adapter
-from imgembed.config import (
+from imgembed.engine import Engine
+from imgembed.models.siglip_loading import load_siglip
+from imgembed.server.app import create_app
+from imgembed.settings import (
     DEFAULT_BATCH_SIZE,
     SAM2_ENCODER_BATCH_SIZE_ON_CPU,
     FetchPolicy,
@@ -40,9 +43,6 @@ from imgembed.config import (
     ModelSpec,
     ServerConfig,
 )
-from imgembed.engine import Engine
-from imgembed.models.siglip_loading import load_siglip
-from imgembed.server.app import create_app
 
 pytestmark = pytest.mark.e2e
 

@@ -23,13 +23,13 @@ from servers import imgembed_server
 from transformers import Sam2Model
 
 from imgembed.client import ImgembedClient
-from imgembed.config import InputLimits
 from imgembed.models.sam2 import Sam2Features
 from imgembed.models.sam2_decoder import decode_masks
 from imgembed.models.sam2_loading import load_sam2
 from imgembed.models.sam2_registry import build_sam2_config, resolve_variant
 from imgembed.pipelines import sam2_embed
 from imgembed.preprocess.image import decode_image
+from imgembed.settings import InputLimits
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient is a test extra")
 triton_utils = pytest.importorskip("tritonclient.utils")

@@ -13,11 +13,11 @@ import torch
 from checkpoints import relative_error
 from PIL import Image
 
-from imgembed.config import ModelSpec, ServerConfig
 from imgembed.engine import Engine, Sam2Service
 from imgembed.errors import ModelLoadError
 from imgembed.export.onnx_metadata import ExportResult
 from imgembed.pipelines.sam2_segment import SegmentObject
+from imgembed.settings import ModelSpec, ServerConfig
 from imgembed.types import ImageBytes
 
 TOLERANCE = 1e-4

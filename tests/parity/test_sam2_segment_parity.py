@@ -19,10 +19,10 @@ import torch
 from checkpoints import SEED, build_meta_model, save_meta_checkpoint
 from torchvision_shim import import_meta_predictors
 
-from imgembed.config import ModelSpec, ServerConfig
 from imgembed.engine import Engine, Sam2Service
 from imgembed.models.sam2_registry import resolve_variant
 from imgembed.pipelines.sam2_segment import ObjectMasks, SegmentObject, SegmentOptions
+from imgembed.settings import ModelSpec, ServerConfig
 from imgembed.types import ImageBytes
 
 pytestmark = pytest.mark.parity

@@ -29,7 +29,6 @@ import httpx
 import pytest
 
 from imgembed import __version__
-from imgembed.config import FetchPolicy
 from imgembed.errors import (
     ForbiddenURLError,
     ImageFetchError,
@@ -37,6 +36,7 @@ from imgembed.errors import (
     PayloadTooLargeError,
 )
 from imgembed.preprocess.fetch import fetch_url_bytes, system_resolver, validate_address
+from imgembed.settings import FetchPolicy
 
 logger = logging.getLogger(__name__)
 

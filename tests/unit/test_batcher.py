@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from imgembed.config import BatchingSettings
 from imgembed.errors import (
     DeadlineExceededError,
     QueueFullError,
@@ -22,6 +21,7 @@ from imgembed.errors import (
 )
 from imgembed.runtime.batcher import BatchStats, DynamicBatcher
 from imgembed.server.errors import http_status
+from imgembed.settings import BatchingSettings
 
 FAR = 1e12
 """A deadline that never passes."""

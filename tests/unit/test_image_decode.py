@@ -9,10 +9,10 @@ import pytest
 from imagefactory import encode, gradient_rgb, png_header_only
 from PIL import Image
 
-from imgembed.config import InputLimits
 from imgembed.errors import ImageDecodeError, InvalidInputError, PayloadTooLargeError
 from imgembed.preprocess.image import decode_base64_image, decode_image
 from imgembed.server.errors import http_status
+from imgembed.settings import InputLimits
 
 LIMITS = InputLimits()
 

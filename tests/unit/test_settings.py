@@ -10,18 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from imgembed.config import (
+from imgembed.engine import ServedModel, ServedSam2, ServedSiglip
+from imgembed.errors import InvalidInputError
+from imgembed.runtime.device import DevicePlacement
+from imgembed.settings import (
     DECODER_BATCH_SIZE_ON_GPU,
     DECODER_BATCHING,
     DEFAULT_BATCH_SIZE,
     SAM2_ENCODER_BATCH_SIZE_ON_CPU,
+    SETTINGS,
     BatchingSettings,
     ModelSpec,
+    server_config_from_env,
 )
-from imgembed.engine import ServedModel, ServedSam2, ServedSiglip
-from imgembed.errors import InvalidInputError
-from imgembed.runtime.device import DevicePlacement
-from imgembed.settings import SETTINGS, server_config_from_env
 
 
 def test_defaults_serve_sam2_1_tiny_on_loopback_8000() -> None:

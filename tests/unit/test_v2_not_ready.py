@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from imgembed.config import ModelSpec, ServerConfig
 from imgembed.engine import Engine
 from imgembed.server.app import create_app
+from imgembed.settings import ModelSpec, ServerConfig
 
 IMAGE_BYTES = {"name": "image_bytes", "shape": [1], "datatype": "BYTES", "data": ["aGk="]}
 

@@ -1,7 +1,7 @@
 """The ``imgembed`` command: ``serve``, ``embed``, ``segment``, ``segment-everything``, ``index``,
 ``search``, ``export``.
 
-A thin shell: flags and ``IMGEMBED_*`` variables become a :class:`~imgembed.config.ServerConfig`
+A thin shell: flags and ``IMGEMBED_*`` variables become a :class:`~imgembed.settings.ServerConfig`
 (see :mod:`imgembed.settings`), and user-facing errors are printed as one line, not a traceback.
 Subcommands live in the modules of this package; each registers its parser here.
 """

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from imgembed.config import ServerConfig
 from imgembed.errors import ImgembedError
+from imgembed.settings import ServerConfig
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:

@@ -12,8 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from imgembed.errors import ImgembedError
-
-DEFAULT_MODEL = "sam2.1-hiera-tiny"
+from imgembed.settings import DEFAULT_MODEL
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

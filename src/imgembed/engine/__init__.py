@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-from imgembed.config import ServerConfig
 from imgembed.engine.collections import AddOutcome, CollectionService, NewItem
 from imgembed.engine.core import EngineCore
 from imgembed.engine.families import FAMILIES
@@ -26,6 +25,7 @@ from imgembed.engine.sam2_served import ServedSam2
 from imgembed.engine.served import ServedModel
 from imgembed.engine.siglip import ImageOutcome, SiglipImagesResult, SiglipService
 from imgembed.engine.siglip_served import ServedSiglip
+from imgembed.settings import ServerConfig
 
 __all__ = [
     "FAMILIES",

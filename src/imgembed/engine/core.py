@@ -21,7 +21,6 @@ from typing import Any, Self, TypeVar
 
 import torch
 
-from imgembed.config import ModelSpec, ServerConfig
 from imgembed.engine.metrics import Metrics
 from imgembed.engine.registry import ModelFamily, family_of
 from imgembed.engine.served import ServedModel
@@ -29,6 +28,7 @@ from imgembed.errors import UnknownModelError
 from imgembed.preprocess.fetch import fetch_url_bytes
 from imgembed.preprocess.image import DecodedImage, decode_base64_image, decode_image
 from imgembed.runtime.device import choose_placement
+from imgembed.settings import ModelSpec, ServerConfig
 from imgembed.types import ImageBase64, ImageInput, ImageURL
 
 logger = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from imgembed.config import ModelSpec
 from imgembed.errors import UnknownModelError
 from imgembed.runtime.device import DevicePlacement
+from imgembed.settings import ModelSpec
 
 if TYPE_CHECKING:
     from imgembed.engine.core import EngineCore

@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 
-from imgembed.config import ModelSpec, ResizeMode
 from imgembed.engine import sam2_everything
 from imgembed.engine.core import EngineCore
 from imgembed.engine.feature_cache import CachedImage, image_id_for
@@ -30,6 +29,7 @@ from imgembed.pipelines.sam2_everything_params import Sam2EverythingParams
 from imgembed.preprocess.image import DecodedImage
 from imgembed.preprocess.sam2_frame import FrameMapping
 from imgembed.runtime.device import DevicePlacement
+from imgembed.settings import ModelSpec, ResizeMode
 from imgembed.types import ImageInput
 
 FAMILY_NAME = "sam2"

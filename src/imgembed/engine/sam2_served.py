@@ -10,12 +10,6 @@ from typing import Any
 
 import torch
 
-from imgembed.config import (
-    DECODER_BATCH_SIZE_ON_GPU,
-    DEFAULT_BATCH_SIZE,
-    SAM2_ENCODER_BATCH_SIZE_ON_CPU,
-    BatchingSettings,
-)
 from imgembed.engine.feature_store import FeatureStore
 from imgembed.engine.metrics import Metrics
 from imgembed.engine.served import ServedModel
@@ -25,6 +19,12 @@ from imgembed.models.sam2_loading import LoadedSam2
 from imgembed.pipelines import sam2_decode, sam2_embed
 from imgembed.pipelines.sam2_decode import DecodeJob
 from imgembed.runtime.batcher import DynamicBatcher
+from imgembed.settings import (
+    DECODER_BATCH_SIZE_ON_GPU,
+    DEFAULT_BATCH_SIZE,
+    SAM2_ENCODER_BATCH_SIZE_ON_CPU,
+    BatchingSettings,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from imgembed.config import DEFAULT_BATCH_SIZE, BatchingSettings, ModelSpec
 from imgembed.engine.metrics import Metrics
 from imgembed.runtime.batcher import DynamicBatcher
 from imgembed.runtime.device import DevicePlacement
+from imgembed.settings import DEFAULT_BATCH_SIZE, BatchingSettings, ModelSpec
 
 logger = logging.getLogger(__name__)
 

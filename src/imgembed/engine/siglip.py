@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imgembed.config import ModelSpec
 from imgembed.engine.core import EngineCore
 from imgembed.engine.registry import ModelFamily
 from imgembed.engine.siglip_served import ServedSiglip
@@ -20,6 +19,7 @@ from imgembed.models.siglip_loading import LoadedSiglip, load_siglip
 from imgembed.models.siglip_registry import resolve_siglip_variant
 from imgembed.pipelines import siglip_embed
 from imgembed.runtime.device import DevicePlacement
+from imgembed.settings import ModelSpec
 from imgembed.types import ImageInput
 
 FAMILY_NAME = "siglip"

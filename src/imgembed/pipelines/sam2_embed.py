@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from transformers import Sam2Model
 
-from imgembed.config import FeatureDtype, ResizeMode
 from imgembed.models.sam2 import SAM2_INPUT_SIZE, Sam2Features, encode_images
 from imgembed.preprocess.image import DecodedImage
 from imgembed.preprocess.sam2_frame import FrameMapping, sam2_pixel_values
 from imgembed.runtime.device import DevicePlacement
+from imgembed.settings import FeatureDtype, ResizeMode
 
 FEATURE_NAMES = ("image_embed", "high_res_feats_0", "high_res_feats_1")
 """Tensor names, as the exported ONNX decoder takes them."""

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase, Siglip2Model, SiglipModel
 
-from imgembed.config import FeatureDtype
 from imgembed.models import siglip as siglip_math
 from imgembed.models.siglip_loading import LoadedSiglip
 from imgembed.models.siglip_variants import TEXT_MAX_LENGTH, ImageProcessing
@@ -33,6 +32,7 @@ from imgembed.preprocess.siglip_pixels import (
 )
 from imgembed.preprocess.siglip_text import tokenize_texts
 from imgembed.runtime.device import DevicePlacement
+from imgembed.settings import FeatureDtype
 
 _TORCH_DTYPES: dict[FeatureDtype, torch.dtype] = {
     "float32": torch.float32,

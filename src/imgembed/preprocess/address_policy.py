@@ -18,8 +18,8 @@ import ipaddress
 import logging
 from collections.abc import Iterable
 
-from imgembed.config import FetchPolicy
 from imgembed.errors import ForbiddenURLError
+from imgembed.settings import FetchPolicy
 
 logger = logging.getLogger(__name__)
 

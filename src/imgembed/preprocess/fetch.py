@@ -43,7 +43,6 @@ from typing import Protocol
 import httpx
 
 from imgembed import __version__
-from imgembed.config import MEBIBYTE, FetchPolicy
 from imgembed.errors import ForbiddenURLError, ImageFetchError, PayloadTooLargeError
 from imgembed.preprocess.address_policy import (
     SEND_BYTES_INSTEAD,
@@ -51,6 +50,7 @@ from imgembed.preprocess.address_policy import (
     shorten,
     validate_address,
 )
+from imgembed.settings import MEBIBYTE, FetchPolicy
 
 __all__ = ["Resolver", "fetch_url_bytes", "parse_image_url", "system_resolver", "validate_address"]
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from imgembed.config import InputLimits
 from imgembed.errors import ImageDecodeError, InvalidInputError, PayloadTooLargeError
+from imgembed.settings import InputLimits
 
 logger = logging.getLogger(__name__)
 

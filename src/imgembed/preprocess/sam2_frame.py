@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from imgembed.config import ResizeMode
 from imgembed.models.sam2 import IMAGENET_MEAN, IMAGENET_STD
+from imgembed.settings import ResizeMode
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,13 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from imgembed.config import BatchingSettings
 from imgembed.errors import (
     DeadlineExceededError,
     QueueFullError,
     ResourceExhaustedError,
     ServiceUnavailableError,
 )
+from imgembed.settings import BatchingSettings
 
 logger = logging.getLogger(__name__)
 

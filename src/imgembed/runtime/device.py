@@ -14,8 +14,8 @@ from typing import Literal
 
 import torch
 
-from imgembed.config import DeviceChoice
 from imgembed.errors import ModelLoadError
+from imgembed.settings import DeviceChoice
 
 ComputeDtype = Literal["float32", "bfloat16", "float16"]
 

@@ -11,12 +11,12 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import imgembed
-from imgembed.config import ServerConfig
 from imgembed.engine import Engine
 from imgembed.errors import ImgembedError
 from imgembed.server import errors, v2
 from imgembed.server.middleware import RequestContextMiddleware
 from imgembed.server.routes import router
+from imgembed.settings import ServerConfig
 from imgembed.ui.routes import router as ui_router
 
 

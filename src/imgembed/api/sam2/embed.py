@@ -17,11 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from imgembed.api.parsing import image_source
 from imgembed.codecs import encode_binary, encode_npz
-from imgembed.config import Encoding, FeatureDtype, ResizeMode
 from imgembed.engine import Sam2EmbedResult
 from imgembed.errors import InvalidInputError
 from imgembed.models.sam2 import FEATURE_STRIDE, IMAGENET_MEAN, IMAGENET_STD, SAM2_INPUT_SIZE
 from imgembed.pipelines.sam2_embed import Sam2EmbedOptions
+from imgembed.settings import Encoding, FeatureDtype, ResizeMode
 from imgembed.types import ImageInput
 
 

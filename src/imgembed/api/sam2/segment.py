@@ -25,10 +25,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from imgembed.config import InputLimits, ResizeMode
 from imgembed.errors import InvalidInputError
 from imgembed.models.sam2_decoder import LOW_RES_MASK_SIZE, POINT_LABELS
 from imgembed.pipelines.sam2_segment import SegmentObject, SegmentOptions
+from imgembed.settings import InputLimits, ResizeMode
 
 MaskFormat = Literal["rle", "png", "polygons", "npz"]
 """How masks travel: COCO RLE, base64 PNG, COCO polygons, or one base64 ``.npz`` of all masks."""

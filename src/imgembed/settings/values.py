@@ -1,8 +1,9 @@
-"""Configuration as frozen dataclasses, passed down explicitly.
+"""Configuration as frozen dataclasses, passed down explicitly; every default is stated here once.
 
-Nothing here reads the environment or argv: ``cli.py`` and the adapters build these objects from
-flags and ``IMGEMBED_*`` variables and hand them to the engine and server. This module is a leaf
-(no torch, no package imports beyond the standard library).
+Nothing here reads the environment or argv: the adapters build these objects from flags and
+``IMGEMBED_*`` variables (:mod:`imgembed.settings.environment`, whose table takes its defaults
+from these classes) and hand them to the engine and server. A leaf: no torch, no package imports
+beyond the standard library.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ Encoding = Literal["npz_base64", "npz_base64_uncompressed", "binary"]
 """How features travel: the seed's base64 ``.npz`` (compressed or not), or raw bytes."""
 
 MEBIBYTE = 1024 * 1024
+
+DEFAULT_MODEL = "sam2.1-hiera-tiny"
+"""The model served, and exported, when none is named."""
 
 
 @dataclass(frozen=True)
@@ -188,7 +192,7 @@ class ServerConfig:
             for requests in flight to finish before closing them.
     """
 
-    models: tuple[ModelSpec, ...] = (ModelSpec(name="sam2.1-hiera-tiny"),)
+    models: tuple[ModelSpec, ...] = (ModelSpec(name=DEFAULT_MODEL),)
     host: str = "127.0.0.1"
     port: int = 8000
     limits: InputLimits = field(default_factory=InputLimits)
