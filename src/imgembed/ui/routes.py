@@ -7,7 +7,7 @@ access. Every answer is cross-origin isolated (COOP/COEP), which lets onnxruntim
 WebAssembly threads, and the page's Content-Security-Policy allows only this origin.
 
 The decoder folder is ``app.state.ui_export_dir`` when the application sets it, else
-:func:`~imgembed.ui.decoder_cache.default_export_dir`.
+:func:`~imgembed.export.decoder_cache.default_export_dir`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,12 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from imgembed.engine import Engine
 from imgembed.errors import NotFoundError
+from imgembed.export.decoder_cache import (
+    DECODER_FILES,
+    DecoderExportCache,
+    DecoderGraph,
+    default_export_dir,
+)
 from imgembed.models.sam2_loading import LoadedSam2
 from imgembed.ui.assets import (
     FETCH_COMMAND,
@@ -28,12 +34,6 @@ from imgembed.ui.assets import (
     read_vendor_manifest,
     static_asset,
     vendor_asset,
-)
-from imgembed.ui.decoder_cache import (
-    DECODER_FILES,
-    DecoderExportCache,
-    DecoderGraph,
-    default_export_dir,
 )
 
 logger = logging.getLogger(__name__)
