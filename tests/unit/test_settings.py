@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from imgembed.settings import (
     DECODER_BATCHING,
     DEFAULT_BATCH_SIZE,
     SAM2_ENCODER_BATCH_SIZE_ON_CPU,
-    SETTINGS,
     BatchingSettings,
     ModelSpec,
     server_config_from_env,
@@ -253,24 +251,3 @@ def test_torch_threads_default_to_torch_and_can_be_set() -> None:
     assert server_config_from_env({}).torch_threads == 0
     assert server_config_from_env({"IMGEMBED_TORCH_THREADS": "1"}).torch_threads == 1
     assert server_config_from_env({}, {"torch_threads": 3}).torch_threads == 3
-
-
-def test_the_readme_documents_every_variable_with_its_default() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    rows: dict[str, str] = {}
-    for line in readme.splitlines():
-        if line.startswith("| `IMGEMBED_"):
-            names_cell, defaults_cell = line.split("|")[1:3]
-            names = re.findall(r"`(IMGEMBED_\w+)`", names_cell)
-            defaults = [part.strip().strip("`") for part in defaults_cell.split(",")]
-            if len(defaults) != len(names):  # one default for a row of aliases
-                defaults = [defaults_cell.strip().strip("`")] * len(names)
-            rows.update(zip(names, defaults, strict=True))
-    for setting in SETTINGS:
-        if not setting.env.startswith("IMGEMBED_"):
-            continue
-        assert setting.env in rows, f"README's settings table lacks {setting.env}"
-        if isinstance(setting.default, int | float) and not isinstance(setting.default, bool):
-            documented = re.match(r"[-\d.]+", rows[setting.env])
-            assert documented, f"README gives {rows[setting.env]!r} for {setting.env}"
-            assert float(documented.group(0)) == setting.default, setting.env
