@@ -18,6 +18,7 @@ from imgembed.engine.feature_store import FeatureStore
 from imgembed.engine.registry import ModelFamily
 from imgembed.engine.sam2_everything import milliseconds
 from imgembed.engine.sam2_served import ServedSam2
+from imgembed.engine.service import ModelService
 from imgembed.errors import ImgembedError, ModelLoadError, ServiceUnavailableError
 from imgembed.models.sam2 import Sam2Features
 from imgembed.models.sam2_decoder import Sam2MaskPrediction
@@ -95,7 +96,7 @@ class ImageFeatures:
     seconds: dict[str, float]
 
 
-class Sam2Service:
+class Sam2Service(ModelService[ServedSam2]):
     """SAM 2 requests: features (from the models' feature stores), masks from prompts, segment
     everything, and the v2 pieces.
 
@@ -103,16 +104,8 @@ class Sam2Service:
         core: The engine's models, pools and image input.
     """
 
-    def __init__(self, core: EngineCore) -> None:
-        self.core = core
-
-    async def close(self) -> None:
-        """Nothing to release: the models' batchers are the core's."""
-
-    def resolve(self, name: str | None, *, field_name: str = "model") -> ServedSam2:
-        """The SAM 2 model a request names, or the default one (see
-        :meth:`~imgembed.engine.core.EngineCore.resolve_model`)."""
-        return self.core.resolve_typed(ServedSam2, FAMILY_NAME, name, field_name=field_name)
+    family_name = FAMILY_NAME
+    served_type = ServedSam2
 
     async def image_features(
         self,

@@ -64,18 +64,6 @@ class ServedSam2(ServedModel):
     def __post_init__(self) -> None:
         self.family = "sam2"
 
-    @property
-    def name(self) -> str:
-        return self.loaded.variant.name
-
-    @property
-    def source(self) -> str:
-        return self.loaded.source
-
-    @property
-    def untrained(self) -> bool:
-        return self.loaded.untrained
-
     def encode_batch(self, pixel_values: list[torch.Tensor]) -> list[Sam2Features]:
         """Encodes ``[3,1024,1024]`` images in one forward pass; one ``[1,...]`` result each."""
         if self.onnx is not None:

@@ -27,6 +27,8 @@ class ServedModel(ABC):
     """What every served model has.
 
     Attributes:
+        loaded: The family's loaded weights (``variant``, ``source``, ``weights_location``,
+            ``untrained``); each family narrows the type.
         spec: The configuration it was loaded from.
         placement: Device and compute precision.
         names: Every name a request may use for it (canonical name, hub id, aliases).
@@ -37,6 +39,7 @@ class ServedModel(ABC):
             against the queue limit so a burst is refused before it spends CPU on decoding.
     """
 
+    loaded: Any
     spec: ModelSpec
     placement: DevicePlacement
     names: frozenset[str]
@@ -48,19 +51,19 @@ class ServedModel(ABC):
     family: str = field(init=False)
 
     @property
-    @abstractmethod
     def name(self) -> str:
         """The canonical model name."""
+        return self.loaded.variant.name
 
     @property
-    @abstractmethod
     def source(self) -> str:
         """What kind of place the weights came from."""
+        return self.loaded.source
 
     @property
-    @abstractmethod
     def untrained(self) -> bool:
         """Whether the weights are random (``dummy``)."""
+        return self.loaded.untrained
 
     @abstractmethod
     def start(self, metrics: Metrics) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 
 from imgembed.engine.core import EngineCore
 from imgembed.engine.registry import ModelFamily
+from imgembed.engine.service import ModelService
 from imgembed.engine.siglip_served import ServedSiglip
 from imgembed.errors import DeadlineExceededError, ImgembedError, InvalidInputError
 from imgembed.models.siglip_loading import LoadedSiglip, load_siglip
@@ -57,23 +58,15 @@ class SiglipImagesResult:
     timings_ms: dict[str, float]
 
 
-class SiglipService:
+class SiglipService(ModelService[ServedSiglip]):
     """SigLIP 2 requests: image batches with per-image failures, and texts.
 
     Args:
         core: The engine's models, pools and image input.
     """
 
-    def __init__(self, core: EngineCore) -> None:
-        self.core = core
-
-    async def close(self) -> None:
-        """Nothing to release: the models' batchers are the core's."""
-
-    def resolve(self, name: str | None, *, field_name: str = "model") -> ServedSiglip:
-        """The SigLIP 2 model a request names, or the default one (see
-        :meth:`~imgembed.engine.core.EngineCore.resolve_model`)."""
-        return self.core.resolve_typed(ServedSiglip, FAMILY_NAME, name, field_name=field_name)
+    family_name = FAMILY_NAME
+    served_type = ServedSiglip
 
     async def embed_images(
         self,

@@ -42,18 +42,6 @@ class ServedSiglip(ServedModel):
     def __post_init__(self) -> None:
         self.family = "siglip"
 
-    @property
-    def name(self) -> str:
-        return self.loaded.variant.name
-
-    @property
-    def source(self) -> str:
-        return self.loaded.source
-
-    @property
-    def untrained(self) -> bool:
-        return self.loaded.untrained
-
     def embed_image_batch(
         self, prepared: list[siglip_embed.PreparedSiglipImage]
     ) -> list[np.ndarray]:

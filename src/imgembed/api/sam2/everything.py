@@ -9,6 +9,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from imgembed.api.sam2.segment_response import image_fields
 from imgembed.codecs import encode_npz
 from imgembed.engine import Sam2EverythingResult
 from imgembed.errors import InvalidInputError
@@ -88,11 +89,7 @@ def sam2_everything_json(result: Sam2EverythingResult, output_mode: str) -> dict
             del entry["segmentation"]
         records.append(entry)
     body: dict[str, Any] = {
-        "image_id": result.image_id,
-        "cache_hit": result.cache_hit,
-        "model": served.name,
-        "device": served.placement.device_name,
-        "weights": {"source": served.loaded.source, "untrained": served.loaded.untrained},
+        **image_fields(result.image_id, result.cache_hit, served),
         "image_size": list(everything.image_hw),
         "output_mode": output_mode,
         "count": len(records),

@@ -22,7 +22,7 @@ from imgembed.engine import (
     ServedModel,
 )
 from imgembed.errors import InvalidInputError
-from imgembed.types import ImageBytes
+from imgembed.types import ImageBytes, ImageInput
 
 FAMILY = "sam2"
 
@@ -32,6 +32,19 @@ def _upload(context: Context) -> tuple[ImageBytes | None, str]:
     if not context.uploads:
         return None, "file"
     return context.uploads[0], context.uploads[0].field or "file"
+
+
+def _image(
+    request: Sam2SegmentRequest | Sam2EverythingRequest, context: Context
+) -> ImageInput | None:
+    """The one image a request names (``None`` for an ``image_id``), from its fields or upload."""
+    upload, upload_field = _upload(context)
+    return image_source(
+        request,
+        upload=upload.data if upload is not None else None,
+        upload_field=upload_field,
+        prefix=context.field_prefix,
+    )
 
 
 async def _embed(
@@ -78,13 +91,7 @@ async def _segment(
     request: Sam2SegmentRequest, served: ServedModel | None, context: Context
 ) -> Sam2SegmentResult:
     assert served is not None
-    upload, upload_field = _upload(context)
-    image = image_source(
-        request,
-        upload=upload.data if upload is not None else None,
-        upload_field=upload_field,
-        prefix=context.field_prefix,
-    )
+    image = _image(request, context)
     objects = segment_objects(request, context.engine.config.limits, prefix=context.field_prefix)
     return await context.engine.service(Sam2Service).segment(
         image,
@@ -113,13 +120,7 @@ async def _segment_everything(
     request: Sam2EverythingRequest, served: ServedModel | None, context: Context
 ) -> Sam2EverythingResult:
     assert served is not None
-    upload, upload_field = _upload(context)
-    image = image_source(
-        request,
-        upload=upload.data if upload is not None else None,
-        upload_field=upload_field,
-        prefix=context.field_prefix,
-    )
+    image = _image(request, context)
     assert image is not None  # the request has no image_id field
     params = request.params(prefix=context.field_prefix)
     return await context.engine.service(Sam2Service).segment_everything(

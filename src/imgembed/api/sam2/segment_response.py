@@ -27,7 +27,7 @@ import numpy as np
 
 from imgembed.api.sam2.segment import MaskFormat
 from imgembed.codecs import encode_npz
-from imgembed.engine import Sam2SegmentResult
+from imgembed.engine import Sam2SegmentResult, ServedSam2
 from imgembed.masks.png import encode_png
 from imgembed.masks.polygons import mask_to_polygons
 from imgembed.masks.rle import encode_coco_rle
@@ -80,17 +80,24 @@ def _npz(objects: list[ObjectMasks], with_logits: bool) -> str:
     return _b64(encode_npz(arrays, compress=True))
 
 
+def image_fields(image_id: str, cache_hit: bool, served: ServedSam2) -> dict[str, Any]:
+    """The fields every SAM 2 mask response starts with: the image's id, whether its features
+    came from the store, and the model that made the masks."""
+    return {
+        "image_id": image_id,
+        "cache_hit": cache_hit,
+        "model": served.name,
+        "device": served.placement.device_name,
+        "weights": {"source": served.source, "untrained": served.untrained},
+    }
+
+
 def sam2_segment_json(
     result: Sam2SegmentResult, mask_format: MaskFormat, *, with_logits: bool
 ) -> dict[str, Any]:
     """The JSON response of a segment request (see the module docstring)."""
-    served = result.model
     body: dict[str, Any] = {
-        "image_id": result.image_id,
-        "cache_hit": result.cache_hit,
-        "model": served.name,
-        "device": served.placement.device_name,
-        "weights": {"source": served.loaded.source, "untrained": served.loaded.untrained},
+        **image_fields(result.image_id, result.cache_hit, result.model),
         "image_size": list(result.mapping.orig_hw),
         "resize_mode": result.mapping.resize_mode,
         "mask_format": mask_format,
