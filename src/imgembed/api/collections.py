@@ -3,14 +3,38 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from imgembed.api.siglip import image_input
+from imgembed.api.siglip import IMAGE_ENTRY_SCHEMA, image_input
 from imgembed.engine import AddOutcome, NewItem
 from imgembed.errors import InvalidInputError
 from imgembed.search.store import CollectionInfo, Item, SearchHit
+
+ITEM_ID_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 256,
+    "pattern": "^[^\\u0000-\\u001f\\u007f]*$",
+    "description": "1 to 256 characters of printable text.",
+}
+"""An item id as the store checks it (:func:`imgembed.search.validation.check_id`)."""
+VECTOR_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "minItems": 1,
+    "items": {"type": "number"},
+    "description": "Finite numbers, not all zero, as many as the collection's dimension.",
+}
+"""A vector as the store checks it (:func:`imgembed.search.validation.unit_vectors`)."""
+
+ItemId = Annotated[Any, WithJsonSchema(ITEM_ID_SCHEMA)]
+"""Typed ``Any`` so that the request names the item whose id is not a string; the schema says what
+is accepted."""
+ImageEntry = Annotated[Any, WithJsonSchema(IMAGE_ENTRY_SCHEMA)]
+"""Typed ``Any`` so that :func:`~imgembed.api.siglip.image_input` names the entry at fault."""
+Vector = Annotated[list[Any], WithJsonSchema(VECTOR_SCHEMA)]
+"""Numbers, checked by the store (which names the field, and the index in it)."""
 
 
 class ItemIn(BaseModel):
@@ -18,10 +42,15 @@ class ItemIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: Any = Field(description="Unique id in the collection (a string).")
-    image: Any = Field(default=None, description="http(s) URL, data: URI or base64 of the file.")
-    vector: list[Any] | None = Field(default=None, description="A ready embedding instead.")
-    metadata: dict[str, Any] | None = Field(default=None, description="JSON object stored with it.")
+    id: ItemId = Field(description="Unique id in the collection: 1 to 256 characters of text.")
+    image: ImageEntry | None = Field(
+        default=None, description="http(s) URL, data: URI or base64 of the file."
+    )
+    vector: Vector | None = Field(default=None, description="A ready embedding instead.")
+    metadata: dict[str, Any] | None = Field(
+        default=None,
+        description="JSON object stored with it (its size and depth are limited).",
+    )
 
 
 class AddItemsRequest(BaseModel):
@@ -29,7 +58,11 @@ class AddItemsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    items: list[ItemIn] = Field(description="Items to add, one atomic write.")
+    items: list[ItemIn] = Field(
+        description="Items to add, one atomic write: at least one, at most "
+        "IMGEMBED_MAX_BATCH_IMAGES.",
+        json_schema_extra={"minItems": 1},
+    )
     model: str | None = Field(default=None, description="SigLIP model embedding the images.")
     on_conflict: Literal["reject", "upsert"] = Field(
         default="reject",
@@ -68,13 +101,21 @@ class AddItemsRequest(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    """Body of ``POST /v1/collections/{name}/search``: one of image, text or vector."""
+    """Body of ``POST /v1/collections/{name}/search``: exactly one of image, text or vector."""
 
     model_config = ConfigDict(extra="forbid")
 
-    image: str | None = Field(default=None, description="Query image (URL, data: URI, base64).")
-    text: str | None = Field(default=None, description="Query text (text-to-image search).")
-    vector: list[Any] | None = Field(default=None, description="Query embedding.")
+    image: str | None = Field(
+        default=None,
+        description="Query image (URL, data: URI, base64).",
+        json_schema_extra={"anyOf": [IMAGE_ENTRY_SCHEMA, {"type": "null"}]},
+    )
+    text: str | None = Field(
+        default=None,
+        description="Query text (text-to-image search), not blank.",
+        json_schema_extra={"anyOf": [{"type": "string", "pattern": r"\S"}, {"type": "null"}]},
+    )
+    vector: Vector | None = Field(default=None, description="Query embedding.")
     top_k: int = Field(default=10, ge=1, le=1000, description="How many hits at most.")
     filter: dict[str, Any] | None = Field(
         default=None, description="Metadata filter, e.g. {'year': {'$gte': 2020}}."
@@ -87,7 +128,10 @@ class DeleteItemsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[Any] = Field(description="Ids to delete; unknown ids are ignored.")
+    ids: list[ItemId] = Field(
+        description="Ids to delete (at least one, at most 10000); unknown ids are ignored.",
+        json_schema_extra={"minItems": 1, "maxItems": 10_000},
+    )
 
 
 def collection_json(info: CollectionInfo) -> dict[str, Any]:

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from imgembed.engine import ServedSiglip, SiglipImagesResult
 from imgembed.errors import InvalidInputError
@@ -35,15 +35,61 @@ from imgembed.types import ImageBase64, ImageInput, ImageURL
 URL_PREFIXES = ("http://", "https://", "data:")
 
 
-class SiglipEmbedRequest(BaseModel):
-    """Body of ``POST /v1/siglip/embed`` and input of the seed's RunPod event."""
+NOT_BLANK = r"\S"
+"""JSON Schema ``pattern`` of a string with something besides white space in it."""
+IMAGE_ENTRY_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "pattern": NOT_BLANK,
+    "description": "An http(s) URL, a data: URI, or base64 of the image file.",
+}
+"""One image entry as the JSON Schema documents it; :func:`image_input` checks it."""
+TEXT_SCHEMA: dict[str, Any] = {"type": "string", "pattern": NOT_BLANK}
+"""One text: a string that is not blank (the engine's ``check_texts`` checks it, with its length)."""
 
-    model_config = ConfigDict(extra="forbid")
+
+def required_in_json(schema: dict[str, Any]) -> None:
+    """``json_schema_extra`` of a field the model leaves optional in Python only so that the
+    operation, not pydantic, names what is missing: the documented property has no default (the
+    model lists it under ``required``)."""
+    schema.pop("default", None)
+
+
+ImageList = Annotated[
+    Any,
+    WithJsonSchema({"type": "array", "minItems": 1, "items": IMAGE_ENTRY_SCHEMA}),
+]
+"""A non-empty list of image entries. Typed ``Any`` so that :func:`image_inputs` gives its own
+messages (``images[2] must be a non-empty string ...``); the schema says what it accepts."""
+TextList = Annotated[Any, WithJsonSchema({"type": "array", "minItems": 1, "items": TEXT_SCHEMA})]
+"""A non-empty list of texts (checked by the engine's ``check_texts``, which names the entry)."""
+OpenAIInput = Annotated[
+    Any,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                TEXT_SCHEMA,
+                {"type": "array", "minItems": 1, "items": TEXT_SCHEMA},
+            ]
+        }
+    ),
+]
+"""One string or a non-empty list of strings (checked by the operation, which names the entry)."""
+
+
+class SiglipEmbedRequest(BaseModel):
+    """Body of ``POST /v1/siglip/embed`` and input of the seed's RunPod event.
+
+    ``images`` is required in JSON; a multipart upload sends files instead.
+    """
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"required": ["images"]})
 
     action: Literal["embed_images"] | None = Field(default=None, description="RunPod action.")
-    images: Any = Field(
+    images: ImageList = Field(
         default=None,
-        description="Images: http(s) URLs, data: URIs or base64 strings (multipart: files).",
+        description="Images: http(s) URLs, data: URIs or base64 strings (multipart: files). At "
+        "most IMGEMBED_MAX_BATCH_IMAGES per request.",
+        json_schema_extra=required_in_json,
     )
     model: str | None = Field(default=None, description="SigLIP model; the default when omitted.")
 
@@ -51,10 +97,15 @@ class SiglipEmbedRequest(BaseModel):
 class SiglipTextRequest(BaseModel):
     """Body of ``POST /v1/siglip/embed-text`` and input of the RunPod ``embed_texts`` action."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"required": ["texts"]})
 
     action: Literal["embed_texts"] | None = Field(default=None, description="RunPod action.")
-    texts: Any = Field(default=None, description="Texts to embed (lower-cased, 64 tokens).")
+    texts: TextList = Field(
+        default=None,
+        description="Texts to embed (lower-cased, 64 tokens): at most IMGEMBED_MAX_TEXTS per "
+        "request, each at most IMGEMBED_MAX_TEXT_CHARS characters.",
+        json_schema_extra=required_in_json,
+    )
     model: str | None = Field(default=None, description="SigLIP model; the default when omitted.")
 
 
@@ -63,9 +114,9 @@ class OpenAIEmbeddingsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input: Any = Field(
-        description="A string or a list: http(s) image URLs and data: URIs are embedded as "
-        "images, anything else as text."
+    input: OpenAIInput = Field(
+        description="A string or a non-empty list of strings: http(s) image URLs and data: URIs "
+        "are embedded as images, anything else as text."
     )
     model: str | None = Field(default=None, description="SigLIP model; the default when omitted.")
     encoding_format: Literal["float", "base64"] = Field(

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import imgembed
 from imgembed.engine import Engine
 from imgembed.errors import ImgembedError
-from imgembed.server import errors, v2
+from imgembed.server import errors, openapi, v2
 from imgembed.server.middleware import RequestContextMiddleware
 from imgembed.server.routes import router
 from imgembed.settings import ServerConfig
@@ -51,6 +51,7 @@ def create_app(config: ServerConfig, *, engine: Engine | None = None) -> FastAPI
     app.include_router(router)
     app.include_router(v2.router)
     app.include_router(ui_router)
+    openapi.install(app)
     app.add_exception_handler(ImgembedError, errors.handle_imgembed_error)
     app.add_exception_handler(RequestValidationError, errors.handle_validation_error)
     app.add_exception_handler(ValidationError, errors.handle_validation_error)

@@ -25,6 +25,7 @@ from imgembed.api.siglip import image_input
 from imgembed.engine import CollectionService, Engine
 from imgembed.errors import InvalidInputError
 from imgembed.server.bodies import read_json
+from imgembed.server.openapi import error_responses, request_body
 
 router = APIRouter(tags=["collections"])
 
@@ -43,12 +44,20 @@ async def list_collections(request: Request) -> dict[str, Any]:
     return {"collections": [collection_json(info) for info in infos]}
 
 
-@router.get("/v1/collections/{name}", summary="Describe a collection")
+_NAMED = error_responses(400, 404)
+"""A route naming a collection: 400 for a malformed name, 404 for an unknown one."""
+_EMBEDS = error_responses(400, 404, 429, 503, 504, 507)
+"""A route that may embed an image or a text: a model's refusals too."""
+
+
+@router.get("/v1/collections/{name}", summary="Describe a collection", responses=_NAMED)
 async def get_collection(request: Request, name: str) -> dict[str, Any]:
     return collection_json(await _collections(request).get_collection(name))
 
 
-@router.delete("/v1/collections/{name}", summary="Delete a collection and its items")
+@router.delete(
+    "/v1/collections/{name}", summary="Delete a collection and its items", responses=_NAMED
+)
 async def delete_collection(request: Request, name: str) -> dict[str, Any]:
     await _collections(request).delete_collection(name)
     return {"deleted": name}
@@ -60,6 +69,8 @@ async def delete_collection(request: Request, name: str) -> dict[str, Any]:
     description="Adds items, each with an id, metadata and an image (embedded with the SigLIP "
     "model) or a vector. The collection is created on first use. Items whose image fails are "
     "listed under warnings and not stored; the rest are stored in one atomic, durable write.",
+    openapi_extra=request_body(AddItemsRequest),
+    responses={**_EMBEDS, **error_responses(409)},
 )
 async def add_items(request: Request, name: str) -> dict[str, Any]:
     engine = _engine(request)
@@ -71,7 +82,7 @@ async def add_items(request: Request, name: str) -> dict[str, Any]:
     return add_outcome_json(outcome, len(items))
 
 
-@router.get("/v1/collections/{name}/items", summary="List items, in id order")
+@router.get("/v1/collections/{name}/items", summary="List items, in id order", responses=_NAMED)
 async def list_items(
     request: Request,
     name: str,
@@ -85,7 +96,12 @@ async def list_items(
     return {"items": [item_json(item) for item in page.items], "next_after": page.next_after}
 
 
-@router.post("/v1/collections/{name}/items/delete", summary="Delete items by id")
+@router.post(
+    "/v1/collections/{name}/items/delete",
+    summary="Delete items by id",
+    openapi_extra=request_body(DeleteItemsRequest),
+    responses=_NAMED,
+)
 async def delete_items(request: Request, name: str) -> dict[str, Any]:
     body = parse_request(DeleteItemsRequest, await read_json(request))
     deleted = await _collections(request).delete_items(name, body.ids)
@@ -97,6 +113,8 @@ async def delete_items(request: Request, name: str) -> dict[str, Any]:
     summary="Search a collection",
     description="The top_k items most similar (cosine) to an image, a text or a vector, among "
     "those whose metadata pass the filter.",
+    openapi_extra=request_body(SearchRequest),
+    responses=_EMBEDS,
 )
 async def search(request: Request, name: str) -> dict[str, Any]:
     engine = _engine(request)

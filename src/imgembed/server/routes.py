@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from imgembed.api.sam2 import operations as sam2_operations
 from imgembed.api.sam2.embed import (
@@ -20,6 +20,7 @@ from imgembed.engine import Engine
 from imgembed.engine.metrics import CONTENT_TYPE
 from imgembed.server.bodies import Body, image_body
 from imgembed.server.collection_routes import router as collection_router
+from imgembed.server.openapi import MODEL_ERRORS, Multipart, error_responses, request_body
 from imgembed.server.operations import serve_operation
 from imgembed.server.siglip_routes import router as siglip_router
 
@@ -29,28 +30,13 @@ router.include_router(siglip_router)
 router.include_router(collection_router)
 
 
-_EMBED_SCHEMA = Sam2EmbedRequest.model_json_schema()
 _EMBED_OPENAPI: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": _EMBED_SCHEMA},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        **{
-                            name: prop
-                            for name, prop in _EMBED_SCHEMA["properties"].items()
-                            if name not in ("image_b64", "input_image_url", "action")
-                        },
-                    },
-                    "required": ["file"],
-                }
-            },
-        },
-    },
+    **request_body(
+        Sam2EmbedRequest,
+        multipart=Multipart("Sam2EmbedForm"),
+        description="JSON, or a multipart upload (field 'file') with the other fields as form "
+        "fields.",
+    ),
     "responses": {
         "200": {
             "description": "Features: JSON with base64 npz, or the binary framing "
@@ -59,6 +45,10 @@ _EMBED_OPENAPI: dict[str, Any] = {
         }
     },
 }
+_JSON_VALUES_FORM = (
+    "JSON, or a multipart upload (field 'file') whose other fields are JSON values "
+    "(points as [[10, 20]], multimask_output as false)."
+)
 
 
 def _engine(request: Request) -> Engine:
@@ -76,6 +66,7 @@ async def _image_body_with_json_values(request: Request) -> Body:
     description="Encodes one image with the SAM 2 image encoder. The image comes as JSON "
     "(image_b64 or input_image_url) or as a multipart upload (field 'file').",
     openapi_extra=_EMBED_OPENAPI,
+    responses=error_responses(*MODEL_ERRORS),
     tags=["sam2"],
 )
 async def sam2_embed(request: Request) -> Response:
@@ -89,12 +80,12 @@ async def sam2_embed(request: Request) -> Response:
     "image. The image comes as JSON (image_b64, input_image_url, or the image_id of an earlier "
     "response, which skips the encoder) or as a multipart upload (field 'file'; other fields as "
     "JSON values). Masks come back as COCO RLE, PNG, polygons or npz.",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": Sam2SegmentRequest.model_json_schema()}},
-        }
-    },
+    openapi_extra=request_body(
+        Sam2SegmentRequest,
+        multipart=Multipart("Sam2SegmentForm", json_values=True),
+        description=_JSON_VALUES_FORM,
+    ),
+    responses=error_responses(*MODEL_ERRORS),
     tags=["sam2"],
 )
 async def sam2_segment(request: Request) -> Response:
@@ -108,12 +99,14 @@ async def sam2_segment(request: Request) -> Response:
     "prompts, optional crops, quality and stability filters, non-maximum suppression) with its "
     "parameter names and defaults, and its output records. JSON (image_b64 or input_image_url) "
     "or multipart (field 'file'; other fields as JSON values).",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": Sam2EverythingRequest.model_json_schema()}},
-        }
-    },
+    openapi_extra=request_body(
+        Sam2EverythingRequest,
+        multipart=Multipart(
+            "Sam2EverythingForm", omit=("image_b64", "input_image_url"), json_values=True
+        ),
+        description=_JSON_VALUES_FORM,
+    ),
+    responses=error_responses(*MODEL_ERRORS),
     tags=["sam2"],
 )
 async def sam2_segment_everything(request: Request) -> Response:
@@ -134,13 +127,26 @@ def _health(engine: Engine) -> dict[str, Any]:
     }
 
 
-@router.get("/health", summary="Service health", tags=["health"])
+_NOT_READY: dict[int | str, dict[str, Any]] = {
+    503: {
+        "description": "Models are still loading (status: loading); the same body as 200.",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
+
+
+@router.get("/health", summary="Service health", tags=["health"], responses=_NOT_READY)
 async def health(request: Request) -> JSONResponse:
     engine = _engine(request)
     return JSONResponse(_health(engine), status_code=200 if engine.ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", tags=["health"])
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    tags=["health"],
+    response_class=PlainTextResponse,
+)
 async def metrics(request: Request) -> Response:
     engine = _engine(request)
     return Response(engine.metrics.render(engine.device_memory()), media_type=CONTENT_TYPE)
@@ -151,6 +157,6 @@ async def health_live() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@router.get("/health/ready", summary="Readiness", tags=["health"])
+@router.get("/health/ready", summary="Readiness", tags=["health"], responses=_NOT_READY)
 async def health_ready(request: Request) -> JSONResponse:
     return await health(request)

@@ -7,10 +7,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from imgembed.api import siglip_operations
+from imgembed.api.siglip import OpenAIEmbeddingsRequest, SiglipEmbedRequest, SiglipTextRequest
 from imgembed.server.bodies import Body, image_batch_body, json_body
+from imgembed.server.openapi import MODEL_ERRORS, Multipart, error_responses, request_body
 from imgembed.server.operations import engine_of, serve_operation
 
-router = APIRouter(tags=["siglip"])
+router = APIRouter(tags=["siglip"], responses=error_responses(*MODEL_ERRORS))
 
 
 async def _image_batch_body(request: Request) -> Body:
@@ -24,6 +26,14 @@ async def _image_batch_body(request: Request) -> Body:
     description="L2-normalised image embeddings for a batch: JSON {'images': [URL, data: URI or "
     "base64, ...]} or multipart files. An image that cannot be fetched or decoded is reported "
     "under warnings; every other image gets its vector, in input order.",
+    openapi_extra=request_body(
+        SiglipEmbedRequest,
+        multipart=Multipart(
+            "SiglipEmbedForm", upload="files", many=True, omit=("images", "action")
+        ),
+        description="JSON, or a multipart upload of the image files (field 'files'; 'file', "
+        "'image' and 'images' are read too) with an optional 'model' field.",
+    ),
 )
 async def siglip_embed(request: Request) -> Response:
     return await serve_operation(request, siglip_operations.EMBED_IMAGES, _image_batch_body)
@@ -34,6 +44,7 @@ async def siglip_embed(request: Request) -> Response:
     summary="SigLIP 2 text embeddings",
     description="L2-normalised text embeddings (lower-cased, 64 tokens), comparable with image "
     "embeddings by dot product: text-to-image search.",
+    openapi_extra=request_body(SiglipTextRequest),
 )
 async def siglip_embed_text(request: Request) -> Response:
     return await serve_operation(request, siglip_operations.EMBED_TEXTS, json_body)
@@ -46,6 +57,7 @@ async def siglip_embed_text(request: Request) -> Response:
     "data: URI is embedded as an image, anything else as text. One failed input fails the "
     "request (OpenAI clients expect a vector per input); use /v1/siglip/embed for partial "
     "results.",
+    openapi_extra=request_body(OpenAIEmbeddingsRequest),
 )
 async def openai_embeddings(request: Request) -> Response:
     return await serve_operation(request, siglip_operations.OPENAI_EMBEDDINGS, json_body)

@@ -34,8 +34,9 @@ from imgembed.server.disconnect import (
 )
 from imgembed.server.errors import error_response, http_status
 from imgembed.server.labels import UNRESOLVED_MODEL
+from imgembed.server.openapi import MODEL_ERRORS, error_responses
 from imgembed.server.v2_models import V2Model, v2_models
-from imgembed.server.v2_request import decompress_body, parse_infer_request
+from imgembed.server.v2_request import INFER_REQUEST_SCHEMA, decompress_body, parse_infer_request
 from imgembed.server.v2_siglip import siglip_v2_models
 from imgembed.server.v2_tensors import OutputTensor, encode_infer_response, requested_outputs
 
@@ -130,13 +131,21 @@ async def server_metadata() -> dict[str, Any]:
     return {"name": "imgembed", "version": imgembed.__version__, "extensions": list(EXTENSIONS)}
 
 
-@router.get("/v2/health/live", summary="Liveness (v2)")
+_NO_BODY: dict[int | str, dict[str, Any]] = {200: {"description": "Yes (no body)."}}
+_NOT_READY = {**_NO_BODY, **error_responses(503, v2=True)}
+_UNKNOWN_MODEL = error_responses(404, v2=True)
+"""A route naming a model (and maybe a version): 404 for an unknown one."""
+
+
+@router.get("/v2/health/live", summary="Liveness (v2)", response_class=Response, responses=_NO_BODY)
 async def live() -> Response:
     """200 while the process serves HTTP."""
     return Response(status_code=200)
 
 
-@router.get("/v2/health/ready", summary="Readiness (v2)")
+@router.get(
+    "/v2/health/ready", summary="Readiness (v2)", response_class=Response, responses=_NOT_READY
+)
 async def ready(request: Request) -> Response:
     """200 once every model is loaded and warmed up, else 503."""
     if not _engine(request).ready:
@@ -161,24 +170,45 @@ async def repository_index(request: Request) -> list[dict[str, str]]:
     ]
 
 
-@router.get("/v2/models/{model_name}", summary="Model metadata (v2)")
-@router.get("/v2/models/{model_name}/versions/{model_version}", summary="Model metadata (v2)")
+@router.get("/v2/models/{model_name}", summary="Model metadata (v2)", responses=_UNKNOWN_MODEL)
+@router.get(
+    "/v2/models/{model_name}/versions/{model_version}",
+    summary="Model metadata (v2)",
+    responses=_UNKNOWN_MODEL,
+)
 async def model_metadata(request: Request, model_name: str, model_version: str = "") -> Any:
     """Name, versions, platform and input/output tensors (-1 for dynamic dimensions)."""
     return _model(request, model_name, model_version).metadata()
 
 
-@router.get("/v2/models/{model_name}/config", summary="Model configuration (v2)")
 @router.get(
-    "/v2/models/{model_name}/versions/{model_version}/config", summary="Model configuration (v2)"
+    "/v2/models/{model_name}/config", summary="Model configuration (v2)", responses=_UNKNOWN_MODEL
+)
+@router.get(
+    "/v2/models/{model_name}/versions/{model_version}/config",
+    summary="Model configuration (v2)",
+    responses=_UNKNOWN_MODEL,
 )
 async def model_config(request: Request, model_name: str, model_version: str = "") -> Any:
     """The model as Triton's JSON model configuration describes it."""
     return _model(request, model_name, model_version).config()
 
 
-@router.get("/v2/models/{model_name}/ready", summary="Model readiness (v2)")
-@router.get("/v2/models/{model_name}/versions/{model_version}/ready", summary="Model readiness")
+_MODEL_READY = {**_NOT_READY, **_UNKNOWN_MODEL}
+
+
+@router.get(
+    "/v2/models/{model_name}/ready",
+    summary="Model readiness (v2)",
+    response_class=Response,
+    responses=_MODEL_READY,
+)
+@router.get(
+    "/v2/models/{model_name}/versions/{model_version}/ready",
+    summary="Model readiness",
+    response_class=Response,
+    responses=_MODEL_READY,
+)
 async def model_ready(request: Request, model_name: str, model_version: str = "") -> Response:
     """200 when the model can serve, 503 while not ready, 404 for an unknown model."""
     _model(request, model_name, model_version)
@@ -192,18 +222,35 @@ _INFER_OPENAPI: dict[str, Any] = {
         "required": True,
         "description": "A v2 inference request: JSON, or JSON followed by binary tensor data "
         f"with its length in the {BINARY_HEADER_LENGTH} header.",
-        "content": {"application/json": {}, "application/octet-stream": {}},
-    }
+        "content": {
+            "application/json": {"schema": INFER_REQUEST_SCHEMA},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+            },
+        },
+    },
+    "responses": {
+        "200": {
+            "description": "The outputs: JSON, or a JSON header followed by binary tensor data "
+            f"(application/octet-stream, with its length in {BINARY_HEADER_LENGTH}).",
+            "content": {"application/json": {}, "application/octet-stream": {}},
+        }
+    },
 }
+_INFER_ERRORS = error_responses(*MODEL_ERRORS, v2=True)
 
 
 @router.post(
-    "/v2/models/{model_name}/infer", summary="Inference (v2)", openapi_extra=_INFER_OPENAPI
+    "/v2/models/{model_name}/infer",
+    summary="Inference (v2)",
+    openapi_extra=_INFER_OPENAPI,
+    responses=_INFER_ERRORS,
 )
 @router.post(
     "/v2/models/{model_name}/versions/{model_version}/infer",
     summary="Inference (v2)",
     openapi_extra=_INFER_OPENAPI,
+    responses=_INFER_ERRORS,
 )
 async def infer(request: Request, model_name: str, model_version: str = "") -> Response:
     """Runs a model on JSON or binary tensors; outputs binary where the request asks."""

@@ -23,6 +23,70 @@ _OUTPUT_KEYS = ("name", "parameters")
 _READ_PARAMETERS = ("binary_data_output", "timeout", "priority")
 
 
+def _object_or_null(properties: dict[str, Any]) -> dict[str, Any]:
+    closed = {"type": "object", "properties": properties, "additionalProperties": False}
+    return {"anyOf": [closed, {"type": "null"}]}
+
+
+_INPUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"type": "string", "enum": list(DATATYPES)},
+        "parameters": _object_or_null({"binary_data_size": {"type": "integer", "minimum": 0}}),
+        "data": {
+            "description": "The tensor's values, flat or nested, row-major (strings for BYTES); "
+            "exactly one of data and parameters.binary_data_size."
+        },
+    },
+}
+INFER_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "V2InferRequest",
+    "description": "An Open Inference Protocol inference request, as parse_infer_request checks "
+    "it. With the Inference-Header-Content-Length header, this JSON is followed by the binary "
+    "data of the inputs that declare binary_data_size, in input order.",
+    "required": ["inputs"],
+    "additionalProperties": False,
+    "properties": {
+        "id": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        "parameters": _object_or_null(
+            {
+                "binary_data_output": {"type": "boolean"},
+                "timeout": {"type": "integer", "minimum": 0, "description": "Microseconds."},
+                "priority": {"description": "Accepted and ignored."},
+            }
+        ),
+        "inputs": {"type": "array", "minItems": 1, "items": _INPUT_SCHEMA},
+        "outputs": {
+            "anyOf": [
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string"},
+                            "parameters": _object_or_null(
+                                {"binary_data": {"anyOf": [{"type": "boolean"}, {"type": "null"}]}}
+                            ),
+                        },
+                    },
+                },
+                {"type": "null"},
+            ]
+        },
+    },
+}
+"""The JSON part of a request body as the OpenAPI document describes it: what
+:func:`parse_infer_request` accepts (input names, the model's tensors and their shapes are checked
+against the model afterwards)."""
+
+
 def _invalid(message: str, field: str | None = None) -> InvalidInputError:
     return InvalidInputError(message, field=field)
 

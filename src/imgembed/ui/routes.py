@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from imgembed.engine import Engine
 from imgembed.errors import NotFoundError
@@ -28,6 +28,7 @@ from imgembed.export.decoder_cache import (
     default_export_dir,
 )
 from imgembed.models.sam2_loading import LoadedSam2
+from imgembed.server.openapi import error_responses
 from imgembed.ui.assets import (
     FETCH_COMMAND,
     StaticAsset,
@@ -88,10 +89,17 @@ async def ui_redirect() -> RedirectResponse:
     return RedirectResponse("ui/", status_code=307)
 
 
+_NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
+    304: {"description": "Not modified: the If-None-Match entity tag is current."}
+}
+
+
 @router.api_route(
     "/ui/",
     methods=["GET", "HEAD"],
     summary="Browser page: segment an image, decoded in the browser",
+    response_class=HTMLResponse,
+    responses=_NOT_MODIFIED,
 )
 async def ui_page(request: Request) -> Response:
     asset = static_asset("index.html")
@@ -152,6 +160,16 @@ def _decoder_cache(request: Request) -> DecoderExportCache:
     summary="The SAM 2 decoder graph of a served model, as ONNX",
     description="decoder (three masks per prompt) or decoder_single_mask; exported from the "
     "served weights on first request (cached on disk), so the first request takes a while.",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            }
+        },
+        **_NOT_MODIFIED,
+        **error_responses(404, 503),
+    },
 )
 async def ui_decoder(request: Request, model: str, graph: str) -> Response:
     if graph not in DECODER_FILES:

@@ -26,7 +26,8 @@ from imgembed.types import ImageInput
 
 
 class Sam2EmbedRequest(BaseModel):
-    """Body of ``POST /v1/sam2/embed`` and input of the RunPod ``embed_image`` action."""
+    """Body of ``POST /v1/sam2/embed`` and input of the RunPod ``embed_image`` action: exactly one
+    image source (``image_b64``, ``input_image_url``, ``image_id`` or a multipart file)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -51,6 +52,9 @@ class Sam2EmbedRequest(BaseModel):
     resize_longer_side: int | None = Field(
         default=None,
         description="Accepted for compatibility with the seed worker; must be 1024 if given.",
+        json_schema_extra={
+            "anyOf": [{"type": "integer", "const": SAM2_INPUT_SIZE}, {"type": "null"}]
+        },
     )
     resize_mode: ResizeMode | None = Field(
         default=None,

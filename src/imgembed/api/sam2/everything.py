@@ -19,6 +19,9 @@ _EVERYTHING_DEFAULTS = Sam2EverythingParams()
 MAX_POINTS_PER_SIDE = 128
 """Largest grid a request may ask for (16384 prompts for the whole image)."""
 MAX_CROP_LAYERS = 3
+# Ranges Sam2EverythingParams checks (with its own messages), as the JSON Schema documents them.
+_AT_LEAST_0: dict[str, Any] = {"minimum": 0}
+_FROM_0_TO_1: dict[str, Any] = {"minimum": 0, "maximum": 1}
 
 
 class Sam2EverythingRequest(BaseModel):
@@ -40,16 +43,30 @@ class Sam2EverythingRequest(BaseModel):
     )
     pred_iou_thresh: float = Field(default=_EVERYTHING_DEFAULTS.pred_iou_thresh)
     stability_score_thresh: float = Field(default=_EVERYTHING_DEFAULTS.stability_score_thresh)
-    stability_score_offset: float = Field(default=_EVERYTHING_DEFAULTS.stability_score_offset)
-    mask_threshold: float = Field(default=_EVERYTHING_DEFAULTS.mask_threshold)
-    box_nms_thresh: float = Field(default=_EVERYTHING_DEFAULTS.box_nms_thresh)
-    crop_n_layers: int = Field(default=_EVERYTHING_DEFAULTS.crop_n_layers, ge=0, le=MAX_CROP_LAYERS)
-    crop_nms_thresh: float = Field(default=_EVERYTHING_DEFAULTS.crop_nms_thresh)
-    crop_overlap_ratio: float = Field(default=_EVERYTHING_DEFAULTS.crop_overlap_ratio)
-    crop_n_points_downscale_factor: int = Field(
-        default=_EVERYTHING_DEFAULTS.crop_n_points_downscale_factor
+    stability_score_offset: float = Field(
+        default=_EVERYTHING_DEFAULTS.stability_score_offset, json_schema_extra=_AT_LEAST_0
     )
-    min_mask_region_area: int = Field(default=_EVERYTHING_DEFAULTS.min_mask_region_area)
+    mask_threshold: float = Field(default=_EVERYTHING_DEFAULTS.mask_threshold)
+    box_nms_thresh: float = Field(
+        default=_EVERYTHING_DEFAULTS.box_nms_thresh, json_schema_extra=_FROM_0_TO_1
+    )
+    crop_n_layers: int = Field(default=_EVERYTHING_DEFAULTS.crop_n_layers, ge=0, le=MAX_CROP_LAYERS)
+    crop_nms_thresh: float = Field(
+        default=_EVERYTHING_DEFAULTS.crop_nms_thresh, json_schema_extra=_FROM_0_TO_1
+    )
+    crop_overlap_ratio: float = Field(
+        default=_EVERYTHING_DEFAULTS.crop_overlap_ratio,
+        json_schema_extra={"minimum": 0, "exclusiveMaximum": 1},
+    )
+    crop_n_points_downscale_factor: int = Field(
+        default=_EVERYTHING_DEFAULTS.crop_n_points_downscale_factor,
+        description="Layer i uses points_per_side / factor**i points per side; the last crop "
+        "layer must keep at least one.",
+        json_schema_extra={"minimum": 1},
+    )
+    min_mask_region_area: int = Field(
+        default=_EVERYTHING_DEFAULTS.min_mask_region_area, json_schema_extra=_AT_LEAST_0
+    )
     use_m2m: bool = Field(default=_EVERYTHING_DEFAULTS.use_m2m)
     multimask_output: bool = Field(default=_EVERYTHING_DEFAULTS.multimask_output)
     output_mode: Literal["coco_rle", "uncompressed_rle", "binary_mask"] = Field(

@@ -20,10 +20,10 @@ import base64
 import binascii
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from imgembed.errors import InvalidInputError
 from imgembed.models.sam2_decoder import LOW_RES_MASK_SIZE, POINT_LABELS
@@ -36,24 +36,79 @@ MaskFormat = Literal["rle", "png", "polygons", "npz"]
 MASK_INPUT_BYTES = LOW_RES_MASK_SIZE * LOW_RES_MASK_SIZE * 4
 """A ``mask_input`` as base64: 256x256 little-endian float32."""
 
+# What the prompt fields accept, as the JSON Schema documents it. The fields are typed loosely
+# (``list[Any]``) so that the checks below name the entry at fault (``objects[2].points[1]``) and
+# say what was expected; the schemas say the same.
+_NUMBER: dict[str, Any] = {"type": "number"}
+_POINT: dict[str, Any] = {"type": "array", "items": _NUMBER, "minItems": 2, "maxItems": 2}
+POINTS_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "items": _POINT,
+    "description": "[[x, y], ...] in original-image pixels: at most IMGEMBED_MAX_PROMPT_POINTS "
+    "per object.",
+}
+POINT_LABELS_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "items": {"type": "integer", "enum": list(POINT_LABELS)},
+    "description": "One label per point: 1 foreground, 0 background (-1, 2, 3 as SAM 2 takes "
+    "them); all 1 when omitted.",
+}
+BOX_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "items": _NUMBER,
+    "minItems": 4,
+    "maxItems": 4,
+    "description": "[x0, y0, x1, y1] in original-image pixels, x0 <= x1 and y0 <= y1.",
+}
+BOXES_SCHEMA: dict[str, Any] = {"type": "array", "items": BOX_SCHEMA, "minItems": 1}
+_MASK_INPUT_BASE64_CHARS = 4 * -(-MASK_INPUT_BYTES // 3)
+MASK_INPUT_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {
+            "type": "string",
+            "contentEncoding": "base64",
+            "pattern": "^[A-Za-z0-9+/]*={0,2}$",
+            "minLength": _MASK_INPUT_BASE64_CHARS,
+            "maxLength": _MASK_INPUT_BASE64_CHARS,
+            "description": "A mask's low_res_logits string from a response: base64 of 256x256 "
+            "little-endian float32.",
+        },
+        {
+            "type": "array",
+            "minItems": LOW_RES_MASK_SIZE,
+            "maxItems": LOW_RES_MASK_SIZE,
+            "items": {
+                "type": "array",
+                "minItems": LOW_RES_MASK_SIZE,
+                "maxItems": LOW_RES_MASK_SIZE,
+                "items": _NUMBER,
+            },
+            "description": "256 rows of 256 logits.",
+        },
+    ]
+}
+Points = Annotated[list[list[Any]], WithJsonSchema(POINTS_SCHEMA)]
+PointLabels = Annotated[list[Any], WithJsonSchema(POINT_LABELS_SCHEMA)]
+Box = Annotated[list[Any], WithJsonSchema(BOX_SCHEMA)]
+Boxes = Annotated[list[list[Any]], WithJsonSchema(BOXES_SCHEMA)]
+MaskInput = Annotated[str | list[list[float]], WithJsonSchema(MASK_INPUT_SCHEMA)]
+
 
 class PromptObject(BaseModel):
     """One object's prompts."""
 
     model_config = ConfigDict(extra="forbid")
 
-    points: list[list[Any]] | None = Field(
+    points: Points | None = Field(
         default=None, description="[[x, y], ...] in original-image pixels."
     )
-    point_labels: list[Any] | None = Field(
+    point_labels: PointLabels | None = Field(
         default=None,
         description="One label per point: 1 foreground, 0 background (-1, 2, 3 as SAM 2 takes "
         "them); all 1 when omitted.",
     )
-    box: list[Any] | None = Field(
-        default=None, description="[x0, y0, x1, y1] in original-image pixels."
-    )
-    mask_input: str | list[list[float]] | None = Field(
+    box: Box | None = Field(default=None, description="[x0, y0, x1, y1] in original-image pixels.")
+    mask_input: MaskInput | None = Field(
         default=None,
         description="256x256 low-resolution logits of an earlier round: a mask's low_res_logits "
         "string from a response (base64 little-endian float32), or nested lists.",
@@ -61,7 +116,9 @@ class PromptObject(BaseModel):
 
 
 class Sam2SegmentRequest(BaseModel):
-    """Body of ``POST /v1/sam2/segment`` and input of the RunPod ``segment`` action."""
+    """Body of ``POST /v1/sam2/segment`` and input of the RunPod ``segment`` action: exactly one
+    image source (``image_b64``, ``input_image_url``, ``image_id`` or a multipart file), and prompts
+    either in the shorthand fields or in ``objects``, not both."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -76,17 +133,22 @@ class Sam2SegmentRequest(BaseModel):
     resize_mode: ResizeMode | None = Field(
         default=None, description="stretch (default) or letterbox; ignored with image_id."
     )
-    points: list[list[Any]] | None = Field(default=None, description="Shorthand: [[x, y], ...].")
-    point_labels: list[Any] | None = Field(default=None, description="Shorthand: labels.")
-    box: list[Any] | None = Field(default=None, description="Shorthand: one [x0, y0, x1, y1].")
-    boxes: list[list[Any]] | None = Field(
-        default=None, description="Shorthand: several boxes, one object each."
+    points: Points | None = Field(default=None, description="Shorthand: [[x, y], ...].")
+    point_labels: PointLabels | None = Field(default=None, description="Shorthand: labels.")
+    box: Box | None = Field(default=None, description="Shorthand: one [x0, y0, x1, y1].")
+    boxes: Boxes | None = Field(
+        default=None,
+        description="Shorthand: several boxes, one object each (not with box); at most "
+        "IMGEMBED_MAX_PROMPT_OBJECTS.",
     )
-    mask_input: str | list[list[float]] | None = Field(
+    mask_input: MaskInput | None = Field(
         default=None, description="Shorthand: 256x256 logits of an earlier round."
     )
     objects: list[PromptObject] | None = Field(
-        default=None, description="Objects, each with its own prompts (instead of the shorthand)."
+        default=None,
+        description="Objects, each with its own prompts (instead of the shorthand): at least "
+        "one, at most IMGEMBED_MAX_PROMPT_OBJECTS.",
+        json_schema_extra={"minItems": 1},
     )
     multimask_output: bool = Field(
         default=True,
