@@ -25,7 +25,7 @@ from imgembed.api.siglip import image_input
 from imgembed.engine import CollectionService, Engine
 from imgembed.errors import InvalidInputError
 from imgembed.server.bodies import read_json
-from imgembed.server.openapi import error_responses, request_body
+from imgembed.server.openapi import EXAMPLE_PNG_DATA_URI, error_responses, request_body
 
 router = APIRouter(tags=["collections"])
 
@@ -69,7 +69,12 @@ async def delete_collection(request: Request, name: str) -> dict[str, Any]:
     description="Adds items, each with an id, metadata and an image (embedded with the SigLIP "
     "model) or a vector. The collection is created on first use. Items whose image fails are "
     "listed under warnings and not stored; the rest are stored in one atomic, durable write.",
-    openapi_extra=request_body(AddItemsRequest),
+    openapi_extra=request_body(
+        AddItemsRequest,
+        example={
+            "items": [{"id": "cat-1", "image": EXAMPLE_PNG_DATA_URI, "metadata": {"label": "cat"}}]
+        },
+    ),
     responses={**_EMBEDS, **error_responses(409)},
 )
 async def add_items(request: Request, name: str) -> dict[str, Any]:
@@ -99,7 +104,7 @@ async def list_items(
 @router.post(
     "/v1/collections/{name}/items/delete",
     summary="Delete items by id",
-    openapi_extra=request_body(DeleteItemsRequest),
+    openapi_extra=request_body(DeleteItemsRequest, example={"ids": ["cat-1"]}),
     responses=_NAMED,
 )
 async def delete_items(request: Request, name: str) -> dict[str, Any]:
@@ -113,7 +118,9 @@ async def delete_items(request: Request, name: str) -> dict[str, Any]:
     summary="Search a collection",
     description="The top_k items most similar (cosine) to an image, a text or a vector, among "
     "those whose metadata pass the filter.",
-    openapi_extra=request_body(SearchRequest),
+    openapi_extra=request_body(
+        SearchRequest, example={"text": "a cat", "top_k": 5, "filter": {"label": "cat"}}
+    ),
     responses=_EMBEDS,
 )
 async def search(request: Request, name: str) -> dict[str, Any]:

@@ -116,15 +116,32 @@ def _register(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": COMPONENTS + model.__name__}
 
 
+EXAMPLE_PNG_BASE64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAHUlEQVR42mNkYGgQYGAgHrEwCDCQBEY1jGoYOhoAHgoCn"
+    "oxpJwYAAAAASUVORK5CYII="
+)
+"""A 16x16 PNG (a colour gradient), base64: the image of the documented examples."""
+EXAMPLE_PNG_DATA_URI = "data:image/png;base64," + EXAMPLE_PNG_BASE64
+
+
 def request_body(
-    model: type[BaseModel], *, multipart: Multipart | None = None, description: str | None = None
+    model: type[BaseModel],
+    *,
+    multipart: Multipart | None = None,
+    description: str | None = None,
+    example: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``openapi_extra`` of a route whose body is ``model`` (JSON) and, optionally, a form.
 
     The route reads the body itself (to name fields in its errors its way); this documents what
-    it parses with.
+    it parses with. ``example`` is a JSON body the route accepts (tests send every one).
     """
-    content: dict[str, Any] = {"application/json": {"schema": _register(model)}}
+    if example is not None:
+        model.model_validate(example)  # a documented example is at least a valid request
+    json_content: dict[str, Any] = {"schema": _register(model)}
+    if example is not None:
+        json_content["example"] = example
+    content: dict[str, Any] = {"application/json": json_content}
     if multipart is not None:
         _MULTIPART[multipart.name] = (model, multipart)
         form: dict[str, Any] = {"schema": {"$ref": COMPONENTS + multipart.name}}

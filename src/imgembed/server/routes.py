@@ -20,7 +20,13 @@ from imgembed.engine import Engine
 from imgembed.engine.metrics import CONTENT_TYPE
 from imgembed.server.bodies import Body, image_body
 from imgembed.server.collection_routes import router as collection_router
-from imgembed.server.openapi import MODEL_ERRORS, Multipart, error_responses, request_body
+from imgembed.server.openapi import (
+    EXAMPLE_PNG_BASE64,
+    MODEL_ERRORS,
+    Multipart,
+    error_responses,
+    request_body,
+)
 from imgembed.server.operations import serve_operation
 from imgembed.server.siglip_routes import router as siglip_router
 
@@ -34,6 +40,7 @@ _EMBED_OPENAPI: dict[str, Any] = {
     **request_body(
         Sam2EmbedRequest,
         multipart=Multipart("Sam2EmbedForm"),
+        example={"image_b64": EXAMPLE_PNG_BASE64, "dtype": "float16"},
         description="JSON, or a multipart upload (field 'file') with the other fields as form "
         "fields.",
     ),
@@ -84,6 +91,7 @@ async def sam2_embed(request: Request) -> Response:
         Sam2SegmentRequest,
         multipart=Multipart("Sam2SegmentForm", json_values=True),
         description=_JSON_VALUES_FORM,
+        example={"image_b64": EXAMPLE_PNG_BASE64, "points": [[8, 8]], "point_labels": [1]},
     ),
     responses=error_responses(*MODEL_ERRORS),
     tags=["sam2"],
@@ -105,6 +113,7 @@ async def sam2_segment(request: Request) -> Response:
             "Sam2EverythingForm", omit=("image_b64", "input_image_url"), json_values=True
         ),
         description=_JSON_VALUES_FORM,
+        example={"image_b64": EXAMPLE_PNG_BASE64, "points_per_side": 4},
     ),
     responses=error_responses(*MODEL_ERRORS),
     tags=["sam2"],

@@ -9,7 +9,13 @@ from fastapi.responses import Response
 from imgembed.api import siglip_operations
 from imgembed.api.siglip import OpenAIEmbeddingsRequest, SiglipEmbedRequest, SiglipTextRequest
 from imgembed.server.bodies import Body, image_batch_body, json_body
-from imgembed.server.openapi import MODEL_ERRORS, Multipart, error_responses, request_body
+from imgembed.server.openapi import (
+    EXAMPLE_PNG_DATA_URI,
+    MODEL_ERRORS,
+    Multipart,
+    error_responses,
+    request_body,
+)
 from imgembed.server.operations import engine_of, serve_operation
 
 router = APIRouter(tags=["siglip"], responses=error_responses(*MODEL_ERRORS))
@@ -33,6 +39,7 @@ async def _image_batch_body(request: Request) -> Body:
         ),
         description="JSON, or a multipart upload of the image files (field 'files'; 'file', "
         "'image' and 'images' are read too) with an optional 'model' field.",
+        example={"images": [EXAMPLE_PNG_DATA_URI]},
     ),
 )
 async def siglip_embed(request: Request) -> Response:
@@ -44,7 +51,7 @@ async def siglip_embed(request: Request) -> Response:
     summary="SigLIP 2 text embeddings",
     description="L2-normalised text embeddings (lower-cased, 64 tokens), comparable with image "
     "embeddings by dot product: text-to-image search.",
-    openapi_extra=request_body(SiglipTextRequest),
+    openapi_extra=request_body(SiglipTextRequest, example={"texts": ["a photo of a cat"]}),
 )
 async def siglip_embed_text(request: Request) -> Response:
     return await serve_operation(request, siglip_operations.EMBED_TEXTS, json_body)
@@ -57,7 +64,9 @@ async def siglip_embed_text(request: Request) -> Response:
     "data: URI is embedded as an image, anything else as text. One failed input fails the "
     "request (OpenAI clients expect a vector per input); use /v1/siglip/embed for partial "
     "results.",
-    openapi_extra=request_body(OpenAIEmbeddingsRequest),
+    openapi_extra=request_body(
+        OpenAIEmbeddingsRequest, example={"input": ["a photo of a cat", EXAMPLE_PNG_DATA_URI]}
+    ),
 )
 async def openai_embeddings(request: Request) -> Response:
     return await serve_operation(request, siglip_operations.OPENAI_EMBEDDINGS, json_body)
