@@ -1,14 +1,50 @@
-"""Fixtures shared by every test level, including a guard that keeps every test on loopback."""
+"""Fixtures shared by every test level, including a guard that keeps every test on loopback; the
+fast tier's marking; and the guard that fails skips of dependencies the project installs."""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
 from imagefactory import encode, gradient_rgb
 from PIL import Image
+from skip_policy import RequiredSkipGuard
+
+TESTS = Path(__file__).parent
+FAST_FOLDERS = ("fast", "unit", "masks", "preprocess")
+"""Folders whose every test is in the fast tier (``pytest -m fast``, ``scripts/test.sh --fast``):
+pure functions, and the plumbing tests over fake models (tests/support/fakes.py)."""
+FAST_FILES = (
+    "models/test_hub.py",
+    "models/test_sam2_registry.py",
+    "models/test_siglip_registry.py",
+    "search/test_filter_language.py",
+)
+"""Other files whose tests are fast (no real model forward pass, no subprocess server)."""
+
+
+def is_fast(path: Path) -> bool:
+    """Whether a test file belongs to the fast tier."""
+    try:
+        relative = path.relative_to(TESTS).as_posix()
+    except ValueError:
+        return False
+    return relative.split("/", 1)[0] in FAST_FOLDERS or relative in FAST_FILES
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(RequiredSkipGuard(), "imgembed-required-skip-guard")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks the fast tier before ``-m`` selects (tryfirst: the mark plugin deselects later)."""
+    for item in items:
+        if is_fast(item.path):
+            item.add_marker(pytest.mark.fast)
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from imgembed.search import lancedb_store
+
 
 @pytest.fixture
 def store_path(tmp_path: Path) -> Path:
@@ -17,9 +19,6 @@ def store_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def store(store_path: Path) -> Iterator[Any]:
     """A LanceDB store that never builds an approximate index (every search exact)."""
-    lancedb_store = pytest.importorskip(
-        "imgembed.search.lancedb_store", reason="the search extra (lancedb) is not installed"
-    )
     with lancedb_store.LanceDBStore(
         store_path, lancedb_store.LanceDBOptions(index_threshold=None)
     ) as opened:

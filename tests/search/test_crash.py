@@ -10,11 +10,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-lancedb_store = pytest.importorskip(
-    "imgembed.search.lancedb_store", reason="the search extra (lancedb) is not installed"
-)
+from imgembed.search import lancedb_store
 
 WRITER = Path(__file__).with_name("crash_writer.py")
 BATCH_SIZE = 20

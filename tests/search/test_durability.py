@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from imgembed.search import lancedb_store
 from imgembed.search.durability import TreeSyncer
 
 
@@ -26,7 +27,6 @@ def test_tree_syncer_flushes_new_and_changed_files_once(tmp_path: Path) -> None:
 
 
 def test_every_store_write_is_flushed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    lancedb_store = pytest.importorskip("imgembed.search.lancedb_store")
     flushed: list[int] = []
     real_sync = TreeSyncer.sync
 

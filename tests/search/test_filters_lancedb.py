@@ -13,11 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from imgembed.search import lancedb_store
 from imgembed.search.filters import filter_document, parse_filter
 
-lancedb_store = pytest.importorskip(
-    "imgembed.search.lancedb_store", reason="the search extra (lancedb) is not installed"
-)
 LanceDBOptions = lancedb_store.LanceDBOptions
 LanceDBStore = lancedb_store.LanceDBStore
 

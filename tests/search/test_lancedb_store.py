@@ -13,12 +13,10 @@ import numpy as np
 import pytest
 
 from imgembed.errors import ConflictError, InvalidInputError, NotFoundError
+from imgembed.search import lancedb_store
 from imgembed.search.store import VectorStore
 from imgembed.search.validation import StoreLimits
 
-lancedb_store = pytest.importorskip(
-    "imgembed.search.lancedb_store", reason="the search extra (lancedb) is not installed"
-)
 LanceDBOptions = lancedb_store.LanceDBOptions
 LanceDBStore = lancedb_store.LanceDBStore
 
