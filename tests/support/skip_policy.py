@@ -2,10 +2,10 @@
 
 ``scripts/bootstrap.sh test`` installs everything the tests need (Meta's ``sam2`` reference,
 ``samexporter``, Debian's chromium and playwright, lancedb, onnx and onnxruntime, Node.js and
-onnxruntime-web, the runpod SDK, tritonclient, the openai client, pycocotools, opencv). A skip
-for one of them means a broken set-up, and a green run that skipped the parity or browser tests
-would hide it; so such a skip is turned into a failure. Skips for what the project cannot install
-(a CUDA GPU) stay skips.
+onnxruntime-web, the runpod SDK, tritonclient, the openai client, schemathesis, pycocotools,
+opencv). A skip for one of them means a broken set-up, and a green run that skipped the parity or
+browser tests would hide it; so such a skip is turned into a failure. Skips for what the project
+cannot install (a CUDA GPU) stay skips.
 
 :func:`required_dependency` decides from the skip's reason; :class:`RequiredSkipGuard` is the
 pytest plugin that applies it (``tests/conftest.py`` registers it): a skipped test fails in place,
@@ -41,6 +41,7 @@ REQUIRED_DEPENDENCIES: dict[str, tuple[str, ...]] = {
     "the runpod SDK": (r"\brunpod\b",),
     "tritonclient": (r"\btritonclient\b",),
     "the openai client": (r"\bopenai\b",),
+    "schemathesis": (r"\bschemathesis\b",),
     "pycocotools": (r"\bpycocotools\b",),
     "opencv": (r"\bcv2\b", r"\bopencv\b"),
 }

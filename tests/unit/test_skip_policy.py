@@ -36,6 +36,7 @@ SUPPORT = Path(__file__).resolve().parents[1] / "support"
         ("tritonclient is a test extra", "tritonclient"),
         ("could not import 'tritonclient.utils': No module named 'tritonclient'", "tritonclient"),
         ("openai is a test extra", "the openai client"),
+        ("schemathesis is a test extra", "schemathesis"),
         ("could not import 'pycocotools.mask': No module named 'pycocotools'", "pycocotools"),
         ("opencv-python-headless is a test-only dependency", "opencv"),
         ("needs a CUDA GPU", None),
