@@ -36,6 +36,7 @@ from imgembed.errors import (
     PayloadTooLargeError,
 )
 from imgembed.preprocess.fetch import fetch_url_bytes, system_resolver, validate_address
+from imgembed.server.errors import http_status
 from imgembed.settings import FetchPolicy
 
 logger = logging.getLogger(__name__)
@@ -243,7 +244,7 @@ def expect_error(
         call()
     error = caught.value
     assert type(error) is error_type, f"{type(error).__name__}: {error.message}"
-    assert error.status_code == status_code
+    assert http_status(error) == status_code
     assert error.field == field_name
     assert phrase in error.message, error.message
     return error
