@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the HTTP server")
     add_model_flags(serve)
-    serve.add_argument("--config", help="TOML config file (IMGEMBED_CONFIG); see docs/configuration.md")
+    serve.add_argument(
+        "--config", help="TOML config file (IMGEMBED_CONFIG); see docs/configuration.md"
+    )
     serve.add_argument("--host", help="IMGEMBED_HOST; default 127.0.0.1")
     serve.add_argument("--port", type=int, help="IMGEMBED_PORT; default 8000")
     serve.set_defaults(handler=_serve)
