@@ -7,30 +7,26 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from imgembed.engine import sam2_everything
-from imgembed.engine.core import EngineCore
 from imgembed.engine.feature_cache import CachedImage, image_id_for
-from imgembed.engine.feature_store import FeatureStore
 from imgembed.engine.registry import ModelFamily
 from imgembed.engine.sam2_everything import milliseconds
-from imgembed.engine.sam2_served import ServedSam2
+from imgembed.engine.sam2_served import ServedSam2, serve_sam2
 from imgembed.engine.service import ModelService
-from imgembed.errors import ImgembedError, ModelLoadError, ServiceUnavailableError
+from imgembed.errors import ServiceUnavailableError
 from imgembed.models.sam2 import Sam2Features
 from imgembed.models.sam2_decoder import Sam2MaskPrediction
-from imgembed.models.sam2_loading import LoadedSam2, load_sam2
+from imgembed.models.sam2_loading import load_sam2
 from imgembed.models.sam2_registry import resolve_variant
 from imgembed.pipelines import sam2_embed, sam2_segment
 from imgembed.pipelines.sam2_decode import DecodeJob
 from imgembed.pipelines.sam2_everything_params import Sam2EverythingParams
 from imgembed.preprocess.image import DecodedImage
 from imgembed.preprocess.sam2_frame import FrameMapping
-from imgembed.runtime.device import DevicePlacement
-from imgembed.settings import ModelSpec, ResizeMode
+from imgembed.settings import ResizeMode
 from imgembed.types import ImageInput
 
 FAMILY_NAME = "sam2"
@@ -479,65 +475,6 @@ def _postprocess_object(
     return sam2_segment.postprocess_object(low_res_logits.cpu(), scores.cpu(), mapping, options)
 
 
-def _onnx_encoder(spec: ModelSpec, model_name: str) -> Any:
-    """The ONNX Runtime backend of ``spec.onnx_dir``, checked to be an export of ``model_name``.
-
-    Raises:
-        ModelLoadError: No folder given, the onnx extra missing, or an export of another model.
-    """
-    if not spec.onnx_dir:
-        raise ModelLoadError(
-            f"the onnxruntime backend of {model_name} needs an export: run 'imgembed export onnx "
-            f"--model {model_name} --weights ... --out DIR' and set --onnx-dir DIR "
-            "(IMGEMBED_ONNX_DIR)"
-        )
-    try:
-        from imgembed.export.onnx_backend import OnnxSam2Backend
-    except ImportError as error:
-        raise ModelLoadError(
-            f"the onnxruntime backend needs the onnx extra: pip install 'imgembed[onnx]' ({error})"
-        ) from error
-    try:
-        backend = OnnxSam2Backend.from_dir(spec.onnx_dir)
-    except ImgembedError as error:
-        raise ModelLoadError(f"--onnx-dir {spec.onnx_dir}: {error.message}") from error
-    if backend.model_id != model_name:
-        raise ModelLoadError(
-            f"--onnx-dir {spec.onnx_dir} holds an export of {backend.model_id}, not {model_name}; "
-            f"export this model with 'imgembed export onnx --model {model_name}'"
-        )
-    return backend
-
-
-def _serve(
-    loaded: LoadedSam2,
-    spec: ModelSpec,
-    placement: DevicePlacement,
-    seconds: float,
-    core: EngineCore,
-) -> ServedSam2:
-    """Wraps loaded SAM 2 weights as a served model with its feature store and backend."""
-    variant = loaded.variant
-    names = {variant.name, variant.hub_id, variant.meta_checkpoint, variant.meta_config}
-    names.add(variant.meta_config.rsplit("/", 1)[-1])
-    if spec.alias:
-        names.add(spec.alias)
-    return ServedSam2(
-        loaded=loaded,
-        spec=spec,
-        placement=placement,
-        names=frozenset(names),
-        load_seconds=seconds,
-        device_executor=core.device_thread(spec),
-        features=FeatureStore(
-            variant.name,
-            core.config.cache_bytes,
-            on_change=core.metrics.cache_observer(variant.name),
-        ),
-        onnx=_onnx_encoder(spec, variant.name) if spec.backend == "onnxruntime" else None,
-    )
-
-
 SAM2_FAMILY = ModelFamily(
     name=FAMILY_NAME,
     display_name="SAM 2",
@@ -546,6 +483,6 @@ SAM2_FAMILY = ModelFamily(
     load_weights=lambda spec, device: load_sam2(
         spec.name, spec.weights, spec.meta_config, device=device
     ),
-    serve=_serve,
+    serve=serve_sam2,
 )
 """SAM 2 and 2.1 image models: features, masks from prompts, segment everything."""

@@ -1,4 +1,5 @@
-"""A SAM 2 model as the engine serves it: encoder and decoder batchers, the feature store."""
+"""A SAM 2 model as the engine serves it: encoder and decoder batchers, the feature store, and
+the encoder backend (PyTorch, or ONNX Runtime on an export)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,24 @@ from typing import Any
 
 import torch
 
+from imgembed.engine.core import EngineCore
 from imgembed.engine.feature_store import FeatureStore
 from imgembed.engine.metrics import Metrics
 from imgembed.engine.served import ServedModel
+from imgembed.errors import ImgembedError, ModelLoadError
 from imgembed.models.sam2 import SAM2_INPUT_SIZE, Sam2Features
 from imgembed.models.sam2_decoder import LOW_RES_MASK_SIZE, Sam2MaskPrediction
 from imgembed.models.sam2_loading import LoadedSam2
 from imgembed.pipelines import sam2_decode, sam2_embed
 from imgembed.pipelines.sam2_decode import DecodeJob
 from imgembed.runtime.batcher import DynamicBatcher
+from imgembed.runtime.device import DevicePlacement
 from imgembed.settings import (
     DECODER_BATCH_SIZE_ON_GPU,
     DEFAULT_BATCH_SIZE,
     SAM2_ENCODER_BATCH_SIZE_ON_CPU,
     BatchingSettings,
+    ModelSpec,
 )
 
 logger = logging.getLogger(__name__)
@@ -131,3 +136,62 @@ class ServedSam2(ServedModel):
             "decoder_batching": dataclasses.asdict(self.decoder_batching),
             "cache": self.features.describe(),
         }
+
+
+def _onnx_encoder(spec: ModelSpec, model_name: str) -> Any:
+    """The ONNX Runtime backend of ``spec.onnx_dir``, checked to be an export of ``model_name``.
+
+    Raises:
+        ModelLoadError: No folder given, the onnx extra missing, or an export of another model.
+    """
+    if not spec.onnx_dir:
+        raise ModelLoadError(
+            f"the onnxruntime backend of {model_name} needs an export: run 'imgembed export onnx "
+            f"--model {model_name} --weights ... --out DIR' and set --onnx-dir DIR "
+            "(IMGEMBED_ONNX_DIR)"
+        )
+    try:
+        from imgembed.export.onnx_backend import OnnxSam2Backend
+    except ImportError as error:
+        raise ModelLoadError(
+            f"the onnxruntime backend needs the onnx extra: pip install 'imgembed[onnx]' ({error})"
+        ) from error
+    try:
+        backend = OnnxSam2Backend.from_dir(spec.onnx_dir)
+    except ImgembedError as error:
+        raise ModelLoadError(f"--onnx-dir {spec.onnx_dir}: {error.message}") from error
+    if backend.model_id != model_name:
+        raise ModelLoadError(
+            f"--onnx-dir {spec.onnx_dir} holds an export of {backend.model_id}, not {model_name}; "
+            f"export this model with 'imgembed export onnx --model {model_name}'"
+        )
+    return backend
+
+
+def serve_sam2(
+    loaded: LoadedSam2,
+    spec: ModelSpec,
+    placement: DevicePlacement,
+    seconds: float,
+    core: EngineCore,
+) -> ServedSam2:
+    """Wraps loaded SAM 2 weights as a served model with its feature store and backend."""
+    variant = loaded.variant
+    names = {variant.name, variant.hub_id, variant.meta_checkpoint, variant.meta_config}
+    names.add(variant.meta_config.rsplit("/", 1)[-1])
+    if spec.alias:
+        names.add(spec.alias)
+    return ServedSam2(
+        loaded=loaded,
+        spec=spec,
+        placement=placement,
+        names=frozenset(names),
+        load_seconds=seconds,
+        device_executor=core.device_thread(spec),
+        features=FeatureStore(
+            variant.name,
+            core.config.cache_bytes,
+            on_change=core.metrics.cache_observer(variant.name),
+        ),
+        onnx=_onnx_encoder(spec, variant.name) if spec.backend == "onnxruntime" else None,
+    )
