@@ -23,6 +23,7 @@ from transformers import Sam2Model
 from imgembed.errors import ModelLoadError
 from imgembed.models.sam2_loading import LoadedSam2, load_sam2
 from imgembed.models.sam2_meta import convert_meta_state_dict
+from imgembed.server.errors import http_status
 
 CPU = torch.device("cpu")
 AddToHubCache = Callable[[str, Mapping[str, Path | bytes]], Path]
@@ -41,7 +42,7 @@ def assert_says_how_to_fix(error: ModelLoadError) -> None:
     """The message names the settings that would fix the load, and the cause is chained."""
     for hint in FIX_HINTS:
         assert hint in error.message
-    assert error.status_code == 500
+    assert http_status(error) == 500
 
 
 def assert_inference_ready(loaded: LoadedSam2) -> None:

@@ -28,6 +28,7 @@ from imgembed.errors import ModelLoadError
 from imgembed.models.siglip_dummy import build_stand_in_tokenizer
 from imgembed.models.siglip_loading import LoadedSiglip, load_siglip
 from imgembed.models.siglip_variants import ImageProcessing
+from imgembed.server.errors import http_status
 
 CPU = torch.device("cpu")
 AddToHubCache = Callable[[str, Mapping[str, Path | bytes]], Path]
@@ -78,7 +79,7 @@ def assert_inference_ready(loaded: LoadedSiglip) -> None:
 def assert_says_how_to_fix(error: ModelLoadError) -> None:
     for hint in FIX_HINTS:
         assert hint in error.message
-    assert error.status_code == 500
+    assert http_status(error) == 500
 
 
 # Dummy weights.
