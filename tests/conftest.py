@@ -14,16 +14,47 @@ from PIL import Image
 from skip_policy import RequiredSkipGuard
 
 TESTS = Path(__file__).parent
-FAST_FOLDERS = ("fast", "unit", "masks", "preprocess")
-"""Folders whose every test is in the fast tier (``pytest -m fast``, ``scripts/test.sh --fast``):
-pure functions, and the plumbing tests over fake models (tests/support/fakes.py)."""
 FAST_FILES = (
+    "api/test_parsing.py",
+    "cli/test_commands.py",
+    "engine/test_fake_served_models.py",
+    "engine/test_feature_cache.py",
+    "engine/test_metrics.py",
+    "engine/test_serving.py",
+    "masks/test_boxes.py",
+    "masks/test_everything_params.py",
+    "masks/test_png.py",
+    "masks/test_polygons.py",
+    "masks/test_regions.py",
+    "masks/test_rle.py",
     "models/test_hub.py",
     "models/test_sam2_registry.py",
     "models/test_siglip_registry.py",
+    "preprocess/test_fetch.py",
+    "preprocess/test_image_decode.py",
+    "preprocess/test_sam2_frame.py",
+    "preprocess/test_siglip_pixels.py",
+    "preprocess/test_siglip_text.py",
+    "runpod/test_handler.py",
+    "runtime/test_batcher.py",
+    "runtime/test_loop_bridge.py",
     "search/test_filter_language.py",
+    "server/test_collection_routes.py",
+    "server/test_openapi_document.py",
+    "server/test_sam2_routes.py",
+    "server/test_siglip_routes.py",
+    "server/test_v2_not_ready.py",
+    "server/test_v2_routes.py",
+    "server/test_v2_tensors.py",
+    "settings/test_settings.py",
+    "test_codecs.py",
+    "test_docs.py",
+    "test_logs.py",
+    "test_skip_policy.py",
 )
-"""Other files whose tests are fast (no real model forward pass, no subprocess server)."""
+"""The fast tier (``pytest -m fast``, ``scripts/test.sh --fast``): test files of pure functions, and of
+plumbing over fake models (tests/support/fakes.py); no real model's forward pass, no server subprocess.
+Test folders mirror ``src/imgembed/``, so the tier is listed by file, not by folder."""
 
 
 def is_fast(path: Path) -> bool:
@@ -32,10 +63,16 @@ def is_fast(path: Path) -> bool:
         relative = path.relative_to(TESTS).as_posix()
     except ValueError:
         return False
-    return relative.split("/", 1)[0] in FAST_FOLDERS or relative in FAST_FILES
+    return relative in FAST_FILES
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    missing = [name for name in FAST_FILES if not (TESTS / name).is_file()]
+    if missing:
+        raise pytest.UsageError(
+            f"tests/conftest.py FAST_FILES names files that do not exist: {missing}; "
+            "update the list after moving or renaming a test file"
+        )
     config.pluginmanager.register(RequiredSkipGuard(), "imgembed-required-skip-guard")
 
 

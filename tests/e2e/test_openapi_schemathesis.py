@@ -62,7 +62,7 @@ CHECKS = [
 ]
 SKIPPED_OPERATIONS = {
     "GET /ui/models/{model}/{graph}.onnx": "exports the SAM 2 decoder to ONNX from real weights, "
-    "which a fake model has none of (tests/browser covers it)",
+    "which a fake model has none of (tests/ui covers it)",
 }
 
 

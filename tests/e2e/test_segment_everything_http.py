@@ -1,7 +1,7 @@
 """``POST /v1/sam2/segment-everything`` through a real HTTP server: records, formats, bad input.
 
 Untrained (``--weights dummy``) weights, so the quality filters are opened (thresholds 0) to get
-masks out; agreement with Meta's generator is proven in tests/parity.
+masks out; agreement with Meta's generator is proven in tests/pipelines/test_sam2_everything_parity.py.
 """
 
 from __future__ import annotations

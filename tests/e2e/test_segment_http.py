@@ -1,7 +1,7 @@
 """``POST /v1/sam2/segment`` through a real HTTP server: formats, the cache, and every bad input.
 
 Untrained (``--weights dummy``) weights: these tests are about the request path; mask correctness
-is proven against Meta's predictor in tests/parity/test_sam2_segment_parity.py.
+is proven against Meta's predictor in tests/pipelines/test_sam2_segment_parity.py.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from skip_policy import REQUIRED_DEPENDENCIES, required_dependency, skip_reason
 
-SUPPORT = Path(__file__).resolve().parents[1] / "support"
+SUPPORT = Path(__file__).resolve().parent / "support"
 
 
 @pytest.mark.parametrize(

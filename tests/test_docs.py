@@ -26,7 +26,7 @@ except ImportError:  # FastAPI before lazily included routers: app.routes is alr
         return iter(routes)
 
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 API_DOC = ROOT / "docs" / "api.md"
 CONFIGURATION_DOC = ROOT / "docs" / "configuration.md"
 
