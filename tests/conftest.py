@@ -17,6 +17,7 @@ TESTS = Path(__file__).parent
 FAST_FILES = (
     "api/test_parsing.py",
     "cli/test_commands.py",
+    "cli/test_download.py",
     "engine/test_fake_served_models.py",
     "engine/test_feature_cache.py",
     "engine/test_metrics.py",
@@ -28,6 +29,7 @@ FAST_FILES = (
     "masks/test_regions.py",
     "masks/test_rle.py",
     "models/test_hub.py",
+    "models/test_hub_download.py",
     "models/test_sam2_registry.py",
     "models/test_siglip_registry.py",
     "preprocess/test_fetch.py",

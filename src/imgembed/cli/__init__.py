@@ -1,5 +1,5 @@
 """The ``imgembed`` command: ``serve``, ``embed``, ``segment``, ``segment-everything``, ``index``,
-``search``, ``export``.
+``search``, ``export``, ``download``.
 
 A thin shell: flags and ``IMGEMBED_*`` variables become a :class:`~imgembed.settings.ServerConfig`
 (see :mod:`imgembed.settings`), and user-facing errors are printed as one line, not a traceback.
@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from imgembed.cli import export, sam2, search
+from imgembed.cli import download, export, sam2, search
 from imgembed.cli.common import add_model_flags, config_from_args
 from imgembed.errors import ImgembedError
 from imgembed.logs import configure_logging
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     sam2.add_commands(commands)
     search.add_commands(commands)
     export.add_commands(commands)
+    download.add_commands(commands)
     return parser
 
 

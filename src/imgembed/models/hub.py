@@ -48,16 +48,20 @@ class HubAccess:
         cache_dir: Hugging Face cache folder; ``None`` for the default one.
         offline: Read the cache only and never contact the hub (what ``HF_HUB_OFFLINE=1`` means).
         endpoint: Hub address, for mirrors; ``None`` for the default one.
+        timeout_s: Seconds to wait for the hub's answer to a file's metadata request (and, in
+            :mod:`imgembed.models.hub_download`, to the repository listing); ``None`` for
+            ``huggingface_hub``'s default (``HF_HUB_ETAG_TIMEOUT``, 10 s).
     """
 
     cache_dir: str | None = None
     offline: bool = False
     endpoint: str | None = None
+    timeout_s: float | None = None
 
 
 def describe_error(error: BaseException) -> str:
-    """An exception as the end of a load error message: ``"OSError: what it said."``."""
-    return f"{type(error).__name__}: {str(error).rstrip('. ')}."
+    """An exception as the end of a load error message, on one line: ``"OSError: what it said."``."""
+    return f"{type(error).__name__}: {' '.join(str(error).split()).rstrip('. ')}."
 
 
 @contextmanager
@@ -118,20 +122,27 @@ def local_path_or_hub_id(weights: str, *, looked_for: str) -> Path | str:
 
 
 def download_snapshot(
-    repo_id: str, patterns: list[str], hub: HubAccess, *, weights_of: str
+    repo_id: str,
+    patterns: list[str],
+    hub: HubAccess,
+    *,
+    weights_of: str,
+    local_dir: Path | None = None,
 ) -> Path:
     """Fetches the files of a hub repository that match ``patterns`` into the Hugging Face cache.
 
     With ``hub.offline`` nothing is fetched: the cached snapshot is returned when there is one.
+    Files already complete in the cache (or ``local_dir``) are not fetched again.
 
     Args:
         repo_id: The repository, ``org/name``.
         patterns: Glob patterns of the files to fetch.
         hub: How to reach the hub.
         weights_of: The model family, as the error message names it (``"SAM 2"``).
+        local_dir: A plain folder to write the files into instead of the cache.
 
     Returns:
-        The snapshot folder in the cache.
+        The snapshot folder in the cache, or ``local_dir``.
 
     Raises:
         ModelLoadError: The repository (or the cache entry, offline) is absent or the hub is
@@ -139,20 +150,24 @@ def download_snapshot(
             looked in, and what ``huggingface_hub`` said.
     """
     logger.debug(
-        "Getting %s of hub repository %s (cache %s, offline %s, endpoint %s).",
+        "Getting %s of hub repository %s (cache %s, folder %s, offline %s, endpoint %s).",
         patterns,
         repo_id,
         hub.cache_dir,
+        local_dir,
         hub.offline,
         hub.endpoint,
     )
+    timeout = {} if hub.timeout_s is None else {"etag_timeout": hub.timeout_s}
     try:
         snapshot = snapshot_download(
             repo_id,
             allow_patterns=patterns,
             cache_dir=hub.cache_dir,
+            local_dir=local_dir,
             local_files_only=hub.offline,
             endpoint=hub.endpoint,
+            **timeout,
         )
     except _HUB_ERRORS as error:
         where = f"the cache {hub.cache_dir}" if hub.cache_dir else "the default Hugging Face cache"

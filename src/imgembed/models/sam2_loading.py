@@ -221,14 +221,39 @@ def _load_folder(
     )
 
 
-def _load_hub(repo_id: str, variant: Sam2Variant, hub: HubAccess) -> Sam2Model:
-    """Loads a hub repository in either format, downloading only the format it is read in."""
-    snapshot = download_snapshot(repo_id, _HUB_CONFIG_PATTERNS, hub, weights_of="SAM 2")
+def fetch_sam2_hub(repo_id: str, hub: HubAccess, *, local_dir: Path | None = None) -> Path:
+    """Fetches the files of a SAM 2 hub repository that the loader reads, and no others.
+
+    ``config.json`` first; then, when it names a ``transformers`` SAM 2 model, the safetensors
+    (and their index), else Meta's ``.pt``/``.pth`` checkpoints. With ``hub.offline`` the cache is
+    read instead. Both the loader and ``imgembed download`` call this, so a download holds what a
+    later offline start reads.
+
+    Args:
+        repo_id: The repository, ``org/name``.
+        hub: How to reach the hub.
+        local_dir: A plain folder to write the files into instead of the Hugging Face cache.
+
+    Returns:
+        The snapshot folder (or ``local_dir``).
+
+    Raises:
+        ModelLoadError: The repository is absent or the hub unreachable (see
+            :func:`~imgembed.models.hub.download_snapshot`).
+    """
+    snapshot = download_snapshot(
+        repo_id, _HUB_CONFIG_PATTERNS, hub, weights_of="SAM 2", local_dir=local_dir
+    )
     if _transformers_model_type(snapshot) in TRANSFORMERS_MODEL_TYPES:
         patterns = _HUB_TRANSFORMERS_PATTERNS
     else:
         patterns = _HUB_META_PATTERNS
-    snapshot = download_snapshot(repo_id, patterns, hub, weights_of="SAM 2")
+    return download_snapshot(repo_id, patterns, hub, weights_of="SAM 2", local_dir=local_dir)
+
+
+def _load_hub(repo_id: str, variant: Sam2Variant, hub: HubAccess) -> Sam2Model:
+    """Loads a hub repository in either format, downloading only the format it is read in."""
+    snapshot = fetch_sam2_hub(repo_id, hub)
     model, _ = _load_folder(snapshot, variant, f"The hub repository {repo_id!r} ({snapshot})")
     return model
 

@@ -297,6 +297,30 @@ def _load_folder(
     return model, tokenizer, _image_processing(folder, variant, described_as)
 
 
+def fetch_siglip_hub(repo_id: str, hub: HubAccess, *, local_dir: Path | None = None) -> Path:
+    """Fetches the files of a SigLIP 2 hub repository that the loader reads, and no others.
+
+    ``config.json``, the safetensors (and their index), the tokenizer files and the image
+    processor config. With ``hub.offline`` the cache is read instead. Both the loader and
+    ``imgembed download`` call this, so a download holds what a later offline start reads.
+
+    Args:
+        repo_id: The repository, ``org/name``.
+        hub: How to reach the hub.
+        local_dir: A plain folder to write the files into instead of the Hugging Face cache.
+
+    Returns:
+        The snapshot folder (or ``local_dir``).
+
+    Raises:
+        ModelLoadError: The repository is absent or the hub unreachable (see
+            :func:`~imgembed.models.hub.download_snapshot`).
+    """
+    return download_snapshot(
+        repo_id, _HUB_PATTERNS, hub, weights_of="SigLIP 2", local_dir=local_dir
+    )
+
+
 def _load_weights(
     variant: SiglipVariant, weights: str | None, hub: HubAccess, dummy_seed: int
 ) -> tuple[SiglipModelClass, PreTrainedTokenizerBase, ImageProcessing, SiglipWeightsSource, str]:
@@ -317,7 +341,7 @@ def _load_weights(
                 f"{place} is a file; SigLIP weights are a Hugging Face format folder: point at "
                 "the folder holding config.json."
             )
-    snapshot = download_snapshot(repo_id, _HUB_PATTERNS, hub, weights_of="SigLIP 2")
+    snapshot = fetch_siglip_hub(repo_id, hub)
     loaded = _load_folder(snapshot, variant, f"The hub repository {repo_id!r} ({snapshot})")
     return (*loaded, "hub", repo_id)
 
