@@ -51,6 +51,12 @@ class PayloadTooLargeError(ImgembedError):
     code = "payload_too_large"
 
 
+class RequestTimeoutError(ImgembedError):
+    """The client sent its request's headers or body too slowly; the connection is closed."""
+
+    code = "request_timeout"
+
+
 class ImageFetchError(InvalidInputError):
     """An image URL could not be fetched (refused address, HTTP error, timeout, too many redirects)."""
 

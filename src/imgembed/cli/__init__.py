@@ -26,19 +26,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     from imgembed.engine import Engine
     from imgembed.server.app import create_app
+    from imgembed.server.http_server import uvicorn_config
 
     config = config_from_args(args, host=args.host, port=args.port)
     engine = Engine(config)
     engine.load()
     app = create_app(config, engine=engine)
-    uvicorn.run(
-        app,
-        host=config.host,
-        port=config.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=config.shutdown_timeout_s,
-    )
+    uvicorn.Server(uvicorn_config(app, config)).run()
     return 0
 
 

@@ -56,12 +56,13 @@ def create_app(config: ServerConfig, *, engine: Engine | None = None) -> FastAPI
     app.add_exception_handler(RequestValidationError, errors.handle_validation_error)
     app.add_exception_handler(ValidationError, errors.handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, errors.handle_http_exception)
-    app.add_exception_handler(Exception, errors.handle_unexpected_error)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=config.limits.max_body_bytes,
         metrics=served_engine.metrics,
         api_key=config.api_key,
         public_paths=config.public_paths,
+        body_idle_timeout_s=config.body_idle_timeout_s,
+        body_timeout_s=config.body_timeout_s,
     )
     return app

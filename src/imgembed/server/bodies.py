@@ -7,14 +7,15 @@ as :class:`~imgembed.types.ImageBytes` named by their form field, which is what 
 
 from __future__ import annotations
 
-import json
+import asyncio
 from typing import Any
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
+from imgembed.api.json_body import NotJsonError, decode_json
 from imgembed.errors import InvalidInputError, UnsupportedMediaTypeError
-from imgembed.server.errors import invalid_json
+from imgembed.settings.values import InputLimits
 from imgembed.types import ImageBytes
 
 UPLOAD_FIELDS = ("file", "image")
@@ -31,16 +32,26 @@ def content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+LARGE_BODY_BYTES = 256 * 1024
+"""Bodies at least this large are decoded on a worker thread, off the event loop."""
+
+
+def _limits(request: Request) -> InputLimits:
+    return request.app.state.engine.config.limits
+
+
 async def read_json(request: Request) -> Any:
-    """The body as JSON.
+    """The body as JSON, checked by :func:`~imgembed.api.json_body.decode_json` (UTF-8, nesting
+    depth, number length, valid Unicode) before anything parses it further.
 
     Raises:
-        InvalidInputError: The body is not valid JSON.
+        InvalidInputError: The body is not valid JSON or breaks one of those limits.
     """
-    try:
-        return json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise invalid_json(error) from error
+    raw = await request.body()
+    limits = _limits(request)
+    if len(raw) < LARGE_BODY_BYTES:
+        return decode_json(raw, limits)
+    return await asyncio.to_thread(decode_json, raw, limits)
 
 
 async def json_body(request: Request) -> Body:
@@ -85,7 +96,9 @@ async def image_body(request: Request, *, json_form_values: bool = False) -> Bod
                         )
                     uploads.append(ImageBytes(await value.read(), field=name))
                 else:
-                    fields[name] = _form_value(value) if json_form_values else value
+                    fields[name] = (
+                        _form_value(value, name, _limits(request)) if json_form_values else value
+                    )
         finally:
             await form.close()
         return fields, uploads
@@ -130,8 +143,9 @@ async def image_batch_body(request: Request, limit: int) -> Body:
     return fields, images
 
 
-def _form_value(text: str) -> Any:
+def _form_value(text: str, name: str, limits: InputLimits) -> Any:
+    """A form value as JSON where it is JSON (checked like a body), else the text itself."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return decode_json(text.encode("utf-8", errors="surrogatepass"), limits, field=name)
+    except NotJsonError:
         return text

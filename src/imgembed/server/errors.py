@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 from fastapi import Request
@@ -24,6 +23,7 @@ from imgembed.errors import (
     NotFoundError,
     PayloadTooLargeError,
     QueueFullError,
+    RequestTimeoutError,
     ResourceExhaustedError,
     ServiceUnavailableError,
     UnauthorizedError,
@@ -39,6 +39,7 @@ HTTP_STATUS: dict[type[ImgembedError], int] = {
     UnauthorizedError: 401,
     UnknownModelError: 404,
     NotFoundError: 404,
+    RequestTimeoutError: 408,
     ConflictError: 409,
     PayloadTooLargeError: 413,
     UnsupportedMediaTypeError: 415,
@@ -136,25 +137,21 @@ async def handle_http_exception(request: Request, error: Exception) -> JSONRespo
     return response
 
 
-async def handle_unexpected_error(request: Request, error: Exception) -> JSONResponse:
-    """Logs an unexpected failure with its traceback; the client gets only the request id."""
-    request_id = _request_id(request)
-    logger.exception("request %s failed unexpectedly", request_id, exc_info=error)
-    body = {
-        "error": {
-            "code": "internal_error",
-            "message": f"internal server error; quote request id {request_id} when reporting it",
-            "field": None,
-            "request_id": request_id,
+def unexpected_error_response(request_id: str, *, path: str = "") -> JSONResponse:
+    """The 500 response to an unexpected failure: only the request id, never the cause.
+
+    Under ``/v2`` in the Open Inference Protocol's shape, elsewhere in the native one.
+    """
+    message = f"internal server error; quote request id {request_id} when reporting it"
+    if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
+        body: dict[str, object] = {"error": message}
+    else:
+        body = {
+            "error": {
+                "code": "internal_error",
+                "message": message,
+                "field": None,
+                "request_id": request_id,
+            }
         }
-    }
     return JSONResponse(body, status_code=500, headers={"x-request-id": request_id})
-
-
-def invalid_json(error: json.JSONDecodeError | UnicodeDecodeError) -> InvalidInputError:
-    """The error for a body that is not JSON."""
-    return InvalidInputError(
-        f"request body is not valid JSON ({error}); send a JSON object with "
-        "Content-Type: application/json, or a multipart form upload",
-        field="body",
-    )

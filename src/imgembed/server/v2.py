@@ -265,7 +265,10 @@ async def infer(request: Request, model_name: str, model_version: str = "") -> R
         engine.config.limits.max_body_bytes,
     )
     parsed = await engine.run_cpu(
-        parse_infer_request, body, request.headers.get(BINARY_HEADER_LENGTH)
+        parse_infer_request,
+        body,
+        request.headers.get(BINARY_HEADER_LENGTH),
+        engine.config.limits,
     )
     wanted = requested_outputs(parsed, model.outputs, model.name)
     tensors = await engine.run_cpu(model.read_inputs, parsed)

@@ -10,12 +10,13 @@ checked here except what depends on the model (:func:`~imgembed.server.v2_tensor
 from __future__ import annotations
 
 import dataclasses
-import json
 import zlib
 from typing import Any
 
+from imgembed.api.json_body import NotJsonError, decode_json
 from imgembed.errors import InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError
 from imgembed.server.v2_tensors import DATATYPES, InferRequest, RequestInput
+from imgembed.settings.values import InputLimits
 
 _REQUEST_KEYS = ("id", "parameters", "inputs", "outputs")
 _INPUT_KEYS = ("name", "shape", "datatype", "parameters", "data")
@@ -138,10 +139,10 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvi
     return body[:length], memoryview(body)[length:]
 
 
-def _load_header(header: bytes) -> dict[str, Any]:
+def _load_header(header: bytes, limits: InputLimits) -> dict[str, Any]:
     try:
-        document = json.loads(header)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        document = decode_json(header, limits)
+    except NotJsonError as error:
         raise _invalid(
             f"inference request JSON is malformed ({error}); send a JSON object with 'inputs', "
             "followed by binary tensor data if Inference-Header-Content-Length is set",
@@ -276,13 +277,17 @@ def _parse_outputs(value: Any) -> dict[str, bool | None] | None:
     return outputs
 
 
-def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
+def parse_infer_request(
+    body: bytes, header_length: str | None, limits: InputLimits | None = None
+) -> InferRequest:
     """Parses a v2 inference request body, JSON or JSON plus binary tensor data.
 
     Args:
         body: The whole (decompressed) request body.
         header_length: The ``Inference-Header-Content-Length`` header, or ``None`` when the body
             is JSON only.
+        limits: The JSON checks' limits (nesting depth, number length); the defaults when
+            ``None``.
 
     Returns:
         The request, each input carrying either its JSON ``data`` or its raw bytes.
@@ -291,7 +296,7 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
         InvalidInputError: The body is not a well-formed v2 request; the message names the field.
     """
     header, binary = _split_body(body, header_length)
-    document = _load_header(header)
+    document = _load_header(header, limits or InputLimits())
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise _invalid(f"'id' must be a string, got {type(request_id).__name__}", "id")

@@ -206,6 +206,24 @@ SETTINGS: tuple[Setting, ...] = (
         "On SIGTERM, how long requests in flight may take to finish.",
     ),
     Setting(
+        "IMGEMBED_HEADER_TIMEOUT_S",
+        "header_timeout_s",
+        _SECONDS,
+        "Longest time to send a request's line and headers; then 408 and the connection closes.",
+    ),
+    Setting(
+        "IMGEMBED_BODY_IDLE_TIMEOUT_S",
+        "body_idle_timeout_s",
+        _SECONDS,
+        "Longest wait for the next part of a request body; then 408 and the connection closes.",
+    ),
+    Setting(
+        "IMGEMBED_BODY_TIMEOUT_S",
+        "body_timeout_s",
+        _SECONDS,
+        "Longest time a whole request body may take; then 408 and the connection closes.",
+    ),
+    Setting(
         "IMGEMBED_API_KEY",
         "api_key",
         str,
@@ -258,6 +276,18 @@ SETTINGS: tuple[Setting, ...] = (
         "limits.max_text_chars",
         _COUNT,
         "Longest text, in characters.",
+    ),
+    Setting(
+        "IMGEMBED_MAX_JSON_DEPTH",
+        "limits.max_json_depth",
+        _COUNT,
+        "Deepest nesting of arrays and objects in a JSON body or RunPod input.",
+    ),
+    Setting(
+        "IMGEMBED_MAX_JSON_NUMBER_CHARS",
+        "limits.max_json_number_chars",
+        _COUNT,
+        "Longest number in a JSON body, in characters.",
     ),
     Setting(
         "IMGEMBED_COLLECTIONS_DIR",

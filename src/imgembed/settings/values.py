@@ -70,6 +70,10 @@ class InputLimits:
         max_batch_images: Most images one SigLIP embedding request may carry.
         max_texts: Most texts one text embedding request may carry.
         max_text_chars: Longest text accepted, in characters.
+        max_json_depth: Deepest nesting of arrays and objects in a JSON body (a RunPod event's
+            ``input`` included); deeper documents are refused before parsing.
+        max_json_number_chars: Longest number in a JSON body, in characters; longer ones are
+            refused before parsing.
     """
 
     max_body_bytes: int = 48 * MEBIBYTE
@@ -80,6 +84,8 @@ class InputLimits:
     max_batch_images: int = 64
     max_texts: int = 256
     max_text_chars: int = 1000
+    max_json_depth: int = 64
+    max_json_number_chars: int = 100
 
 
 @dataclass(frozen=True)
@@ -190,6 +196,14 @@ class ServerConfig:
             SAM 2 image is 16 MiB in float32, 8 MiB in half precision); 0 turns caching off.
         shutdown_timeout_s: On SIGTERM the server stops accepting connections and waits this long
             for requests in flight to finish before closing them.
+        header_timeout_s: Longest time a client may take to send a request's line and headers,
+            counted from the connection's opening or the request's first byte; past it the
+            server answers 408 and closes the connection.
+        body_idle_timeout_s: Longest wait for the next part of a request body; past it 408 and
+            the connection is closed.
+        body_timeout_s: Longest time a whole request body may take to arrive (a 10 MB photo
+            over a 0.5 Mbit/s mobile uplink takes about 160 s); past it 408 and the connection
+            is closed.
     """
 
     models: tuple[ModelSpec, ...] = (ModelSpec(name=DEFAULT_MODEL),)
@@ -204,6 +218,9 @@ class ServerConfig:
     cache_bytes: int = 1024 * MEBIBYTE
     collections_dir: str = "imgembed-data/collections"
     shutdown_timeout_s: float = 60.0
+    header_timeout_s: float = 30.0
+    body_idle_timeout_s: float = 30.0
+    body_timeout_s: float = 300.0
     api_key: str | None = field(default=None, repr=False)
     public_paths: tuple[str, ...] = (
         "/health",
