@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -186,17 +187,20 @@ class ImageHost:
 
 
 @contextlib.contextmanager
-def in_process_server(app: object) -> Iterator[str]:
-    """Serves an ASGI app with uvicorn on a thread (for engines built in the test), until the block
-    ends.
+def in_process_server(app: Any) -> Iterator[str]:
+    """Serves an imgembed app with uvicorn on a thread (for engines built in the test), configured
+    as ``imgembed serve`` configures it (its header deadline included), until the block ends.
 
     Yields:
-        The base URL, once ``/health`` answers 200.
+        The base URL, once the server has started.
     """
     import uvicorn
 
+    from imgembed.server.http_server import uvicorn_config
+
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host=LOOPBACK, port=port, log_config=None))
+    config = uvicorn_config(app, app.state.engine.config, host=LOOPBACK, port=port)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base_url = f"http://{LOOPBACK}:{port}"
