@@ -15,12 +15,14 @@ from skip_policy import RequiredSkipGuard
 
 TESTS = Path(__file__).parent
 FAST_FILES = (
+    "api/test_json_body.py",
     "api/test_parsing.py",
     "cli/test_commands.py",
     "cli/test_download.py",
     "engine/test_fake_served_models.py",
     "engine/test_feature_cache.py",
     "engine/test_metrics.py",
+    "engine/test_request_admission.py",
     "engine/test_serving.py",
     "masks/test_boxes.py",
     "masks/test_everything_params.py",
@@ -39,6 +41,7 @@ FAST_FILES = (
     "preprocess/test_siglip_text.py",
     "runpod/test_handler.py",
     "runtime/test_batcher.py",
+    "runtime/test_batcher_admission.py",
     "runtime/test_loop_bridge.py",
     "search/test_filter_language.py",
     "server/test_collection_routes.py",

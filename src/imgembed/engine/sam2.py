@@ -147,14 +147,12 @@ class Sam2Service(ModelService[ServedSam2]):
             resize_mode=resize_mode or self.core.config.default_resize_mode
         )
         started = time.perf_counter()
-        served.batcher.refuse_if_full(served.preparing)
-        served.preparing += 1
-        try:
+        # The place counts against the queue while the image decodes; a cached image never
+        # queues, so the place is given back before the feature store is asked.
+        with served.batcher.reserve(1):
             if decoded is None:
                 decoded = await self.core.load_image(image)
             image_key = await self.core.run_cpu(image_id_for, decoded.pixels, options.resize_mode)
-        finally:
-            served.preparing -= 1
         decoded_at = time.perf_counter()
         seconds = {"decode": decoded_at - started}
         batcher = served.batcher
@@ -362,18 +360,7 @@ class Sam2Service(ModelService[ServedSam2]):
             raise ServiceUnavailableError(NOT_STARTED)
         if deadline is None:
             deadline = time.monotonic() + self.core.config.request_timeout_s
-        batcher = served.batcher
-        tasks = [
-            asyncio.ensure_future(batcher.submit(pixels, deadline=deadline))
-            for pixels in pixel_values
-        ]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        return await served.batcher.submit_all(list(pixel_values), deadline=deadline)
 
     async def decode(
         self,
@@ -440,15 +427,7 @@ class Sam2Service(ModelService[ServedSam2]):
             raise ServiceUnavailableError(NOT_STARTED)
         if deadline is None:
             deadline = time.monotonic() + self.core.config.request_timeout_s
-        decoder = served.decoder
-        tasks = [asyncio.ensure_future(decoder.submit(job, deadline=deadline)) for job in jobs]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        return await served.decoder.submit_all(list(jobs), deadline=deadline)
 
     async def segment_everything(
         self,

@@ -78,7 +78,7 @@ async def segment_everything(
     params = params or Sam2EverythingParams()
     served = service.resolve(model)
     if served.batcher is not None:
-        served.batcher.refuse_if_full(served.preparing)
+        served.batcher.refuse_if_full()
     if deadline is None:
         deadline = time.monotonic() + service.core.config.request_timeout_s
     started = time.perf_counter()

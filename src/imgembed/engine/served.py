@@ -35,8 +35,6 @@ class ServedModel(ABC):
         load_seconds: Wall time the load took.
         device_executor: The single thread that runs this model's forward passes.
         warmup_seconds: Time the start-up warm-up pass took, ``None`` without one.
-        preparing: Requests admitted and decoding, not yet in a batcher's queue; they count
-            against the queue limit so a burst is refused before it spends CPU on decoding.
     """
 
     loaded: Any
@@ -46,7 +44,6 @@ class ServedModel(ABC):
     load_seconds: float
     device_executor: ThreadPoolExecutor = field(repr=False)
     warmup_seconds: float | None = None
-    preparing: int = 0
 
     family: str = field(init=False)
 

@@ -19,6 +19,7 @@ from imgembed.errors import DeadlineExceededError, ImgembedError, InvalidInputEr
 from imgembed.models.siglip_loading import LoadedSiglip, load_siglip
 from imgembed.models.siglip_registry import resolve_siglip_variant
 from imgembed.pipelines import siglip_embed
+from imgembed.runtime.batcher import Admission
 from imgembed.runtime.device import DevicePlacement
 from imgembed.settings import ModelSpec
 from imgembed.types import ImageInput
@@ -97,6 +98,8 @@ class SiglipService(ModelService[ServedSiglip]):
         Raises:
             UnknownModelError: No such SigLIP model is served.
             InvalidInputError: The batch is empty or larger than the configured limit.
+            QueueFullError: The model's image queue is full (429); the whole batch is admitted
+                or refused at once, never image by image.
         """
         served = self.resolve(model, field_name=f"{field_prefix}model")
         limit = self.core.config.limits.max_batch_images
@@ -115,14 +118,20 @@ class SiglipService(ModelService[ServedSiglip]):
         if deadline is None:
             deadline = time.monotonic() + self.core.config.request_timeout_s
         started = time.perf_counter()
-        tasks = [
-            asyncio.ensure_future(self._embed_one(served, image, options, deadline))
-            for image in images
-        ]
-        done, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        assert served.image_batcher is not None
+        # One admission for the whole batch: its images never refuse each other (429).
+        with served.image_batcher.reserve(len(images)) as admission:
+            tasks = [
+                asyncio.ensure_future(self._embed_one(served, admission, image, options, deadline))
+                for image in images
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+            finally:  # past the deadline, or this request cancelled: withdraw what is left
+                pending = [task for task in tasks if not task.done()]
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
         outcomes = []
         for index, (task, image) in enumerate(zip(tasks, images, strict=True)):
             if task in done and task.exception() is None:
@@ -150,21 +159,21 @@ class SiglipService(ModelService[ServedSiglip]):
     async def _embed_one(
         self,
         served: ServedSiglip,
+        admission: Admission[siglip_embed.PreparedSiglipImage, np.ndarray],
         image: ImageInput,
         options: siglip_embed.SiglipEmbedOptions,
         deadline: float,
     ) -> np.ndarray:
-        assert served.image_batcher is not None
-        served.image_batcher.refuse_if_full(served.preparing)
-        served.preparing += 1
+        """One image of a batch: decoded and prepared on the CPU, then queued in its place."""
         try:
             decoded = await self.core.load_image(image)
             prepared = await self.core.run_cpu(
                 siglip_embed.prepare_image, decoded, served.loaded.image_processing, options
             )
-        finally:
-            served.preparing -= 1
-        return await served.image_batcher.submit(prepared, deadline=deadline)
+        except BaseException:
+            admission.release(1)  # this image will not be queued
+            raise
+        return await admission.submit(prepared, deadline=deadline)
 
     async def embed_texts(
         self,
@@ -187,6 +196,8 @@ class SiglipService(ModelService[ServedSiglip]):
 
         Raises:
             InvalidInputError: Empty list, too many texts, a blank, non-string or too long text.
+            QueueFullError: The model's text queue is full (429); the request's texts are admitted
+                together, so they never refuse each other.
         """
         served = self.resolve(model, field_name=f"{field_prefix}model")
         field = f"{field_prefix}texts"
@@ -194,19 +205,13 @@ class SiglipService(ModelService[ServedSiglip]):
         check_texts(texts, limits.max_texts, limits.max_text_chars, field)
         if deadline is None:
             deadline = time.monotonic() + self.core.config.request_timeout_s
-        input_ids = await self.core.run_cpu(
-            siglip_embed.prepare_texts, served.loaded.tokenizer, list(texts)
-        )  # [N,L]
         assert served.text_batcher is not None
-        batcher = served.text_batcher
-        tasks = [asyncio.ensure_future(batcher.submit(row, deadline=deadline)) for row in input_ids]
-        try:
-            vectors = await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        # One admission for the request, before tokenising: its texts never refuse each other.
+        with served.text_batcher.reserve(len(texts)) as admission:
+            input_ids = await self.core.run_cpu(
+                siglip_embed.prepare_texts, served.loaded.tokenizer, list(texts)
+            )  # [N,L]
+            vectors = await admission.submit_all(list(input_ids), deadline=deadline)
         return np.stack(vectors), served  # N x [D] -> [N,D]
 
 

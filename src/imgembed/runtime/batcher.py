@@ -1,6 +1,10 @@
 """Dynamic batching: many concurrent requests, one forward pass.
 
-A :class:`DynamicBatcher` owns a bounded queue and one worker task. The worker takes the first
+A :class:`DynamicBatcher` owns a bounded queue and one worker task. A request is admitted once,
+for all its items (:meth:`DynamicBatcher.reserve`): the queue's limit is checked when the request
+reserves its places, never item by item, so a request's own items (the texts of one text request,
+the images of one image batch, the prompt groups of one segment request) never refuse each other
+as if they were separate clients. The worker takes the first
 waiting item, collects more until ``max_batch_size`` items (or units of work, with ``item_size``)
 are in hand or ``max_queue_delay_ms`` has passed, drops items whose caller gave up (cancelled)
 or whose deadline passed, and runs the rest in one call on the model's own thread, so the event
@@ -21,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Generic, TypeVar
 
 from imgembed.errors import (
@@ -107,9 +112,9 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         self._executor = executor
         self._on_batch = on_batch
         self._item_size = item_size or (lambda _item: 1)
-        self._queue: asyncio.Queue[_Pending[ItemT, ResultT]] = asyncio.Queue(
-            maxsize=settings.max_queue_size
-        )
+        # Unbounded: admission (reserve) enforces max_queue_size per request, not per item.
+        self._queue: asyncio.Queue[_Pending[ItemT, ResultT]] = asyncio.Queue()
+        self._reserved = 0
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
         self._running = 0
@@ -125,18 +130,60 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         """Items in the batch now running."""
         return self._running
 
+    @property
+    def waiting(self) -> int:
+        """Items counted against ``max_queue_size``: queued, plus places reserved by admitted
+        requests whose items are not queued yet (still decoding, say)."""
+        return self.queued + self._reserved
+
     def refuse_if_full(self, waiting_elsewhere: int = 0) -> None:
         """Admission check before a request spends CPU on work the queue would refuse.
 
         Args:
-            waiting_elsewhere: Requests admitted but not queued yet (still decoding), counted
-                against the queue's limit.
+            waiting_elsewhere: Requests admitted but not queued yet and not holding a reservation
+                here, counted against the queue's limit.
 
         Raises:
-            QueueFullError: Queued plus ``waiting_elsewhere`` items reach ``max_queue_size``.
+            QueueFullError: :attr:`waiting` plus ``waiting_elsewhere`` reach ``max_queue_size``.
         """
-        if self._queue.qsize() + waiting_elsewhere >= self.settings.max_queue_size:
+        if self.waiting + waiting_elsewhere >= self.settings.max_queue_size:
             raise self._queue_full()
+
+    def reserve(self, places: int, waiting_elsewhere: int = 0) -> Admission[ItemT, ResultT]:
+        """Admits one request with ``places`` items: the queue's limit is checked once, here.
+
+        The request is refused when the queue is already full; once admitted, all its items are
+        queued however many they are, so the queue holds at most ``max_queue_size - 1`` items
+        plus one request's. Use the result as a context manager: leaving the block gives back
+        the places not used (an image that failed to decode, a request cancelled early).
+
+        Args:
+            places: Items the request will submit (at least 1).
+            waiting_elsewhere: As in :meth:`refuse_if_full`.
+
+        Returns:
+            The request's admission; submit its items through it.
+
+        Raises:
+            ValueError: ``places`` is below 1.
+            ServiceUnavailableError: The batcher is shutting down or not started.
+            QueueFullError: The queue is full.
+        """
+        if places < 1:
+            raise ValueError(
+                f"{self.name}: a request reserves at least 1 place, got {places}; do not reserve "
+                "for an empty request"
+            )
+        self._check_open()
+        self.refuse_if_full(waiting_elsewhere)
+        self._reserved += places
+        return Admission(self, places)
+
+    def _check_open(self) -> None:
+        if self._closing or self._worker is None:
+            raise ServiceUnavailableError(
+                f"model {self.name} is not accepting work (shutting down or not started)"
+            )
 
     def _queue_full(self) -> QueueFullError:
         return QueueFullError(
@@ -163,27 +210,43 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         self._worker = None
 
     async def submit(self, item: ItemT, *, deadline: float) -> ResultT:
-        """Queues ``item`` and waits for its result.
+        """Admits a request of one item, queues it and waits for its result.
 
         Args:
             item: The work.
             deadline: ``time.monotonic()`` value after which the item is dropped unrun.
 
         Raises:
-            QueueFullError: The queue is at ``max_queue_size``.
+            QueueFullError: The queue is full (see :meth:`reserve`).
             ServiceUnavailableError: The batcher is shutting down.
             DeadlineExceededError: The deadline passed before the item ran.
         """
-        if self._closing or self._worker is None:
-            raise ServiceUnavailableError(
-                f"model {self.name} is not accepting work (shutting down or not started)"
-            )
+        with self.reserve(1) as admission:
+            return await admission.submit(item, deadline=deadline)
+
+    async def submit_all(self, items: Sequence[ItemT], *, deadline: float) -> list[ResultT]:
+        """Admits one request of ``items`` (one admission, whatever their number) and waits for
+        all their results; see :meth:`Admission.submit_all`.
+
+        Raises:
+            QueueFullError: The queue is full (see :meth:`reserve`).
+            ServiceUnavailableError: The batcher is shutting down.
+            DeadlineExceededError: The deadline passed before an item ran.
+        """
+        if not items:
+            return []
+        with self.reserve(len(items)) as admission:
+            return await admission.submit_all(items, deadline=deadline)
+
+    def _give_back(self, places: int) -> None:
+        self._reserved -= places
+
+    async def _enqueue(self, item: ItemT, deadline: float) -> ResultT:
+        """Queues an item whose place was reserved and waits for its result."""
+        self._check_open()
         future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
         pending = _Pending(item=item, deadline=deadline, submitted=time.monotonic(), future=future)
-        try:
-            self._queue.put_nowait(pending)
-        except asyncio.QueueFull as error:
-            raise self._queue_full() from error
+        self._queue.put_nowait(pending)  # unbounded: the place was reserved at admission
         return await future
 
     async def _work(self) -> None:
@@ -298,3 +361,94 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         )
         exhausted.__cause__ = error
         return exhausted
+
+
+class Admission(Generic[ItemT, ResultT]):
+    """One admitted request's reserved places in a :class:`DynamicBatcher`'s queue.
+
+    Made by :meth:`DynamicBatcher.reserve`. Each :meth:`submit` uses one place; the places not
+    used count against the queue's limit until they are given back (:meth:`release`, or leaving
+    the ``with`` block).
+
+    Args:
+        batcher: The batcher the places are reserved in.
+        places: Places reserved.
+    """
+
+    def __init__(self, batcher: DynamicBatcher[ItemT, ResultT], places: int) -> None:
+        self._batcher = batcher
+        self._places = places
+
+    @property
+    def places(self) -> int:
+        """Reserved places not used yet."""
+        return self._places
+
+    async def submit(self, item: ItemT, *, deadline: float) -> ResultT:
+        """Queues ``item`` in one of the reserved places and waits for its result.
+
+        Args:
+            item: The work.
+            deadline: ``time.monotonic()`` value after which the item is dropped unrun.
+
+        Raises:
+            RuntimeError: Every reserved place is used (a bug in the caller: reserve one place
+                per item).
+            ServiceUnavailableError: The batcher is shutting down.
+            DeadlineExceededError: The deadline passed before the item ran.
+        """
+        if self._places < 1:
+            raise RuntimeError(
+                f"{self._batcher.name}: a request submitted more items than the places it "
+                "reserved; reserve one place per item"
+            )
+        self.release(1)
+        return await self._batcher._enqueue(item, deadline)
+
+    async def submit_all(self, items: Sequence[ItemT], *, deadline: float) -> list[ResultT]:
+        """Queues every item at once (they batch with each other and with other requests') and
+        waits for all; when one fails, those still waiting are withdrawn unrun and the error is
+        raised.
+
+        Args:
+            items: The request's items, at most :attr:`places`.
+            deadline: ``time.monotonic()`` value after which unstarted items are dropped.
+
+        Returns:
+            One result per item, in order.
+
+        Raises:
+            RuntimeError: More items than reserved places.
+            ServiceUnavailableError: The batcher is shutting down.
+            DeadlineExceededError: The deadline passed before an item ran.
+        """
+        if len(items) > self._places:
+            raise RuntimeError(
+                f"{self._batcher.name}: {len(items)} items for {self._places} reserved places; "
+                "reserve one place per item"
+            )
+        tasks = [asyncio.ensure_future(self.submit(item, deadline=deadline)) for item in items]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    def release(self, places: int | None = None) -> None:
+        """Gives back ``places`` unused places (all of them when ``None``)."""
+        count = self._places if places is None else min(places, self._places)
+        self._places -= count
+        self._batcher._give_back(count)
+
+    def __enter__(self) -> Admission[ItemT, ResultT]:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release()
