@@ -18,6 +18,7 @@ venv=${IMGEMBED_VENV:-$root/.venv}
 "$venv/bin/ruff" format --check src tests benchmarks
 # The layering contract (.importlinter): no import points up a layer.
 "$venv/bin/lint-imports" --no-cache
+"$venv/bin/hadolint" --failure-threshold info Dockerfile  # the image's Dockerfile (no daemon needed)
 if $fast; then
   exec "$venv/bin/python" -m pytest -m fast ${args[@]+"${args[@]}"}
 fi

@@ -19,6 +19,8 @@ FAST_FILES = (
     "api/test_parsing.py",
     "cli/test_commands.py",
     "cli/test_download.py",
+    "deploy/test_dockerfile.py",
+    "deploy/test_entrypoint.py",
     "engine/test_fake_served_models.py",
     "engine/test_feature_cache.py",
     "engine/test_metrics.py",
