@@ -122,7 +122,9 @@ async def segment_everything(
 
     def run() -> EverythingResult:
         with torch.inference_mode():
-            return generate_everything(decoded.pixels, encode, decode, params)
+            return generate_everything(
+                decoded.pixels, encode, decode, params, device=served.placement.device
+            )
 
     try:
         everything = await service.core.run_job(run)

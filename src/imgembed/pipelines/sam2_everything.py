@@ -200,14 +200,20 @@ def generate_everything(
     encode: EncodeFn,
     decode: DecodeFn,
     params: Sam2EverythingParams | None = None,
+    *,
+    device: torch.device | None = None,
 ) -> EverythingResult:
     """Segments everything in an image (see the module docstring).
 
     Args:
         image: ``[H,W,3]`` uint8 RGB.
-        encode: Features of a crop; its tensors' device is where all the work runs.
-        decode: Mask logits for prompts in the 1024 frame.
+        encode: Features of a crop, on any device (ONNX Runtime's come on the CPU while the
+            PyTorch decoder runs on CUDA).
+        decode: Mask logits for prompts in the 1024 frame, on ``device``.
         params: Generator settings; the reference's defaults when ``None``.
+        device: Where the decoder runs and its output is post-processed (the model's device):
+            prompts are made there and batch sizes fitted to it. The features' device when
+            ``None`` (an encoder and decoder on one device).
 
     Returns:
         The masks as records and facts about the run.
@@ -231,7 +237,7 @@ def generate_everything(
     batch_size = params.points_per_batch or 0
     for crop_box, layer in crops:
         crop_result, batch_size = _process_crop(
-            image, crop_box, grids[layer], params, encode, decode, clock
+            image, crop_box, grids[layer], params, encode, decode, clock, device
         )
         kept.add(crop_result)
     if len(crops) > 1:
@@ -272,6 +278,7 @@ def _process_crop(
     encode: EncodeFn,
     decode: DecodeFn,
     clock: _Clock,
+    model_device: torch.device | None,
 ) -> tuple[_Candidates, int]:
     """Masks of one crop after NMS within it, in image coordinates; and the batch size used."""
     left, top, right, bottom = crop_box
@@ -280,7 +287,9 @@ def _process_crop(
     tick = time.perf_counter()
     features = encode(crop)
     clock.encode += time.perf_counter() - tick
-    device = features.image_embed.device
+    # The decoder's device, not the features': with ONNX Runtime features come on the CPU while
+    # the decoder answers on CUDA, and a CPU tensor indexed with a CUDA mask raises.
+    device = model_device or features.image_embed.device
     batch_size = params.points_per_batch or auto_points_per_batch(device)
     chunk = postprocess_chunk(device, crop_hw)
     # Grid in crop pixels, float64 then float32 as the reference: [P,2] XY.
@@ -414,7 +423,7 @@ def _process_batch(
     """Decodes one batch of grid points and keeps the masks that pass every per-mask filter.
 
     Args:
-        points: ``[B,2]`` float32 XY in crop pixels, on the features' device.
+        points: ``[B,2]`` float32 XY in crop pixels, on the model's device.
 
     Returns:
         Candidates with boxes and points still in the crop's frame, RLE counts in the image's.
@@ -432,8 +441,9 @@ def _process_batch(
     )
     clock.prompts += len(points)
     per_point = prediction.masks.shape[1]
-    low_res = prediction.masks.float().flatten(0, 1)  # [B,K,256,256] -> [B*K,256,256]
-    iou = prediction.iou_predictions.float().flatten(0, 1)  # [B,K] -> [B*K]
+    # On the prompts' device whatever the decoder answered on (a no-op for the engine's decoder).
+    low_res = prediction.masks.to(device, torch.float32).flatten(0, 1)  # -> [B*K,256,256]
+    iou = prediction.iou_predictions.to(device, torch.float32).flatten(0, 1)  # [B,K] -> [B*K]
     points = points.repeat_interleave(per_point, dim=0)  # [B*K,2]
     if params.use_m2m:
         frame_points = frame_points.repeat_interleave(per_point, dim=0)  # [B*K,2]
