@@ -45,6 +45,7 @@ FAST_FILES = (
     "runpod/test_handler.py",
     "runtime/test_batcher.py",
     "runtime/test_batcher_admission.py",
+    "runtime/test_batcher_memory.py",
     "runtime/test_loop_bridge.py",
     "search/test_filter_language.py",
     "server/test_collection_routes.py",

@@ -11,9 +11,9 @@ or whose deadline passed, and runs the rest in one call on the model's own threa
 loop and CPU stages go on meanwhile.
 
 Failures stay with their items: if a batch raises, each item is retried alone so one bad item
-never fails its neighbours; a device out-of-memory error splits the batch in halves and retries,
-and only an item that does not fit alone is answered with
-:class:`~imgembed.errors.ResourceExhaustedError`.
+never fails its neighbours; a device out-of-memory error splits the batch in halves and retries
+(after the failed batch's frames are released and the device's cached memory freed), and only an
+item that does not fit alone is answered with :class:`~imgembed.errors.ResourceExhaustedError`.
 """
 
 from __future__ import annotations
@@ -34,22 +34,13 @@ from imgembed.errors import (
     ResourceExhaustedError,
     ServiceUnavailableError,
 )
+from imgembed.runtime.memory import is_out_of_memory, release_cached_device_memory, release_frames
 from imgembed.settings import BatchingSettings
 
 logger = logging.getLogger(__name__)
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` is a device (or host) allocation failure worth splitting a batch for."""
-    if isinstance(error, MemoryError):
-        return True
-    name = type(error).__name__
-    return name == "OutOfMemoryError" or (
-        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
-    )
 
 
 @dataclass(frozen=True)
@@ -90,6 +81,8 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         item_size: Units of work in an item (prompts in a decoder request, say); a batch holds
             at most ``max_batch_size`` units, and an item larger than that runs alone. ``None``
             counts each item as one.
+        on_out_of_memory: Called on the model's thread after a batch ran out of memory, before
+            its halves are retried (frees the device's cached memory by default).
     """
 
     def __init__(
@@ -100,6 +93,7 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         settings: BatchingSettings,
         on_batch: Callable[[BatchStats], None] | None = None,
         item_size: Callable[[ItemT], int] | None = None,
+        on_out_of_memory: Callable[[], None] = release_cached_device_memory,
     ) -> None:
         if settings.max_batch_size < 1 or settings.max_queue_size < 1:
             raise ValueError(
@@ -112,6 +106,7 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         self._executor = executor
         self._on_batch = on_batch
         self._item_size = item_size or (lambda _item: 1)
+        self._on_out_of_memory = on_out_of_memory
         # Unbounded: admission (reserve) enforces max_queue_size per request, not per item.
         self._queue: asyncio.Queue[_Pending[ItemT, ResultT]] = asyncio.Queue()
         self._reserved = 0
@@ -327,30 +322,45 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             )
 
     def _run_isolated(self, items: list[ItemT]) -> list[ResultT | BaseException]:
-        """Runs a batch; on failure, splits (out of memory) or isolates items (anything else)."""
+        """Runs a batch; on failure, splits (out of memory) or isolates items (anything else).
+
+        The retry never runs inside the ``except`` block that caught the failure, and the
+        failure's frames are cleared first (:func:`release_frames`): a traceback keeps every
+        frame of the failed forward pass alive, with its activations, and the halves of an
+        out-of-memory batch would run out of memory too. After an out-of-memory error the
+        device's cached memory is freed (``on_out_of_memory``) before the retry.
+        """
+        attempt = self._attempt(items)
+        if not isinstance(attempt, _Failed):
+            return attempt
+        error = attempt.error
+        del attempt
+        if is_out_of_memory(error):
+            self._on_out_of_memory()
+            if len(items) == 1:
+                return [self._too_big(error)]
+            logger.warning("%s: batch of %d ran out of memory; splitting", self.name, len(items))
+            del error
+            middle = len(items) // 2
+            return self._run_isolated(items[:middle]) + self._run_isolated(items[middle:])
+        if len(items) == 1:
+            return [error]
+        logger.warning(
+            "%s: batch of %d failed (%s); retrying each item alone", self.name, len(items), error
+        )
+        del error
+        return [outcome for item in items for outcome in self._run_isolated([item])]
+
+    def _attempt(self, items: list[ItemT]) -> list[ResultT] | _Failed:
+        """One call of ``run_batch``; a failure comes back with its frames released."""
         try:
             results = list(self._run_batch(items))
-        except Exception as error:  # noqa: BLE001 -- re-raised per item below, never swallowed
-            if len(items) == 1:
-                if is_out_of_memory(error):
-                    return [self._too_big(error)]
-                return [error]
-            if is_out_of_memory(error):
-                logger.warning(
-                    "%s: batch of %d ran out of memory; splitting", self.name, len(items)
-                )
-                middle = len(items) // 2
-                return self._run_isolated(items[:middle]) + self._run_isolated(items[middle:])
-            logger.warning(
-                "%s: batch of %d failed (%s); retrying each item alone",
-                self.name,
-                len(items),
-                error,
-            )
-            return [outcome for item in items for outcome in self._run_isolated([item])]
+        except Exception as error:  # noqa: BLE001 -- returned to the caller, never swallowed
+            return _Failed(release_frames(error))
         if len(results) != len(items):
             raise RuntimeError(
-                f"{self.name}: run_batch returned {len(results)} results for {len(items)} items"
+                f"{self.name}: run_batch returned {len(results)} results for {len(items)} items; "
+                "it must return exactly one result per item, in order"
             )
         return results
 
@@ -359,8 +369,15 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             f"model {self.name} ran out of memory on a single request ({error}); send a "
             "smaller input or run the model on a device with more memory"
         )
-        exhausted.__cause__ = error
+        exhausted.__cause__ = error  # frames already released: the chain holds no activations
         return exhausted
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A batch's failure, kept apart from results (a result could itself be an exception)."""
+
+    error: Exception
 
 
 class Admission(Generic[ItemT, ResultT]):
