@@ -21,7 +21,7 @@ from imgembed.models.sam2 import Sam2Features
 from imgembed.models.sam2_decoder import Sam2MaskPrediction
 from imgembed.models.sam2_loading import load_sam2
 from imgembed.models.sam2_registry import resolve_variant
-from imgembed.pipelines import sam2_embed, sam2_segment
+from imgembed.pipelines import sam2_decode, sam2_embed, sam2_segment
 from imgembed.pipelines.sam2_decode import DecodeJob
 from imgembed.pipelines.sam2_everything_params import Sam2EverythingParams
 from imgembed.preprocess.image import DecodedImage
@@ -398,7 +398,8 @@ class Sam2Service(ModelService[ServedSam2]):
         served = self.resolve(model)
         job = DecodeJob(features, point_coords, point_labels, mask_input, has_mask_input)
         (prediction,) = await self.decode_jobs(served, [job], deadline=deadline)
-        return Sam2MaskPrediction(prediction.masks.cpu(), prediction.iou_predictions.cpu())
+        # The device-to-host copy waits for the device: on the CPU pool, never the event loop.
+        return await self.core.run_cpu(sam2_decode.to_host, prediction)
 
     async def decode_jobs(
         self, served: ServedSam2, jobs: Sequence[DecodeJob], *, deadline: float | None = None

@@ -98,6 +98,19 @@ def decode_jobs(
     return [result for result in results if result is not None]
 
 
+def to_host(prediction: Sam2MaskPrediction) -> Sam2MaskPrediction:
+    """The prediction as float32 CPU tensors (``[B,K,256,256]`` logits, ``[B,K]`` IoU).
+
+    A copy from a CUDA device waits until the device has finished the work queued before it:
+    call this on a worker thread, never on the event loop, which it would stall for every
+    request meanwhile.
+    """
+    return Sam2MaskPrediction(
+        masks=prediction.masks.to("cpu", torch.float32),
+        iou_predictions=prediction.iou_predictions.to("cpu", torch.float32),
+    )
+
+
 def _decode_group(
     model: torch.nn.Module,
     placement: DevicePlacement,
