@@ -39,7 +39,7 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 case "$mode" in
   serve) "${pip[@]}" install -e ".[runpod,search,onnx]" ;;
   test)
-    "${pip[@]}" install -e ".[test,runpod,search,onnx]"
+    "${pip[@]}" install -e ".[test,runpod,search,onnx,modal]"
     # Meta's reference implementation, for parity tests only. --no-deps keeps torchvision out;
     # SAM2_BUILD_CUDA=0 skips its CUDA extension; its needs (hydra-core, iopath) are in [test].
     SAM2_BUILD_CUDA=0 "${pip[@]}" install --no-build-isolation --no-deps sam2==1.1.0
