@@ -12,6 +12,7 @@ import asyncio
 import base64
 import io
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -238,3 +239,67 @@ def test_text_vectors_are_the_fakes_of_each_text(
         np.testing.assert_allclose(
             entry["vector"], expected_siglip_text_vector(text, served), atol=1e-6
         )
+
+
+def test_collection_actions_run_the_collection_operations(
+    fake_runpod: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Every collection action, as its HTTP route (the collection named by ``name``)."""
+    monkeypatch.setenv("IMGEMBED_MODEL", SIGLIP_MODEL)
+    monkeypatch.setenv("IMGEMBED_COLLECTIONS_DIR", str(tmp_path / "collections"))
+    vector = [1.0] + [0.0] * 767
+    items = [
+        {"id": "png", "image": PNG_B64, "metadata": {"label": "cat"}},
+        {"id": "v", "vector": vector, "metadata": {}},
+    ]
+    jobs = [
+        {"action": "add_items", "name": "pics", "items": items},
+        {"action": "search_collection", "name": "pics", "image": PNG_B64, "top_k": 1},
+        {"action": "search_collection", "name": "pics", "vector": vector, "top_k": 1},
+        {"action": "list_items", "name": "pics", "limit": 1},
+        {"action": "delete_items", "name": "pics", "ids": ["v", "nope"]},
+        {"action": "get_collection", "name": "pics"},
+        {"action": "list_collections"},
+        {"action": "delete_collection", "name": "pics"},
+        {"action": "get_collection", "name": "pics"},
+    ]
+    added, by_image, by_vector, page, deleted, info, listed, dropped, gone = run_jobs(
+        *({"id": str(index), "input": job} for index, job in enumerate(jobs))
+    )
+    assert (added["inserted"], added["collection"]["dimension"]) == (2, 768), added
+    assert [hit["id"] for hit in by_image["hits"]] == ["png"]
+    assert by_image["hits"][0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert by_image["model"] == SIGLIP_MODEL
+    assert (by_vector["hits"][0]["id"], by_vector["model"]) == ("v", None)
+    assert page == {"items": [{"id": "png", "metadata": {"label": "cat"}}], "next_after": "png"}
+    assert deleted == {"deleted": 1}
+    assert (info["name"], info["count"]) == ("pics", 1)
+    assert [entry["name"] for entry in listed["collections"]] == ["pics"]
+    assert dropped == {"deleted": "pics"}
+    assert (gone["code"], gone["field"]) == ("not_found", "input.name")
+
+
+@pytest.mark.parametrize(
+    ("job", "field", "phrase"),
+    [
+        ({"action": "get_collection"}, "input.name", "Field required"),
+        ({"action": "add_items", "name": "c", "items": [{"id": "x"}]}, "input.items[0].image", "input.items[0] needs exactly one of image and vector"),
+        ({"action": "add_items", "name": "c", "items": []}, "input.items", "input.items is empty"),
+        ({"action": "add_items", "name": "bad name!", "items": [{"id": "x", "vector": [1.0]}]}, "input.name", "name"),
+        ({"action": "search_collection", "name": "c", "text": " "}, "input.text", "input.text is empty"),
+        ({"action": "list_items", "name": "c", "limit": 0}, "input.limit", "greater than or equal to 1"),
+    ],
+)  # fmt: skip
+def test_collection_refusals_name_the_field(
+    fake_runpod: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    job: dict[str, Any],
+    field: str,
+    phrase: str,
+) -> None:
+    monkeypatch.setenv("IMGEMBED_COLLECTIONS_DIR", str(tmp_path / "collections"))
+    (result,) = run_jobs({"id": "c", "input": job})
+    assert set(result) == {"error", "code", "field"}
+    assert result["field"] == field
+    assert phrase in result["error"]

@@ -190,6 +190,10 @@ BAD = [
     ("POST", "/v1/collections/photos/items", {"items": [{"id": "z", "vector": [1.0] * 3}]}, 400, "items", "dimensional"),
     ("POST", "/v1/collections/photos/items", {"items": [{"id": "z", "image": 7}]}, 400, "items[0].image", "non-empty string"),
     ("POST", "/v1/collections/bad%20name!/items", {"items": [{"id": "z", "vector": [1.0] * DIMENSION}]}, 400, "name", "name"),
+    ("POST", "/v1/collections/photos/items", {"items": [{"id": "z", "vector": [1.0] * DIMENSION}], "name": "other"}, 400, "name", "unknown field 'name'"),
+    ("POST", "/v1/collections/photos/search", [{"text": "a cat"}], 400, None, "must be a JSON object"),
+    ("GET", "/v1/collections/photos/items?limit=0", None, 400, "limit", "greater than or equal to 1"),
+    ("GET", "/v1/collections/photos/items?with_vectors=maybe", None, 400, "with_vectors", "boolean"),
 ]  # fmt: skip
 
 

@@ -1,4 +1,6 @@
-"""Collection request bodies: items to add (an image or a vector each) and searches."""
+"""Collection requests: the bodies of the HTTP routes (items to add, an image or a vector each;
+searches; ids to delete), the inputs of their operations (a body with the collection's ``name``,
+which HTTP takes from the path), and the responses."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from imgembed.api.siglip import IMAGE_ENTRY_SCHEMA, image_input
 from imgembed.engine import AddOutcome, NewItem
 from imgembed.errors import InvalidInputError
 from imgembed.search.store import CollectionInfo, Item, SearchHit
+from imgembed.types import ImageInput
 
 ITEM_ID_SCHEMA: dict[str, Any] = {
     "type": "string",
@@ -69,24 +72,38 @@ class AddItemsRequest(BaseModel):
         description="reject (409, nothing written) or upsert (replace) when an id exists.",
     )
 
-    def new_items(self, max_items: int) -> list[NewItem]:
+    def new_items(
+        self, max_items: int, *, uploads: Sequence[ImageInput] = (), prefix: str = ""
+    ) -> list[NewItem]:
         """The items, validated for shape (ids, metadata and vectors are checked by the store).
 
+        Args:
+            max_items: The most items one request may add (``IMGEMBED_MAX_BATCH_IMAGES``).
+            uploads: Images sent beside the JSON (the CLI's files): each item that has neither
+                ``image`` nor ``vector`` takes the next one, in order.
+            prefix: Prefix of field names in errors (``input.`` for RunPod events).
+
         Raises:
-            InvalidInputError: Empty, too many, or an item with both or neither of image/vector.
+            InvalidInputError: Empty, too many, an item with both or neither of image/vector, or
+                uploads left without an item.
         """
         if not self.items:
-            raise InvalidInputError("items is empty; add at least one item", field="items")
+            raise InvalidInputError(
+                f"{prefix}items is empty; add at least one item", field=f"{prefix}items"
+            )
         if len(self.items) > max_items:
             raise InvalidInputError(
-                f"items has {len(self.items)} entries; at most {max_items} per request "
+                f"{prefix}items has {len(self.items)} entries; at most {max_items} per request "
                 "(IMGEMBED_MAX_BATCH_IMAGES): split it",
-                field="items",
+                field=f"{prefix}items",
             )
+        pending = list(uploads)
         new_items = []
         for index, item in enumerate(self.items):
-            where = f"items[{index}]"
-            if (item.image is None) == (item.vector is None):
+            where = f"{prefix}items[{index}]"
+            neither = item.image is None and item.vector is None
+            uploaded = pending.pop(0) if neither and pending else None
+            if uploaded is None and (item.image is None) == (item.vector is None):
                 raise InvalidInputError(
                     f"{where} needs exactly one of image and vector", field=f"{where}.image"
                 )
@@ -95,8 +112,16 @@ class AddItemsRequest(BaseModel):
                     f"{where}.id must be a string, got {type(item.id).__name__}",
                     field=f"{where}.id",
                 )
-            image = None if item.image is None else image_input(item.image, f"{where}.image")
+            image = uploaded
+            if item.image is not None:
+                image = image_input(item.image, f"{where}.image")
             new_items.append(NewItem(item.id, image, item.vector, item.metadata or {}, field=where))
+        if pending:
+            raise InvalidInputError(
+                f"{len(uploads)} images were uploaded but only {len(uploads) - len(pending)} "
+                "items have neither image nor vector; send one item per uploaded image",
+                field=f"{prefix}items",
+            )
         return new_items
 
 
@@ -132,6 +157,47 @@ class DeleteItemsRequest(BaseModel):
         description="Ids to delete (at least one, at most 10000); unknown ids are ignored.",
         json_schema_extra={"minItems": 1, "maxItems": 10_000},
     )
+
+
+class ListItemsQuery(BaseModel):
+    """The query of ``GET /v1/collections/{name}/items``: a page of items, in id order."""
+
+    limit: int = Field(default=100, ge=1, le=1000, description="Items per page, 1 to 1000.")
+    after: str | None = Field(default=None, description="next_after of the previous page")
+    with_vectors: bool = Field(default=False, description="Return each item's vector too.")
+
+
+class NamedCollection(BaseModel):
+    """Names a collection: the ``{name}`` of an HTTP route's path, a field of a RunPod input."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="The collection's name.")
+
+
+class ListCollectionsInput(BaseModel):
+    """Input of the operation listing every collection: nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ListItemsInput(ListItemsQuery, NamedCollection):
+    """Input of the operation listing items: the collection and the page (the HTTP query)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class AddItemsInput(AddItemsRequest, NamedCollection):
+    """Input of the add operation: :class:`AddItemsRequest` and the collection's name."""
+
+
+class SearchInput(SearchRequest, NamedCollection):
+    """Input of the search operation: :class:`SearchRequest` and the collection's name."""
+
+
+class DeleteItemsInput(DeleteItemsRequest, NamedCollection):
+    """Input of the operation deleting items: :class:`DeleteItemsRequest` and the collection's
+    name."""
 
 
 def collection_json(info: CollectionInfo) -> dict[str, Any]:

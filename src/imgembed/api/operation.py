@@ -4,7 +4,9 @@ Every adapter (the HTTP routes, the RunPod handler, the CLI) runs an operation t
 the steps between "a decoded JSON object came in" and "a JSON object goes out" exist once:
 
 1. :meth:`Operation.parse` validates the object against the operation's request model (errors
-   name the field, with the adapter's prefix: ``input.points`` for a RunPod event);
+   name the field, with the adapter's prefix: ``input.points`` for a RunPod event), together with
+   the fields an HTTP route reads from its path and query (``params``: a collection's ``name``),
+   which a RunPod event or the CLI sends in the object itself;
 2. :meth:`Operation.resolve` finds the served model the request names (the adapter labels its
    metrics with it before any work, so a refusal counts against the model);
 3. :meth:`Operation.call` runs the engine;
@@ -17,7 +19,7 @@ an HTTP client leaves, the event envelope of RunPod, files and printing for the 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -25,6 +27,7 @@ from pydantic import BaseModel
 
 from imgembed.api.parsing import parse_request
 from imgembed.engine import Engine, ServedModel
+from imgembed.errors import InvalidInputError
 from imgembed.types import ImageBytes
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
@@ -81,7 +84,8 @@ class Operation(Generic[RequestT, ResultT]):
     Attributes:
         name: ``family.verb`` (``sam2.embed``), for logs and documentation.
         family: The registry family whose models it uses (``sam2``); ``None`` for an operation
-            that names no model.
+            that resolves no model itself (the collections', whose service picks the SigLIP
+            model only when it embeds something); adapters then label its metrics with none.
         request: The pydantic model its JSON object must match.
         call: Runs the engine for a parsed request and the served model it names.
         respond: Builds the response from the request and the call's result (runs on the
@@ -94,13 +98,24 @@ class Operation(Generic[RequestT, ResultT]):
     call: Callable[[RequestT, ServedModel | None, Context], Awaitable[ResultT]]
     respond: Callable[[RequestT, ResultT], Reply]
 
-    def parse(self, payload: Any, *, field_prefix: str = "") -> RequestT:
+    def parse(
+        self, payload: Any, *, field_prefix: str = "", params: Mapping[str, Any] | None = None
+    ) -> RequestT:
         """Validates a decoded JSON value against :attr:`request` (needs no engine, so an adapter
         may refuse a bad request before it loads a model).
+
+        Args:
+            payload: The decoded JSON value (an HTTP body, a RunPod event's ``input``).
+            field_prefix: Prefix of field names in errors (``input.`` for RunPod events).
+            params: Fields the adapter read elsewhere than ``payload`` (an HTTP route's path and
+                query parameters: the ``name`` of ``/v1/collections/{name}``), validated with it.
+                ``payload`` may not hold one of them.
 
         Raises:
             InvalidInputError: The first problem, naming its field with ``field_prefix``.
         """
+        if params and isinstance(payload, dict):
+            payload = _with_params(payload, params, field_prefix)
         return parse_request(self.request, payload, prefix=field_prefix)
 
     def resolve(self, request: RequestT, context: Context) -> ServedModel | None:
@@ -118,6 +133,25 @@ class Operation(Generic[RequestT, ResultT]):
     async def reply(self, request: RequestT, result: ResultT, context: Context) -> Reply:
         """:attr:`respond` on the engine's CPU pool."""
         return await context.engine.run_cpu(self.respond, request, result)
+
+
+def _with_params(
+    payload: dict[str, Any], params: Mapping[str, Any], field_prefix: str
+) -> dict[str, Any]:
+    """``payload`` with ``params`` added.
+
+    Raises:
+        InvalidInputError: ``payload`` holds a field that ``params`` gives: the body does not take
+            it (the message a request model gives for any unknown field).
+    """
+    for name in params:
+        if name in payload:
+            location = field_prefix + name
+            raise InvalidInputError(
+                f"unknown field {location!r}; check the spelling against the API documentation",
+                field=location,
+            )
+    return {**payload, **params}
 
 
 async def run(operation: Operation[Any, Any], payload: Any, context: Context) -> Reply:

@@ -6,10 +6,20 @@ import argparse
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from imgembed.errors import ImgembedError
 from imgembed.settings import ServerConfig
+
+if TYPE_CHECKING:  # imported by the calls that need them: the command starts without torch
+    from pydantic import BaseModel
+
+    from imgembed.api.operation import Operation
+    from imgembed.engine import Engine
+    from imgembed.types import ImageBytes
+
+RequestT = TypeVar("RequestT", bound="BaseModel")
+ResultT = TypeVar("ResultT")
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -100,14 +110,39 @@ def call_operation(
     """
     import asyncio
 
-    from imgembed.api.operation import Context
     from imgembed.engine import Engine
 
     request = operation.parse(payload)
 
     async def run() -> Any:
         async with Engine(config) as engine:
-            context = Context(engine, "cli", uploads)
-            return await operation.call(request, operation.resolve(request, context), context)
+            return await call_parsed(engine, operation, request, uploads)
 
     return request, asyncio.run(run())
+
+
+async def call_parsed(
+    engine: Engine,
+    operation: Operation[RequestT, ResultT],
+    request: RequestT,
+    uploads: Sequence[ImageBytes] = (),
+) -> ResultT:
+    """Runs a parsed request's engine call on a started engine, for a command that makes several
+    calls on one engine (``index``: one per batch of files).
+
+    Args:
+        engine: The started :class:`~imgembed.engine.Engine`.
+        operation: The api operation.
+        request: Its request, from ``operation.parse``.
+        uploads: Image files, as ``ImageBytes`` named by the file they came from.
+
+    Returns:
+        The engine call's result.
+
+    Raises:
+        ImgembedError: The request is refused or the call fails.
+    """
+    from imgembed.api.operation import Context
+
+    context = Context(engine, "cli", uploads)
+    return await operation.call(request, operation.resolve(request, context), context)

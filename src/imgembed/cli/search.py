@@ -1,8 +1,10 @@
 """Similarity-search subcommands: ``index`` a folder of images, ``search`` a collection.
 
-Both run a local engine with a SigLIP model (``siglip2-base-patch16-224`` unless ``--model`` or
-``IMGEMBED_MODEL`` names another) over the collections in ``--collections-dir`` (or
-``IMGEMBED_COLLECTIONS_DIR``): the same store a server using that folder reads.
+Both run the collections' api operations (:mod:`imgembed.api.collections_operations`, as the HTTP
+routes and the RunPod handler do) on a local engine with a SigLIP model
+(``siglip2-base-patch16-224`` unless ``--model`` or ``IMGEMBED_MODEL`` names another) over the
+collections in ``--collections-dir`` (or ``IMGEMBED_COLLECTIONS_DIR``): the same store a server
+using that folder reads.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from imgembed.cli.common import add_model_flags, config_from_args
+from imgembed.cli.common import add_model_flags, call_operation, call_parsed, config_from_args
 from imgembed.errors import ImgembedError, InvalidInputError
 from imgembed.models.siglip_variants import DEFAULT_SIGLIP_MODEL
 
@@ -47,7 +49,8 @@ def _progress(done: int, total: int, failed: int) -> None:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from imgembed.engine import CollectionService, Engine, NewItem
+    from imgembed.api.collections_operations import ADD_ITEMS
+    from imgembed.engine import Engine
     from imgembed.types import ImageBytes
 
     folder = Path(args.folder)
@@ -63,28 +66,28 @@ def _index(args: argparse.Namespace) -> int:
         async with Engine(config) as engine:
             for start in range(0, len(files), batch):
                 chunk = files[start : start + batch]
-                items = []
-                for path in chunk:
-                    relative = path.relative_to(folder).as_posix()
-                    items.append(
-                        NewItem(
-                            id=relative,
-                            image=ImageBytes(path.read_bytes(), field=relative),
-                            vector=None,
-                            metadata={"path": relative, "bytes": path.stat().st_size},
-                            field=relative,
-                        )
-                    )
+                relatives = [path.relative_to(folder).as_posix() for path in chunk]
+                # Each item takes its file as the next upload, named by its path in errors.
+                items = [
+                    {"id": relative, "metadata": {"path": relative, "bytes": path.stat().st_size}}
+                    for path, relative in zip(chunk, relatives, strict=True)
+                ]
+                uploads = [
+                    ImageBytes(path.read_bytes(), field=relative)
+                    for path, relative in zip(chunk, relatives, strict=True)
+                ]
+                request = ADD_ITEMS.parse(
+                    {"name": args.collection, "items": items, "on_conflict": "upsert"}
+                )
                 try:
-                    outcome = await engine.service(CollectionService).add(
-                        args.collection, items, on_conflict="upsert"
-                    )
+                    outcome = await call_parsed(engine, ADD_ITEMS, request, uploads)
                 except ImgembedError as error:
-                    if error.field not in {item.field for item in items}:
+                    if error.field not in relatives:
                         raise  # not an image of this chunk: the collection or store is at fault
-                    # Every image of the chunk failed; collection_add raised the first failure.
+                    # Every image of the chunk failed; the add raised the first failure.
                     failures += [
-                        {"path": item.id, "error": "could not be embedded"} for item in items
+                        {"path": relative, "error": "could not be embedded"}
+                        for relative in relatives
                     ]
                     _progress(start + len(chunk), len(files), len(failures))
                     continue
@@ -106,30 +109,25 @@ def _index(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from imgembed.engine import CollectionService, Engine
+    from imgembed.api.collections_operations import SEARCH
     from imgembed.types import ImageBytes
 
     if (args.text is None) == (args.image is None):
         raise InvalidInputError("give exactly one of --text and --image", field="text")
-    image = None
+    uploads = []
     if args.image is not None:
         path = Path(args.image)
         if not path.is_file():
             raise ImgembedError(f"image file {path} does not exist", field="image")
-        image = ImageBytes(path.read_bytes(), field="image")
+        uploads.append(ImageBytes(path.read_bytes(), field="image"))
     try:
         filter_spec = json.loads(args.filter) if args.filter else None
     except json.JSONDecodeError as error:
         raise InvalidInputError(f"--filter is not JSON: {error}", field="filter") from error
-    config = _config(args)
-
-    async def run() -> Any:
-        async with Engine(config) as engine:
-            return await engine.service(CollectionService).search(
-                args.collection, image=image, text=args.text, top_k=args.top_k, filter=filter_spec
-            )
-
-    hits, model = asyncio.run(run())
+    payload = {"name": args.collection, "top_k": args.top_k, "filter": filter_spec}
+    if args.text is not None:
+        payload["text"] = args.text
+    _, (hits, model) = call_operation(_config(args), SEARCH, payload, uploads)
     body = {
         "collection": args.collection,
         "model": model,

@@ -4,8 +4,12 @@
     python -m imgembed.runpod --test_input '{"input": {"action": "embed_image", ...}}'
 
 Actions: ``embed_image`` (the SAM 2 seed's, the default), ``segment``, ``segment_everything``,
-``embed_images`` (the SigLIP seed's event, ``{"input": {"images": [...]}}``, needs no action) and
-``embed_texts``. The handler is :func:`handler` (``imgembed.runpod.handler``). Configuration comes
+``embed_images`` (the SigLIP seed's event, ``{"input": {"images": [...]}}``, needs no action),
+``embed_texts``, and the collections' ``list_collections``, ``get_collection``,
+``delete_collection``, ``add_items``, ``list_items``, ``delete_items`` and ``search_collection``
+(the collection named by ``name``: ``{"input": {"action": "search_collection", "name": "photos",
+"text": "a cat"}}``). The other fields of ``input`` are the operation's request, as the body of its
+HTTP route. The handler is :func:`handler` (``imgembed.runpod.handler``). Configuration comes
 from the same variables as ``imgembed serve`` (``IMGEMBED_*``, ``SAM2_CHECKPOINT``,
 ``SAM2_MODEL_CFG``). Errors come back as ``{"error": message, "code": ..., "field": ...}``, which
 RunPod marks as a failed job.
@@ -17,7 +21,7 @@ import logging
 import os
 from typing import Any
 
-from imgembed.api import siglip_operations
+from imgembed.api import collections_operations, siglip_operations
 from imgembed.api.operation import Context, Operation, run
 from imgembed.api.sam2 import operations as sam2_operations
 from imgembed.engine import Engine
@@ -45,6 +49,13 @@ OPERATIONS: dict[str, Operation[Any, Any]] = {
     "segment_everything": sam2_operations.SEGMENT_EVERYTHING,
     "embed_images": siglip_operations.EMBED_IMAGES,
     "embed_texts": siglip_operations.EMBED_TEXTS,
+    "list_collections": collections_operations.LIST_COLLECTIONS,
+    "get_collection": collections_operations.GET_COLLECTION,
+    "delete_collection": collections_operations.DELETE_COLLECTION,
+    "add_items": collections_operations.ADD_ITEMS,
+    "list_items": collections_operations.LIST_ITEMS,
+    "delete_items": collections_operations.DELETE_ITEMS,
+    "search_collection": collections_operations.SEARCH,
 }
 """The api operation each action runs."""
 ACTIONS = tuple(OPERATIONS)
@@ -76,7 +87,8 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
             )
         engine = await _get_engine()
         context = Context(engine, "runpod", field_prefix="input.")
-        reply = await run(OPERATIONS[action], job_input, context)
+        request = {name: value for name, value in job_input.items() if name != "action"}
+        reply = await run(OPERATIONS[action], request, context)
         assert isinstance(reply, dict), "every operation answers JSON outside HTTP"
         return reply
     except ImgembedError as error:

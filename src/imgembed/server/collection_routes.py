@@ -1,4 +1,5 @@
-"""Collection routes: add images (embedded on the way in), search, list, delete. Parse, call, format.
+"""Collection routes: add images (embedded on the way in), search, list, delete; each runs an api
+operation (see :mod:`imgembed.server.operations`), with the collection's ``name`` from the path.
 
 Items are stored in the embedded vector store (:mod:`imgembed.search`); data survives restarts and
 every acknowledged write is durable. Filters use the JSON language of
@@ -7,41 +8,35 @@ every acknowledged write is durable. Filters use the JSON language of
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
 
+from imgembed.api import collections_operations as operations
 from imgembed.api.collections import (
     AddItemsRequest,
     DeleteItemsRequest,
+    ListItemsQuery,
     SearchRequest,
-    add_outcome_json,
-    collection_json,
-    item_json,
-    search_json,
 )
-from imgembed.api.parsing import parse_request
-from imgembed.api.siglip import image_input
-from imgembed.engine import CollectionService, Engine
-from imgembed.errors import InvalidInputError
-from imgembed.server.bodies import read_json
+from imgembed.server.bodies import Body, read_json
 from imgembed.server.openapi import EXAMPLE_PNG_DATA_URI, error_responses, request_body
+from imgembed.server.operations import no_body, serve_operation
 
 router = APIRouter(tags=["collections"])
+_OBJECT = dict[str, Any]
+"""``response_model`` of every route: a JSON object (the operations' JSON, sent as is)."""
 
 
-def _engine(request: Request) -> Engine:
-    return request.app.state.engine
+async def _json(request: Request) -> Body:
+    """The body as JSON, whatever Content-Type it declares (these routes never checked it)."""
+    return await read_json(request), []
 
 
-def _collections(request: Request) -> CollectionService:
-    return _engine(request).service(CollectionService)
-
-
-@router.get("/v1/collections", summary="List collections")
-async def list_collections(request: Request) -> dict[str, Any]:
-    infos = await _collections(request).list_collections()
-    return {"collections": [collection_json(info) for info in infos]}
+@router.get("/v1/collections", summary="List collections", response_model=_OBJECT)
+async def list_collections(request: Request) -> Response:
+    return await serve_operation(request, operations.LIST_COLLECTIONS, no_body)
 
 
 _NAMED = error_responses(400, 404)
@@ -50,17 +45,24 @@ _EMBEDS = error_responses(400, 404, 429, 503, 504, 507)
 """A route that may embed an image or a text: a model's refusals too."""
 
 
-@router.get("/v1/collections/{name}", summary="Describe a collection", responses=_NAMED)
-async def get_collection(request: Request, name: str) -> dict[str, Any]:
-    return collection_json(await _collections(request).get_collection(name))
+@router.get(
+    "/v1/collections/{name}",
+    summary="Describe a collection",
+    responses=_NAMED,
+    response_model=_OBJECT,
+)
+async def get_collection(request: Request, name: str) -> Response:
+    return await serve_operation(request, operations.GET_COLLECTION, no_body)
 
 
 @router.delete(
-    "/v1/collections/{name}", summary="Delete a collection and its items", responses=_NAMED
+    "/v1/collections/{name}",
+    summary="Delete a collection and its items",
+    responses=_NAMED,
+    response_model=_OBJECT,
 )
-async def delete_collection(request: Request, name: str) -> dict[str, Any]:
-    await _collections(request).delete_collection(name)
-    return {"deleted": name}
+async def delete_collection(request: Request, name: str) -> Response:
+    return await serve_operation(request, operations.DELETE_COLLECTION, no_body)
 
 
 @router.post(
@@ -76,29 +78,22 @@ async def delete_collection(request: Request, name: str) -> dict[str, Any]:
         },
     ),
     responses={**_EMBEDS, **error_responses(409)},
+    response_model=_OBJECT,
 )
-async def add_items(request: Request, name: str) -> dict[str, Any]:
-    engine = _engine(request)
-    body = parse_request(AddItemsRequest, await read_json(request))
-    items = body.new_items(engine.config.limits.max_batch_images)
-    outcome = await engine.service(CollectionService).add(
-        name, items, model=body.model, on_conflict=body.on_conflict
-    )
-    return add_outcome_json(outcome, len(items))
+async def add_items(request: Request, name: str) -> Response:
+    return await serve_operation(request, operations.ADD_ITEMS, _json)
 
 
-@router.get("/v1/collections/{name}/items", summary="List items, in id order", responses=_NAMED)
+@router.get(
+    "/v1/collections/{name}/items",
+    summary="List items, in id order",
+    responses=_NAMED,
+    response_model=_OBJECT,
+)
 async def list_items(
-    request: Request,
-    name: str,
-    limit: int = Query(default=100, ge=1, le=1000),
-    after: str | None = Query(default=None, description="next_after of the previous page"),
-    with_vectors: bool = Query(default=False),
-) -> dict[str, Any]:
-    page = await _collections(request).list_items(
-        name, limit=limit, after=after, with_vectors=with_vectors
-    )
-    return {"items": [item_json(item) for item in page.items], "next_after": page.next_after}
+    request: Request, name: str, page: Annotated[ListItemsQuery, Query()]
+) -> Response:
+    return await serve_operation(request, operations.LIST_ITEMS, no_body, query=page.model_dump())
 
 
 @router.post(
@@ -106,11 +101,10 @@ async def list_items(
     summary="Delete items by id",
     openapi_extra=request_body(DeleteItemsRequest, example={"ids": ["cat-1"]}),
     responses=_NAMED,
+    response_model=_OBJECT,
 )
-async def delete_items(request: Request, name: str) -> dict[str, Any]:
-    body = parse_request(DeleteItemsRequest, await read_json(request))
-    deleted = await _collections(request).delete_items(name, body.ids)
-    return {"deleted": deleted}
+async def delete_items(request: Request, name: str) -> Response:
+    return await serve_operation(request, operations.DELETE_ITEMS, _json)
 
 
 @router.post(
@@ -122,20 +116,7 @@ async def delete_items(request: Request, name: str) -> dict[str, Any]:
         SearchRequest, example={"text": "a cat", "top_k": 5, "filter": {"label": "cat"}}
     ),
     responses=_EMBEDS,
+    response_model=_OBJECT,
 )
-async def search(request: Request, name: str) -> dict[str, Any]:
-    engine = _engine(request)
-    body = parse_request(SearchRequest, await read_json(request))
-    image = None if body.image is None else image_input(body.image, "image")
-    if body.text is not None and not body.text.strip():
-        raise InvalidInputError("text is empty; send some words", field="text")
-    hits, model = await engine.service(CollectionService).search(
-        name,
-        image=image,
-        text=body.text,
-        vector=body.vector,
-        top_k=body.top_k,
-        filter=body.filter,
-        model=body.model,
-    )
-    return search_json(name, model, hits)
+async def search(request: Request, name: str) -> Response:
+    return await serve_operation(request, operations.SEARCH, _json)
