@@ -24,6 +24,7 @@ FAST_FILES = (
     "deploy/test_modal_app.py",
     "engine/test_fake_served_models.py",
     "engine/test_feature_cache.py",
+    "engine/test_host_copies.py",
     "engine/test_metrics.py",
     "engine/test_request_admission.py",
     "engine/test_serving.py",
