@@ -19,6 +19,7 @@ FAST_FILES = (
     "api/test_parsing.py",
     "cli/test_commands.py",
     "cli/test_download.py",
+    "deploy/test_deploy_docs.py",
     "deploy/test_dockerfile.py",
     "deploy/test_entrypoint.py",
     "deploy/test_modal_app.py",
