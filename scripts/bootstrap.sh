@@ -2,6 +2,7 @@
 # Creates the project's virtual environment (.venv) and installs what a mode needs, once.
 #   scripts/bootstrap.sh serve   torch 2.13.0 (CPU wheel here) and imgembed
 #   scripts/bootstrap.sh test    the same plus test tools, the runpod SDK, and Meta's sam2 reference
+#                                and a real Triton server (scripts/triton_server.sh, cached outside .venv)
 # Re-runs only when pyproject.toml or this script changed. IMGEMBED_VENV overrides the location.
 set -euo pipefail
 mode=${1:-serve}
@@ -27,7 +28,17 @@ fi
 python=${PYTHON:-python3}
 stamp="$venv/.bootstrap-$mode"
 
+# A real Triton server for tests/export/test_triton_server.py, in its own environment (a no-op
+# when installed; scripts/triton_server.sh says what and where).
+triton() {
+  if [ "$mode" = test ]; then
+    scripts/triton_server.sh install >/dev/null \
+      || echo "bootstrap: could not install tritonserver; tests/export/test_triton_server.py will fail" >&2
+  fi
+}
+
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/bootstrap.sh ]; then
+  triton
   exit 0
 fi
 echo "bootstrap ($mode): preparing $venv" >&2
@@ -54,3 +65,4 @@ import torch
 assert torch.__version__.startswith("2.13.0"), f"torch was replaced: {torch.__version__}"
 PY
 touch "$stamp"
+triton

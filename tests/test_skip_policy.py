@@ -35,6 +35,7 @@ SUPPORT = Path(__file__).resolve().parent / "support"
         ("could not import 'runpod': No module named 'runpod'", "the runpod SDK"),
         ("tritonclient is a test extra", "tritonclient"),
         ("could not import 'tritonclient.utils': No module named 'tritonclient'", "tritonclient"),
+        ("tritonserver (nvidia-pytriton) is not installed: run scripts/triton_server.sh install", "tritonserver (nvidia-pytriton, scripts/triton_server.sh)"),
         ("openai is a test extra", "the openai client"),
         ("schemathesis is a test extra", "schemathesis"),
         ("could not import 'pycocotools.mask': No module named 'pycocotools'", "pycocotools"),

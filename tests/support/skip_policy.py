@@ -2,9 +2,10 @@
 
 ``scripts/bootstrap.sh test`` installs everything the tests need (Meta's ``sam2`` reference,
 ``samexporter``, Debian's chromium and playwright, lancedb, onnx and onnxruntime, Node.js and
-onnxruntime-web, the runpod SDK, tritonclient, the openai client, schemathesis, pycocotools,
-opencv). A skip for one of them means a broken set-up, and a green run that skipped the parity or
-browser tests would hide it; so such a skip is turned into a failure. Skips for what the project
+onnxruntime-web, the runpod SDK, tritonclient, Triton's ``tritonserver`` from ``nvidia-pytriton``
+(through ``scripts/triton_server.sh``), the openai client, schemathesis, pycocotools, opencv). A
+skip for one of them means a broken set-up, and a green run that skipped the parity or browser
+tests would hide it; so such a skip is turned into a failure. Skips for what the project
 cannot install (a CUDA GPU) stay skips.
 
 :func:`required_dependency` decides from the skip's reason; :class:`RequiredSkipGuard` is the
@@ -40,6 +41,10 @@ REQUIRED_DEPENDENCIES: dict[str, tuple[str, ...]] = {
     ),
     "the runpod SDK": (r"\brunpod\b",),
     "tritonclient": (r"\btritonclient\b",),
+    "tritonserver (nvidia-pytriton, scripts/triton_server.sh)": (
+        r"\btritonserver\b",
+        r"\bnvidia-pytriton\b",
+    ),
     "the openai client": (r"\bopenai\b",),
     "schemathesis": (r"\bschemathesis\b",),
     "pycocotools": (r"\bpycocotools\b",),

@@ -91,7 +91,7 @@ def _export_triton(args: argparse.Namespace) -> int:
         instance_kind=args.instance_kind,
         tensorrt_fp16=args.tensorrt_fp16,
     )
-    settings = replace(settings, encoder=encoder, decoder=decoder)
+    settings = replace(settings, encoder=encoder, decoder=decoder, backend=args.backend)
     result = export_triton(args.model, args.weights, args.out, settings=settings, **_options(args))
     print(
         json.dumps(
@@ -125,5 +125,12 @@ def add_commands(commands: Any) -> None:
     triton.add_argument("--instance-kind", choices=("auto", "gpu", "cpu"), default="auto")
     triton.add_argument(
         "--tensorrt-fp16", action="store_true", help="add the TensorRT FP16 accelerator block"
+    )
+    triton.add_argument(
+        "--backend",
+        choices=("onnxruntime", "python"),
+        default="onnxruntime",
+        help="Triton backend: onnxruntime (default; GPUs, TensorRT) or python (model.py runs the "
+        "graph with ONNX Runtime; see docs/triton.md)",
     )
     triton.set_defaults(handler=_export_triton)

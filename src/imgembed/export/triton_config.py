@@ -16,6 +16,15 @@ against either server:
 The optional TensorRT block asks the ONNX Runtime backend to run what TensorRT supports in FP16,
 with an engine cache (a first build takes minutes) and optimisation profiles that cover the
 shapes the config allows.
+
+Two backends serve the same graphs with the same names, tensors, shapes and batching settings:
+
+- ``onnxruntime`` (the default): Triton's ONNX Runtime backend runs ``model.onnx`` itself, on GPUs
+  with the optional TensorRT block. It ships in NVIDIA's Triton containers.
+- ``python``: Triton's Python backend runs ``model.py``
+  (:mod:`imgembed.export.triton_python_model`), which runs ``model.onnx`` with ONNX Runtime in the
+  backend stub's Python. For a Triton without the ONNX Runtime backend (the ``tritonserver`` of
+  the ``nvidia-pytriton`` wheel, a CPU machine); no TensorRT.
 """
 
 from __future__ import annotations
@@ -41,6 +50,9 @@ from imgembed.export.sam2_io import (
 )
 
 InstanceKind = Literal["auto", "gpu", "cpu"]
+TritonBackend = Literal["onnxruntime", "python"]
+"""Which Triton backend runs the graphs: ONNX Runtime's, or the Python backend (``model.py``)."""
+TRITON_BACKENDS: tuple[TritonBackend, ...] = ("onnxruntime", "python")
 _KINDS = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 BATCH_AXES = (ENCODER_BATCH, PROMPT_BATCH, FEATURE_BATCH, MASK_BATCH, HAS_MASK_BATCH)
 """Axis names that are the batch axis Triton adds when a model batches."""
@@ -93,6 +105,9 @@ class TritonRepositorySettings:
         tensorrt_workspace_bytes: TensorRT's scratch memory limit, when TensorRT is on.
         tensorrt_cache_dir: Where TensorRT engines are cached, as the Triton server sees the
             path; each model gets a sub-folder.
+        backend: ``onnxruntime`` (Triton's ONNX Runtime backend runs ``model.onnx``) or
+            ``python`` (Triton's Python backend runs ``model.py``, which runs ``model.onnx`` with
+            ONNX Runtime); see the module's notes.
     """
 
     encoder: TritonModelSettings = DEFAULT_ENCODER_SETTINGS
@@ -101,6 +116,7 @@ class TritonRepositorySettings:
     decoder_name: str = "sam2_decoder"
     tensorrt_workspace_bytes: int = 1 << 30
     tensorrt_cache_dir: str = "/tmp/imgembed-tensorrt"
+    backend: TritonBackend = "onnxruntime"
 
 
 def _invalid(message: str, field_name: str) -> InvalidInputError:
@@ -167,8 +183,20 @@ def check_repository_settings(settings: TritonRepositorySettings) -> None:
     Raises:
         InvalidInputError: A setting Triton would refuse, or unusable model names.
     """
+    if settings.backend not in TRITON_BACKENDS:
+        raise _invalid(
+            f"backend must be one of {', '.join(TRITON_BACKENDS)}, got {settings.backend!r}",
+            "backend",
+        )
     check_model_settings(settings.encoder, "encoder")
     check_model_settings(settings.decoder, "decoder")
+    for role, model in (("encoder", settings.encoder), ("decoder", settings.decoder)):
+        if settings.backend == "python" and model.tensorrt_fp16:
+            raise _invalid(
+                f"{role} asks for TensorRT with the python backend; TensorRT is an accelerator of "
+                "Triton's onnxruntime backend. Use backend onnxruntime, or leave TensorRT off.",
+                f"{role}.tensorrt_fp16",
+            )
     for role, name in (("encoder", settings.encoder_name), ("decoder", settings.decoder_name)):
         if not name or name in (".", "..") or "/" in name or "\\" in name:
             raise _invalid(
@@ -262,11 +290,13 @@ def model_config(
         name, settings = repository.decoder_name, repository.decoder
         inputs, outputs = DECODER_INPUTS, DECODER_OUTPUTS
     batching = settings.max_batch_size > 0
+    onnxruntime = repository.backend == "onnxruntime"
     config: dict[str, Any] = {
         "name": name,
-        "backend": "onnxruntime",
+        "backend": repository.backend,
         "max_batch_size": settings.max_batch_size,
-        "default_model_filename": "model.onnx",
+        # The Python backend runs model.py (its default file name), which opens model.onnx.
+        "default_model_filename": "model.onnx" if onnxruntime else None,
         "input": [_io_entry(tensor, batching) for tensor in inputs],
         "output": [_io_entry(tensor, batching) for tensor in outputs],
     }

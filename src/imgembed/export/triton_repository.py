@@ -9,6 +9,10 @@ Layout::
       sam2_decoder/1/model.onnx       the ONNX decoder (three masks per prompt)
       imgembed-export.json            the export's metadata plus the Triton settings
 
+With ``backend="python"`` each version folder also holds ``model.py``
+(:mod:`imgembed.export.triton_python_model`), which Triton's Python backend runs and which runs
+``model.onnx`` with ONNX Runtime; the configs say ``backend: "python"`` and are otherwise the same.
+
 Triton reads only the model folders; the JSON at the top is for people and tools. The configs
 (:mod:`imgembed.export.triton_config`) match the graphs and imgembed's own v2 models, so a client
 written against imgembed's ``/v2`` endpoints runs against this repository unchanged.
@@ -19,11 +23,12 @@ Needs the ``onnx`` extra (``pip install 'imgembed[onnx]'``).
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.pbtxt"
 MODEL_FILE = "model.onnx"
+PYTHON_MODEL_FILE = "model.py"
 MODEL_VERSION = "1"
 
 
@@ -70,6 +76,7 @@ class TritonExportResult:
         config_paths: Model name to its ``config.pbtxt``.
         model_paths: Model name to its ``1/model.onnx``.
         metadata: The contents of ``imgembed-export.json``.
+        script_paths: Model name to its ``1/model.py`` (the ``python`` backend only).
     """
 
     out_dir: Path
@@ -77,6 +84,7 @@ class TritonExportResult:
     config_paths: dict[str, Path]
     model_paths: dict[str, Path]
     metadata: dict[str, Any]
+    script_paths: dict[str, Path] = field(default_factory=dict)
 
 
 Role = Literal["encoder", "decoder"]
@@ -90,11 +98,28 @@ def _layout(settings: TritonRepositorySettings) -> dict[Role, tuple[str, str]]:
     }
 
 
+def _scripts(settings: TritonRepositorySettings) -> dict[str, str]:
+    """Model name to the relative path of its ``model.py``; none for the onnxruntime backend."""
+    if settings.backend != "python":
+        return {}
+    return {
+        name: f"{name}/{MODEL_VERSION}/{PYTHON_MODEL_FILE}"
+        for name, _ in _layout(settings).values()
+    }
+
+
+def python_model_source() -> str:
+    """The text of the Python-backend ``model.py`` (:mod:`~imgembed.export.triton_python_model`)."""
+    package = importlib.resources.files("imgembed.export")
+    return package.joinpath("triton_python_model.py").read_text(encoding="utf-8")
+
+
 def _file_names(settings: TritonRepositorySettings) -> list[str]:
     """Every path, relative to the repository, an export writes."""
     layout = _layout(settings)
     configs = [f"{name}/{CONFIG_FILE}" for name, _ in layout.values()]
-    return [path for _, path in layout.values()] + configs + [METADATA_FILE]
+    scripts = list(_scripts(settings).values())
+    return [path for _, path in layout.values()] + scripts + configs + [METADATA_FILE]
 
 
 def _fill_repository(
@@ -130,6 +155,8 @@ def _fill_repository(
         config = render_pbtxt(model_config(role, settings, model_id))
         (staging / name / CONFIG_FILE).write_text(config, encoding="utf-8")
         graphs[role] = entry
+    for relative in _scripts(settings).values():
+        (staging / relative).write_text(python_model_source(), encoding="utf-8")
     graphs.pop("decoder_single_mask", None)
     metadata = {
         **export.metadata,
@@ -154,6 +181,7 @@ def _result(
         config_paths={name: folder / name / CONFIG_FILE for name, _ in layout.values()},
         model_paths={name: folder / relative for name, relative in layout.values()},
         metadata=metadata,
+        script_paths={name: folder / relative for name, relative in _scripts(settings).items()},
     )
 
 
@@ -187,7 +215,12 @@ def export_triton_from_onnx(
     with staging_dir(folder) as staging:
         metadata = _fill_repository(export, staging, settings, move=False)
         move_into_place(staging, folder, _file_names(settings))
-    logger.info("Wrote a Triton repository for %s to %s", export.metadata["model_id"], folder)
+    logger.info(
+        "Wrote a Triton repository (%s backend) for %s to %s",
+        settings.backend,
+        export.metadata["model_id"],
+        folder,
+    )
     return _result(folder, settings, metadata)
 
 
@@ -213,8 +246,9 @@ def export_triton(
         weights: As :func:`~imgembed.models.sam2_loading.load_sam2` takes them (``"dummy"`` for
             random untrained weights).
         out_dir: The repository folder; created if missing.
-        settings: Model names and serving settings (batching, queue delay, instances,
-            TensorRT); the defaults batch the encoder and leave the decoder unbatched.
+        settings: Model names and serving settings (backend, batching, queue delay,
+            instances, TensorRT); the defaults batch the encoder and leave the decoder unbatched,
+            for Triton's onnxruntime backend.
         meta_config: Meta's config name for a ``.pt`` checkpoint, when it is not implied.
         opset: ONNX opset.
         precision: ``fp32``, ``fp16`` or ``int8`` graphs (the configs' tensors stay FP32).
@@ -253,5 +287,10 @@ def export_triton(
         )
         metadata = _fill_repository(export, staging, settings, move=True)
         move_into_place(staging, folder, _file_names(settings))
-    logger.info("Wrote a Triton repository for %s to %s", variant.name, folder)
+    logger.info(
+        "Wrote a Triton repository (%s backend) for %s to %s",
+        settings.backend,
+        variant.name,
+        folder,
+    )
     return _result(folder, settings, metadata)
