@@ -40,6 +40,7 @@ FAST_FILES = (
     "models/test_sam2_registry.py",
     "models/test_siglip_registry.py",
     "pipelines/test_sam2_everything_devices.py",
+    "pipelines/test_sam2_everything_memory.py",
     "preprocess/test_fetch.py",
     "preprocess/test_image_decode.py",
     "preprocess/test_sam2_frame.py",

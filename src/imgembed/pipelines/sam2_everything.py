@@ -33,26 +33,33 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from imgembed.errors import InvalidInputError
+from imgembed.errors import InvalidInputError, ResourceExhaustedError
 from imgembed.masks.boxes import batched_nms, box_area, masks_to_boxes
 from imgembed.masks.regions import fill_holes_and_remove_sprinkles
-from imgembed.masks.rle import RleDict, encode_counts, masks_to_counts, rle_to_mask
+from imgembed.masks.rle import masks_to_counts
 from imgembed.models.sam2 import SAM2_INPUT_SIZE, Sam2Features
 from imgembed.models.sam2_decoder import LOW_RES_MASK_SIZE, MASK_LOGIT_LIMIT, Sam2MaskPrediction
+from imgembed.pipelines.sam2_everything_memory import (
+    MemoryBudget,
+    batch_plan,
+    max_points_per_batch,
+    pass_bytes,
+    shared_budget,
+)
 from imgembed.pipelines.sam2_everything_params import (
     Sam2EverythingParams,
-    auto_points_per_batch,
     crop_boxes,
     layer_point_grids,
-    postprocess_chunk,
 )
+from imgembed.pipelines.sam2_everything_records import Candidates, MaskRecord, records_of
+from imgembed.runtime.memory import is_out_of_memory, release_frames
 
 logger = logging.getLogger(__name__)
 
@@ -81,49 +88,14 @@ class DecodeFn(Protocol):
 
 
 @dataclass(frozen=True)
-class MaskRecord:
-    """One mask, with the reference generator's fields.
-
-    Attributes:
-        segmentation: ``[H,W]`` bool array, ``{"size": [H, W], "counts": [runs]}`` or
-            ``{"size": [H, W], "counts": "<COCO string>"}``, per ``output_mode``.
-        area: Pixels in the mask.
-        bbox: ``[x, y, w, h]`` box in image pixels: ``x + w`` is the last column inside.
-        predicted_iou: The decoder's quality estimate.
-        point_coords: ``[[x, y]]``, the prompt point in image pixels.
-        stability_score: IoU of the mask cut at ``mask_threshold +- stability_score_offset``.
-        crop_box: ``[x, y, w, h]`` of the crop the mask came from.
-    """
-
-    segmentation: np.ndarray | RleDict
-    area: int
-    bbox: list[float]
-    predicted_iou: float
-    point_coords: list[list[float]]
-    stability_score: float
-    crop_box: list[float]
-
-    def as_dict(self) -> dict[str, Any]:
-        """The record as the reference's dict (same keys, same order)."""
-        return {
-            "segmentation": self.segmentation,
-            "area": self.area,
-            "bbox": self.bbox,
-            "predicted_iou": self.predicted_iou,
-            "point_coords": self.point_coords,
-            "stability_score": self.stability_score,
-            "crop_box": self.crop_box,
-        }
-
-
-@dataclass(frozen=True)
 class EverythingResult:
     """Masks of one image and how they were made.
 
     Attributes:
         records: Masks in the reference's order (by NMS score, see the module docstring).
         image_hw: ``(H, W)`` of the image.
-        points_per_batch: Prompts per decoder pass that were used.
+        points_per_batch: Prompts in the largest decoder pass (passes are sized by the memory
+            budget, or ``params.points_per_batch``, and halved after running out of memory).
         crops: Crops encoded (1 without crop layers).
         prompts: Prompts decoded, refinement passes included.
         timings_ms: Wall time of ``encode``, ``decode`` and ``postprocess`` (on a GPU, work queued
@@ -138,60 +110,21 @@ class EverythingResult:
     timings_ms: dict[str, float]
 
 
-_ROW_SHAPES: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
-    "boxes": ((4,), torch.int64),
-    "iou": ((), torch.float32),
-    "stability": ((), torch.float32),
-    "points": ((2,), torch.float32),
-    "crop_boxes": ((4,), torch.int64),
-}
-"""Shape of one row and dtype of each tensor field of :class:`_Candidates`."""
-
-
-@dataclass
-class _Candidates:
-    """Masks kept so far, one row each, the rows of every field aligned.
-
-    Boxes (XYXY, inclusive) and points (XY) are in the crop's frame while a crop is processed and
-    in the image's after it; RLE counts are always the image's.
-    """
-
-    counts: list[list[int]] = field(default_factory=list)
-    boxes: list[torch.Tensor] = field(default_factory=list)  # [n,4] int64
-    iou: list[torch.Tensor] = field(default_factory=list)  # [n] float32
-    stability: list[torch.Tensor] = field(default_factory=list)  # [n] float32
-    points: list[torch.Tensor] = field(default_factory=list)  # [n,2] float32
-    crop_boxes: list[torch.Tensor] = field(default_factory=list)  # [n,4] int64 XYXY
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """Each tensor field as one CPU tensor (empty with the right shape when there are none)."""
-        result = {}
-        for name, (row_shape, dtype) in _ROW_SHAPES.items():
-            parts = [part.cpu() for part in getattr(self, name)]
-            result[name] = torch.cat(parts) if parts else torch.zeros((0, *row_shape), dtype=dtype)
-        return result
-
-    def add(self, other: _Candidates) -> None:
-        self.counts.extend(other.counts)
-        for name in _ROW_SHAPES:
-            getattr(self, name).extend(getattr(other, name))
-
-    def select(self, keep: torch.Tensor) -> _Candidates:
-        """The rows at ``keep`` (indices), in that order."""
-        tensors = self.tensors()
-        indices = keep.cpu()
-        return _Candidates(
-            counts=[self.counts[index] for index in indices.tolist()],
-            **{name: [tensor[indices]] for name, tensor in tensors.items()},
-        )
-
-
 @dataclass
 class _Clock:
     encode: float = 0.0
     decode: float = 0.0
     postprocess: float = 0.0
     prompts: int = 0
+    largest_batch: int = 0
+    retries: int = 0
+
+
+@dataclass(frozen=True)
+class _OutOfMemory:
+    """A pass that ran out of memory, its frames released (see :func:`release_frames`)."""
+
+    error: Exception
 
 
 @torch.inference_mode()
@@ -202,8 +135,14 @@ def generate_everything(
     params: Sam2EverythingParams | None = None,
     *,
     device: torch.device | None = None,
+    budget: MemoryBudget | None = None,
 ) -> EverythingResult:
     """Segments everything in an image (see the module docstring).
+
+    Each decoder pass, with the post-processing of its masks, claims its memory from the
+    device's budget shared by every job (:mod:`~imgembed.pipelines.sam2_everything_memory`),
+    which sizes it; a pass that runs out of memory all the same is run again with half the
+    prompts, down to one.
 
     Args:
         image: ``[H,W,3]`` uint8 RGB.
@@ -214,6 +153,8 @@ def generate_everything(
         device: Where the decoder runs and its output is post-processed (the model's device):
             prompts are made there and batch sizes fitted to it. The features' device when
             ``None`` (an encoder and decoder on one device).
+        budget: The memory the passes claim; the device's shared budget
+            (:func:`~imgembed.pipelines.sam2_everything_memory.shared_budget`) when ``None``.
 
     Returns:
         The masks as records and facts about the run.
@@ -233,13 +174,13 @@ def generate_everything(
     grids = layer_point_grids(params)
     crops = crop_boxes(image_hw, params.crop_n_layers, params.crop_overlap_ratio)
     clock = _Clock()
-    kept = _Candidates()
-    batch_size = params.points_per_batch or 0
+    kept = Candidates()
     for crop_box, layer in crops:
-        crop_result, batch_size = _process_crop(
-            image, crop_box, grids[layer], params, encode, decode, clock, device
+        kept.add(
+            _process_crop(
+                image, crop_box, grids[layer], params, encode, decode, clock, device, budget
+            )
         )
-        kept.add(crop_result)
     if len(crops) > 1:
         tensors = kept.tensors()
         scores = 1 / box_area(tensors["crop_boxes"])  # smaller crops first
@@ -250,7 +191,7 @@ def generate_everything(
             params.crop_nms_thresh,
         )
         kept = kept.select(keep)
-    records = _records(kept, image_hw, params)
+    records = records_of(kept, image_hw, params)
     total = time.perf_counter() - started
     logger.debug(
         "segment everything: %d masks from %d crops in %.3f s", len(records), len(crops), total
@@ -258,7 +199,7 @@ def generate_everything(
     return EverythingResult(
         records=records,
         image_hw=image_hw,
-        points_per_batch=batch_size,
+        points_per_batch=clock.largest_batch,
         crops=len(crops),
         prompts=clock.prompts,
         timings_ms={
@@ -279,8 +220,13 @@ def _process_crop(
     decode: DecodeFn,
     clock: _Clock,
     model_device: torch.device | None,
-) -> tuple[_Candidates, int]:
-    """Masks of one crop after NMS within it, in image coordinates; and the batch size used."""
+    budget: MemoryBudget | None,
+) -> Candidates:
+    """Masks of one crop after NMS within it, in image coordinates.
+
+    Raises:
+        ResourceExhaustedError: A pass of a single prompt ran out of memory.
+    """
     left, top, right, bottom = crop_box
     crop = np.ascontiguousarray(image[top:bottom, left:right])
     crop_hw = (bottom - top, right - left)
@@ -290,28 +236,45 @@ def _process_crop(
     # The decoder's device, not the features': with ONNX Runtime features come on the CPU while
     # the decoder answers on CUDA, and a CPU tensor indexed with a CUDA mask raises.
     device = model_device or features.image_embed.device
-    batch_size = params.points_per_batch or auto_points_per_batch(device)
-    chunk = postprocess_chunk(device, crop_hw)
+    budget = budget or shared_budget(device)
+    ceiling = params.points_per_batch or max_points_per_batch(device)
     # Grid in crop pixels, float64 then float32 as the reference: [P,2] XY.
     points = torch.as_tensor(grid * np.array([[crop_hw[1], crop_hw[0]]]), dtype=torch.float32)
     image_hw = (image.shape[0], image.shape[1])
-    found = _Candidates()
-    for start in range(0, len(points), batch_size):
-        batch = points[start : start + batch_size].to(device)
-        found.add(
-            _process_batch(
-                features,
-                batch,
-                crop_hw,
-                crop_box,
-                image_hw,
-                params,
-                decode,
-                batch_size,
-                chunk,
-                clock,
-            )
-        )
+    found = Candidates()
+    start = 0
+    with budget.job():
+        while start < len(points):
+            wanted = min(ceiling, len(points) - start)
+            least = wanted if params.points_per_batch else 1  # the caller's size, unless halved
+            with budget.claim(pass_bytes(wanted, crop_hw), pass_bytes(least, crop_hw)) as granted:
+                plan = batch_plan(granted, crop_hw, wanted)
+                outcome = _attempt_batch(
+                    features,
+                    points[start : start + plan.points].to(device),
+                    crop_hw,
+                    crop_box,
+                    image_hw,
+                    params,
+                    decode,
+                    plan.points,
+                    plan.chunk,
+                    clock,
+                )
+            if isinstance(outcome, _OutOfMemory):  # outside the except block: memory released
+                if plan.points == 1:
+                    raise outcome.error
+                ceiling = plan.points // 2
+                clock.retries += 1
+                logger.warning(
+                    "segment everything: a pass of %d prompts ran out of memory; retrying with %d",
+                    plan.points,
+                    ceiling,
+                )
+                continue
+            found.add(outcome)
+            clock.largest_batch = max(clock.largest_batch, plan.points)
+            start += plan.points
     tick = time.perf_counter()
     tensors = found.tensors()
     keep = batched_nms(
@@ -323,7 +286,7 @@ def _process_crop(
     found = found.select(keep)
     tensors = found.tensors()
     offset = torch.tensor([left, top])
-    result = _Candidates(
+    result = Candidates(
         counts=found.counts,
         boxes=[tensors["boxes"] + offset.repeat(2)],  # crop frame -> image frame
         iou=[tensors["iou"]],
@@ -332,7 +295,33 @@ def _process_crop(
         crop_boxes=[tensors["crop_boxes"]],
     )
     clock.postprocess += time.perf_counter() - tick
-    return result, batch_size
+    return result
+
+
+def _attempt_batch(
+    features: Sam2Features,
+    points: torch.Tensor,
+    crop_hw: tuple[int, int],
+    crop_box: tuple[int, int, int, int],
+    image_hw: tuple[int, int],
+    params: Sam2EverythingParams,
+    decode: DecodeFn,
+    batch_size: int,
+    chunk: int,
+    clock: _Clock,
+) -> Candidates | _OutOfMemory:
+    """:func:`_process_batch`, with an out-of-memory failure (the decoder batcher's
+    :class:`~imgembed.errors.ResourceExhaustedError`, or the device's error in post-processing)
+    returned with its frames released, so the retry does not run beside the failed pass's
+    tensors; any other error is raised."""
+    try:
+        return _process_batch(
+            features, points, crop_hw, crop_box, image_hw, params, decode, batch_size, chunk, clock
+        )
+    except Exception as error:
+        if not (isinstance(error, ResourceExhaustedError) or is_out_of_memory(error)):
+            raise
+        return _OutOfMemory(release_frames(error))
 
 
 def _to_model_frame(points: torch.Tensor, crop_hw: tuple[int, int]) -> torch.Tensor:
@@ -419,7 +408,7 @@ def _process_batch(
     batch_size: int,
     chunk: int,
     clock: _Clock,
-) -> _Candidates:
+) -> Candidates:
     """Decodes one batch of grid points and keeps the masks that pass every per-mask filter.
 
     Args:
@@ -456,7 +445,7 @@ def _process_batch(
     if params.min_mask_region_area > 0 and len(low_res):
         area = params.min_mask_region_area
         low_res = fill_holes_and_remove_sprinkles(low_res, area, area, params.mask_threshold)
-    found = _Candidates()
+    found = Candidates()
     for start in range(0, len(low_res), chunk):
         logits = F.interpolate(
             low_res[start : start + chunk, None],  # [c,256,256] -> [c,1,256,256]
@@ -480,36 +469,3 @@ def _process_batch(
         found.crop_boxes.append(torch.tensor([crop_box]).expand(len(masks), 4))
     clock.postprocess += time.perf_counter() - tick
     return found
-
-
-def _records(
-    kept: _Candidates, image_hw: tuple[int, int], params: Sam2EverythingParams
-) -> list[MaskRecord]:
-    tensors = kept.tensors()
-    size = [image_hw[0], image_hw[1]]
-    records = []
-    for index, counts in enumerate(kept.counts):
-        plain: RleDict = {"size": size, "counts": counts}
-        if params.output_mode == "coco_rle":
-            segmentation: np.ndarray | RleDict = {"size": size, "counts": encode_counts(counts)}
-        elif params.output_mode == "binary_mask":
-            segmentation = rle_to_mask(plain)
-        else:
-            segmentation = plain
-        records.append(
-            MaskRecord(
-                segmentation=segmentation,
-                area=int(sum(counts[1::2])),
-                bbox=_xywh(tensors["boxes"][index]),
-                predicted_iou=float(tensors["iou"][index]),
-                point_coords=[tensors["points"][index].tolist()],
-                stability_score=float(tensors["stability"][index]),
-                crop_box=_xywh(tensors["crop_boxes"][index]),
-            )
-        )
-    return records
-
-
-def _xywh(box: torch.Tensor) -> list[float]:
-    left, top, right, bottom = (float(value) for value in box.tolist())
-    return [left, top, right - left, bottom - top]

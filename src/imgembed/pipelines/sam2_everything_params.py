@@ -32,7 +32,9 @@ CUDA_MIN_POINTS_PER_BATCH = 64
 CUDA_MAX_POINTS_PER_BATCH = 1024
 """One forward pass for a whole 32x32 grid on a large GPU."""
 MEMORY_SHARE = 0.5
-"""Share of free device memory (CUDA) a batch may use; a quarter of available RAM on CPU."""
+"""Share of a CUDA device's usable memory that the segment-everything jobs running there hold
+together (see :mod:`~imgembed.pipelines.sam2_everything_memory`); a quarter of available RAM on
+CPU."""
 
 
 @dataclass(frozen=True)
@@ -203,7 +205,9 @@ def auto_points_per_batch(device: torch.device) -> int:
       CPU gains little from larger batches), at least 1.
 
     Post-processing at image size runs in its own chunks (:func:`postprocess_chunk`), so it does
-    not count here.
+    not count here. This is one job's view of the device alone: the generator sizes its passes
+    from the budget its device's jobs share
+    (:func:`~imgembed.pipelines.sam2_everything_memory.batch_plan`).
     """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -215,7 +219,9 @@ def auto_points_per_batch(device: torch.device) -> int:
 
 def postprocess_chunk(device: torch.device, image_hw: tuple[int, int]) -> int:
     """Masks upscaled to image size at once: about 16 bytes per pixel each (float32 logits, the
-    comparisons), within a quarter of the free CUDA memory or min(1 GiB, a quarter of RAM)."""
+    comparisons), within a quarter of the free CUDA memory or min(1 GiB, a quarter of RAM).
+
+    One job's view of the device alone, as :func:`auto_points_per_batch`."""
     if device.type == "cuda":
         budget = torch.cuda.mem_get_info(device)[0] // 4
     else:
