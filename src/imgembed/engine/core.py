@@ -27,7 +27,7 @@ from imgembed.engine.served import ServedModel
 from imgembed.errors import UnknownModelError
 from imgembed.preprocess.fetch import fetch_url_bytes
 from imgembed.preprocess.image import DecodedImage, decode_base64_image, decode_image
-from imgembed.runtime.device import choose_placement
+from imgembed.runtime.device import choose_placement, device_label
 from imgembed.settings import ModelSpec, ServerConfig
 from imgembed.types import ImageBase64, ImageInput, ImageURL
 
@@ -224,13 +224,14 @@ class EngineCore:
         return None
 
     def device_memory(self) -> dict[str, int]:
-        """Bytes held by tensors on each CUDA device serving a model (empty on CPU)."""
-        devices = {served.placement.device for served in self._models.values()}
-        return {
-            str(device): torch.cuda.memory_allocated(device)
-            for device in devices
-            if device.type == "cuda"
+        """Bytes held by tensors on each CUDA device serving a model, by ``cuda:N`` (empty on
+        CPU)."""
+        devices = {
+            device_label(served.placement.device): served.placement.device
+            for served in self._models.values()
+            if served.placement.device.type == "cuda"
         }
+        return {label: torch.cuda.memory_allocated(device) for label, device in devices.items()}
 
     async def run_cpu(self, function: Callable[..., ResultT], *args: Any) -> ResultT:
         """Runs CPU-bound work (decode, serialise) in the engine's worker pool."""

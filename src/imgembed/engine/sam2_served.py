@@ -113,18 +113,18 @@ class ServedSam2(ServedModel):
         return [self.device_executor, self.decoder_executor]
 
     def warm_up(self) -> None:
+        """An encoder pass on this (the device) thread, then a decoder pass on the decoder's own
+        thread: CUDA sets up per thread (cuBLAS handles, kernels' first launch), so a decoder
+        warmed up here would leave the first click to pay for its thread's set-up."""
         features = self.encode_batch([torch.zeros(3, SAM2_INPUT_SIZE, SAM2_INPUT_SIZE)])[0]
-        self.decode_batch(
-            [
-                DecodeJob(
-                    features=features,
-                    point_coords=torch.full((1, 1, 2), SAM2_INPUT_SIZE / 2),  # [1,1,2] centre
-                    point_labels=torch.ones(1, 1, dtype=torch.int32),  # [1,1]
-                    mask_input=torch.zeros(1, 1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE),
-                    has_mask_input=torch.zeros(1),
-                )
-            ]
+        job = DecodeJob(
+            features=features,
+            point_coords=torch.full((1, 1, 2), SAM2_INPUT_SIZE / 2),  # [1,1,2] centre
+            point_labels=torch.ones(1, 1, dtype=torch.int32),  # [1,1]
+            mask_input=torch.zeros(1, 1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE),
+            has_mask_input=torch.zeros(1),
         )
+        self.decoder_executor.submit(self.decode_batch, [job]).result()
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -17,14 +17,32 @@ import torch
 ErrorT = TypeVar("ErrorT", bound=BaseException)
 
 
+OUT_OF_MEMORY_MARKERS = (
+    "out of memory",  # PyTorch's CUDA allocator, "CUDA error: out of memory", host allocators
+    "cublas_status_alloc_failed",  # cuBLAS could not allocate its workspace
+    "cudnn_status_alloc_failed",  # cuDNN likewise
+    "cudnn_status_not_enough_workspace",
+    "cufft_alloc_failed",
+    "cusolver_status_alloc_failed",
+    "failed to allocate memory",  # ONNX Runtime's arena (CPU and CUDA providers)
+)
+"""Lower-case phrases of a ``RuntimeError`` (or ONNX Runtime error) message that mean an allocation
+failed: the library ran out of memory as surely as PyTorch's own ``OutOfMemoryError``."""
+
+
 def is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` is a device (or host) allocation failure worth splitting a batch for."""
+    """Whether ``error`` is a device (or host) allocation failure worth splitting a batch for:
+    ``MemoryError``, PyTorch's ``OutOfMemoryError``, or a message of
+    :data:`OUT_OF_MEMORY_MARKERS` (cuBLAS, cuDNN, cuFFT, cuSOLVER, ONNX Runtime)."""
     if isinstance(error, MemoryError):
         return True
-    name = type(error).__name__
-    return name == "OutOfMemoryError" or (
-        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
-    )
+    if type(error).__name__ == "OutOfMemoryError":
+        return True
+    from_onnxruntime = type(error).__module__.startswith("onnxruntime.")  # not RuntimeErrors
+    if not (isinstance(error, RuntimeError) or from_onnxruntime):
+        return False
+    message = str(error).lower()
+    return any(marker in message for marker in OUT_OF_MEMORY_MARKERS)
 
 
 def release_frames(error: ErrorT) -> ErrorT:
