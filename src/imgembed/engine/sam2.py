@@ -284,6 +284,10 @@ class Sam2Service(ModelService[ServedSam2]):
             deadline=deadline,
         )
         postprocessing_at = time.perf_counter()
+        # One device-to-host copy per group, on the CPU pool; objects then slice host memory.
+        predictions = await asyncio.gather(
+            *(self.core.run_cpu(sam2_decode.to_host, prediction) for prediction in predictions)
+        )
         per_object: list[tuple[torch.Tensor, torch.Tensor]] = [None] * len(objects)  # type: ignore[list-item]
         for group, prediction in zip(groups, predictions, strict=True):
             for row, index in enumerate(group.object_indices):
@@ -451,8 +455,9 @@ def _postprocess_object(
     mapping: FrameMapping,
     options: sam2_segment.SegmentOptions,
 ) -> sam2_segment.ObjectMasks:
-    """:func:`~imgembed.pipelines.sam2_segment.postprocess_object` of decoder output on any device."""
-    return sam2_segment.postprocess_object(low_res_logits.cpu(), scores.cpu(), mapping, options)
+    """:func:`~imgembed.pipelines.sam2_segment.postprocess_object` of decoder output already
+    copied to the host (one copy per group, :func:`~imgembed.pipelines.sam2_decode.to_host`)."""
+    return sam2_segment.postprocess_object(low_res_logits, scores, mapping, options)
 
 
 SAM2_FAMILY = ModelFamily(

@@ -125,9 +125,13 @@ def _decode_group(
         features = shared.to(torch.float32, device)
     else:
         features = Sam2Features(
-            image_embed=_stack([(job.features.image_embed, job.prompts) for job in jobs]),
-            high_res_feats_0=_stack([(job.features.high_res_feats_0, job.prompts) for job in jobs]),
-            high_res_feats_1=_stack([(job.features.high_res_feats_1, job.prompts) for job in jobs]),
+            image_embed=_stack([(job.features.image_embed, job.prompts) for job in jobs], device),
+            high_res_feats_0=_stack(
+                [(job.features.high_res_feats_0, job.prompts) for job in jobs], device
+            ),
+            high_res_feats_1=_stack(
+                [(job.features.high_res_feats_1, job.prompts) for job in jobs], device
+            ),
         ).to(torch.float32, device)
     point_coords = torch.cat([job.point_coords for job in jobs]).to(device)  # [sum B_i,N,2]
     point_labels = torch.cat([job.point_labels for job in jobs]).to(device)  # [sum B_i,N]
@@ -135,8 +139,8 @@ def _decode_group(
         mask_input = jobs[0].mask_input.to(device)  # [1|B,1,256,256]
         has_mask_input = jobs[0].has_mask_input.to(device)  # [1|B]
     else:
-        mask_input = _stack([(job.mask_input, job.prompts) for job in jobs]).to(device)
-        has_mask_input = _stack([(job.has_mask_input, job.prompts) for job in jobs]).to(device)
+        mask_input = _stack([(job.mask_input, job.prompts) for job in jobs], device)
+        has_mask_input = _stack([(job.has_mask_input, job.prompts) for job in jobs], device)
     with placement.autocast():
         prediction = decode_masks(
             model,
@@ -153,8 +157,14 @@ def _decode_group(
     )
 
 
-def _stack(parts: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
-    """Per-job tensors of ``[1|B_i,...]`` with their prompt counts B_i -> ``[sum B_i,...]``."""
+def _stack(parts: list[tuple[torch.Tensor, int]], device: torch.device) -> torch.Tensor:
+    """Per-job tensors of ``[1|B_i,...]`` with their prompt counts B_i -> ``[sum B_i,...]`` on
+    ``device``.
+
+    Each tensor is copied to the device as it is, then expanded there: a batch-1 tensor shared by
+    B_i prompts crosses to the device once, not B_i times (64 prompts of features expanded on the
+    host would upload about 1 GiB).
+    """
     return torch.cat(
-        [tensor.expand(prompts, *tensor.shape[1:]) for tensor, prompts in parts]
-    )  # each [1|B_i,...] -> [B_i,...], then joined on the batch axis
+        [tensor.to(device).expand(prompts, *tensor.shape[1:]) for tensor, prompts in parts]
+    )  # each [1|B_i,...] -> [B_i,...] on the device, then joined on the batch axis

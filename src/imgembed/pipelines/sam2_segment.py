@@ -89,8 +89,10 @@ class PromptGroup:
         object_indices: Position of each batch item in the request's object list.
         point_coords: ``[B,N,2]`` float32 XY in the 1024 frame, box corners first.
         point_labels: ``[B,N]`` int32.
-        mask_input: ``[B,1,256,256]`` float32 (zeros where absent).
-        has_mask_input: ``[B]`` float32, 1 where the object brought a mask.
+        mask_input: ``[B,1,256,256]`` float32 (zeros where absent), or ``[1,1,256,256]`` zeros
+            shared by every object when none brought a mask.
+        has_mask_input: ``[B]`` float32, 1 where the object brought a mask (``[1]`` zero when
+            none did).
     """
 
     object_indices: tuple[int, ...]
@@ -164,8 +166,11 @@ def build_prompt_groups(
     groups = []
     for indices in by_length.values():
         framed = [_frame_prompt(objects[index], mapping) for index in indices]
-        masks = np.zeros((len(indices), 1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE), np.float32)
-        has_mask = np.zeros(len(indices), np.float32)
+        # One zero mask shared by the group when no object brought one (nothing per object to
+        # upload); one row per object otherwise.
+        rows = len(indices) if any(objects[i].mask_input is not None for i in indices) else 1
+        masks = np.zeros((rows, 1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE), np.float32)
+        has_mask = np.zeros(rows, np.float32)
         for row, index in enumerate(indices):
             if objects[index].mask_input is not None:
                 masks[row, 0] = objects[index].mask_input
