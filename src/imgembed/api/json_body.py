@@ -101,22 +101,25 @@ def check_json_value(value: Any, limits: InputLimits, *, prefix: str = "") -> No
             string (or key) that is not valid Unicode; the message names the field.
     """
     largest_int = 10**limits.max_json_number_chars
-    stack: list[tuple[Any, str, int]] = [(value, prefix, 0)]
+    # (value, its path, its depth, the path of the top-level field holding it: too deep a
+    # structure is named by where it starts, not by a path of 64 indices)
+    stack: list[tuple[Any, str, int, str]] = [(value, prefix, 0, prefix)]
     while stack:
-        item, path, depth = stack.pop()
+        item, path, depth, top = stack.pop()
         if isinstance(item, dict | list):
             if depth >= limits.max_json_depth:
-                raise _too_deep(path or "body", limits.max_json_depth)
+                raise _too_deep(top or "body", limits.max_json_depth)
             if isinstance(item, list):
-                stack.extend(
-                    (child, f"{path}[{index}]", depth + 1) for index, child in enumerate(item)
-                )
-                continue
-            for key, child in item.items():
-                child_path = f"{path}.{key}" if path else str(key)
-                if isinstance(key, str) and not _is_unicode(key):
-                    raise _not_unicode(f"{path}.{key!a}" if path else ascii(key), "key")
-                stack.append((child, child_path, depth + 1))
+                children = ((f"{path}[{index}]", child) for index, child in enumerate(item))
+            else:
+                for key in item:
+                    if isinstance(key, str) and not _is_unicode(key):
+                        raise _not_unicode(f"{path}.{key!a}" if path else ascii(key), "key")
+                children = ((f"{path}.{key}" if path else str(key), item[key]) for key in item)
+            stack.extend(
+                (child, child_path, depth + 1, child_path if depth == 0 else top)
+                for child_path, child in children
+            )
         elif isinstance(item, str):
             if not _is_unicode(item):
                 raise _not_unicode(path or "body", "string")
