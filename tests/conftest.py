@@ -4,6 +4,7 @@ fast tier's marking; and the guard that fails skips of dependencies the project 
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from PIL import Image
 from skip_policy import RequiredSkipGuard
 
 TESTS = Path(__file__).parent
+# ONNX Runtime 1.32 looks up a Microsoft telemetry host unless told not to; tests stay on loopback.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 FAST_FILES = (
     "api/test_json_body.py",
     "api/test_parsing.py",
@@ -58,6 +61,7 @@ FAST_FILES = (
     "server/test_openapi_document.py",
     "server/test_sam2_routes.py",
     "server/test_siglip_routes.py",
+    "server/test_slow_clients.py",
     "server/test_v2_not_ready.py",
     "server/test_v2_routes.py",
     "server/test_v2_tensors.py",

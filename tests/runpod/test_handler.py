@@ -123,6 +123,31 @@ def test_handler_refusals_name_the_field(
     assert phrase in result["error"]
 
 
+def _nested(levels: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("job_input", "field", "phrase"),
+    [
+        ({"image_b64": PNG_B64, "points": _nested(500)}, "input.points", "IMGEMBED_MAX_JSON_DEPTH"),
+        ({"image_b64": PNG_B64, "points": [[10**200, 1]]}, "input.points[0][0]", "IMGEMBED_MAX_JSON_NUMBER_CHARS"),
+        ({"action": "embed_texts", "texts": ["ok", "\ud800"]}, "input.texts[1]", "lone surrogate"),
+    ],
+)  # fmt: skip
+def test_the_event_input_gets_the_json_body_checks(
+    fake_runpod: None, job_input: dict[str, Any], field: str, phrase: str
+) -> None:
+    (result,) = run_jobs({"id": "hostile", "input": job_input})
+    assert result["field"] == field
+    assert phrase in result["error"]
+    (again,) = run_jobs({"id": "after", "input": {"image_b64": PNG_B64}})
+    assert "error" not in again
+
+
 @pytest.mark.parametrize(
     ("job", "field", "phrase"),
     [

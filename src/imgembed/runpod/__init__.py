@@ -22,6 +22,7 @@ import os
 from typing import Any
 
 from imgembed.api import collections_operations, siglip_operations
+from imgembed.api.json_body import check_json_value
 from imgembed.api.operation import Context, Operation, run
 from imgembed.api.sam2 import operations as sam2_operations
 from imgembed.engine import Engine
@@ -86,6 +87,7 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
                 field="input.action",
             )
         engine = await _get_engine()
+        check_json_value(job_input, engine.config.limits, prefix="input")
         context = Context(engine, "runpod", field_prefix="input.")
         request = {name: value for name, value in job_input.items() if name != "action"}
         reply = await run(OPERATIONS[action], request, context)
