@@ -33,6 +33,7 @@ FAST_FILES = (
     "engine/test_request_admission.py",
     "engine/test_serving.py",
     "engine/test_warm_up.py",
+    "export/test_decoder_cache.py",
     "masks/test_boxes.py",
     "masks/test_everything_params.py",
     "masks/test_png.py",

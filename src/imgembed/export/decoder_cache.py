@@ -22,7 +22,6 @@ included, is a plain graph input, as onnxruntime-web needs to accept seed 002's 
 from __future__ import annotations
 
 import asyncio
-import copy
 import dataclasses
 import hashlib
 import logging
@@ -79,6 +78,37 @@ def _onnx_extra_missing(error: ImportError) -> ServiceUnavailableError:
     )
 
 
+def host_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A float32 copy of ``model`` in host memory, for exporting beside the served original.
+
+    The copy is built without storage and filled tensor by tensor from host copies of the state
+    dict: a deep copy of a model served on a GPU would first duplicate every weight in device
+    memory (the memory the served model's batches need) before moving it off.
+
+    Raises:
+        ImgembedError: The model holds tensors outside its state dict (non-persistent buffers),
+            which a state-dict copy would leave empty.
+    """
+    with torch.device("meta"):
+        copied = type(model)(model.config)
+    state = {
+        name: tensor.detach().to(
+            "cpu", torch.float32 if tensor.is_floating_point() else None, copy=True
+        )
+        for name, tensor in model.state_dict().items()
+    }
+    copied.load_state_dict(state, strict=True, assign=True)
+    left_empty = [name for name, tensor in copied.named_buffers() if tensor.is_meta]
+    if left_empty:
+        raise ImgembedError(
+            f"Cannot copy {type(model).__name__} to the CPU for the decoder export: "
+            f"{', '.join(left_empty[:5])} are not in its state dict. This transformers version "
+            "builds the model differently from what imgembed expects; export with "
+            "`imgembed export onnx` instead."
+        )
+    return copied.eval()
+
+
 def _prepare_decoders(loaded: LoadedSam2, folder: Path) -> None:
     """Exports a CPU copy of ``loaded`` into ``folder`` unless its decoder graphs are there
     (blocks for seconds to minutes)."""
@@ -88,9 +118,8 @@ def _prepare_decoders(loaded: LoadedSam2, folder: Path) -> None:
         from imgembed.export.onnx_export import export_loaded_onnx
     except ImportError as error:
         raise _onnx_extra_missing(error) from error
-    model_copy = copy.deepcopy(loaded.model).to("cpu").eval()
     export_loaded_onnx(
-        dataclasses.replace(loaded, model=model_copy),
+        dataclasses.replace(loaded, model=host_copy(loaded.model)),
         folder,
         single_mask_decoder=True,
         overwrite=True,
