@@ -63,6 +63,7 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, object]]:
     monkeypatch.setattr(
         torch, "set_float32_matmul_precision", lambda value: calls.update(precision=value)
     )
+    monkeypatch.setattr(device_module, "_full_float32", False)  # no float32 model placed yet
     # torch.backends' settings are properties of their modules: saved and restored by hand.
     settings = [
         (torch.backends.cuda.matmul, "allow_tf32"),
@@ -96,7 +97,9 @@ def test_native_bfloat16_is_used(fake_cuda: dict, monkeypatch: pytest.MonkeyPatc
 
 
 def test_a_cpu_placement_leaves_cuda_settings_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(device_module, "configure_cuda", lambda: pytest.fail("CUDA set up on CPU"))
+    monkeypatch.setattr(
+        device_module, "configure_cuda", lambda **_: pytest.fail("CUDA set up on CPU")
+    )
     assert choose_placement("cpu").device == torch.device("cpu")
 
 

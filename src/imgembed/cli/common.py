@@ -46,6 +46,12 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         "--device", choices=("auto", "cpu", "cuda"), help="IMGEMBED_DEVICE; default auto"
     )
     group.add_argument(
+        "--compute-dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="precision of the forward passes (IMGEMBED_COMPUTE_DTYPE; default auto: float32 on "
+        "CPU, bfloat16 on a GPU with native bfloat16, else float16); float16 needs CUDA",
+    )
+    group.add_argument(
         "--backend",
         choices=("torch", "onnxruntime"),
         help="what runs the SAM 2 encoder (IMGEMBED_BACKEND; default torch); onnxruntime needs "
@@ -62,6 +68,7 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> ServerConfig:
         "weights": args.weights,
         "meta_config": args.meta_config,
         "device": args.device,
+        "compute_dtype": getattr(args, "compute_dtype", None),
         "backend": getattr(args, "backend", None),
         "onnx_dir": getattr(args, "onnx_dir", None),
         **extra,

@@ -130,7 +130,7 @@ class EngineCore:
         family = family_of(self.families, spec.name)
         assert family.load_weights is not None
         assert family.serve is not None
-        placement = choose_placement(spec.device)
+        placement = choose_placement(spec.device, spec.compute_dtype)
         started = time.perf_counter()
         loaded = family.load_weights(spec, placement.device)
         seconds = time.perf_counter() - started

@@ -25,7 +25,17 @@ from imgembed.settings.values import (
 )
 
 _MODEL_TARGETS = frozenset(
-    {"model", "weights", "meta_config", "device", "warmup", "alias", "backend", "onnx_dir"}
+    {
+        "model",
+        "weights",
+        "meta_config",
+        "device",
+        "compute_dtype",
+        "warmup",
+        "alias",
+        "backend",
+        "onnx_dir",
+    }
 )
 _TOP_LEVEL_TARGETS = frozenset(
     {
@@ -74,9 +84,9 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
     Top-level keys are the ``IMGEMBED_*`` variables' names in lower case without the prefix
     (``port = 9000``, ``max_batch_size = 8``, ``fetch_allowed_hosts = ["10.0.0.0/8"]``);
-    ``[[models]]`` tables (``name``, ``weights``, ``meta_config``, ``device``, ``alias``,
-    ``warmup``, ``max_batch_size``, ``max_queue_delay_ms``, ``max_queue_size``) each describe one
-    model; model-level keys at the top level are defaults for every model.
+    ``[[models]]`` tables (``name``, ``weights``, ``meta_config``, ``device``, ``compute_dtype``,
+    ``alias``, ``warmup``, ``max_batch_size``, ``max_queue_delay_ms``, ``max_queue_size``) each
+    describe one model; model-level keys at the top level are defaults for every model.
 
     Returns:
         Top-level values keyed by :attr:`Setting.target`, and one dict per ``[[models]]`` table.
@@ -125,7 +135,8 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             else:
                 raise InvalidInputError(
                     f"config file {path}: models[{index}] has unknown key {key!r}; a model takes "
-                    "name, weights, meta_config, device, alias, warmup, backend, onnx_dir, "
+                    "name, weights, meta_config, device, compute_dtype, alias, warmup, backend, "
+                    "onnx_dir, "
                     "max_batch_size, max_queue_delay_ms, max_queue_size",
                     field=f"models[{index}].{key}",
                 )
@@ -211,6 +222,7 @@ def _model_specs(
                 weights=merged.get("weights"),
                 meta_config=merged.get("meta_config"),
                 device=merged.get("device", "auto"),
+                compute_dtype=merged.get("compute_dtype", "auto"),
                 alias=merged.get("alias"),
                 batching=BatchingSettings(**batching),
                 decoder_batching=replace(DECODER_BATCHING, **decoder_batching),

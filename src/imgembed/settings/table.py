@@ -120,6 +120,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("IMGEMBED_DEVICE", "device", _choice("auto", "cpu", "cuda"), "auto, cpu or cuda."),
     Setting(
+        "IMGEMBED_COMPUTE_DTYPE",
+        "compute_dtype",
+        _choice("auto", "float32", "bfloat16", "float16"),
+        "Forward-pass precision: auto (float32 on CPU, bfloat16 or float16 on CUDA), float32, "
+        "bfloat16, or float16 (CUDA only).",
+    ),
+    Setting(
         "IMGEMBED_BACKEND",
         "backend",
         _choice("torch", "onnxruntime"),

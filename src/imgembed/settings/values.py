@@ -24,6 +24,12 @@ FeatureDtype = Literal["float32", "float16", "bfloat16"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 """Where a model runs: ``auto`` picks CUDA when present, else CPU."""
 
+ComputeDtypeChoice = Literal["auto", "float32", "bfloat16", "float16"]
+"""The precision of a model's forward passes: ``auto`` is float32 on a CPU, bfloat16 autocast on a
+GPU with native bfloat16, float16 autocast on an older GPU; ``float32`` runs without autocast (and
+without TF32) on any device; ``bfloat16`` is autocast on CUDA or the CPU; ``float16`` is autocast
+on CUDA only."""
+
 Encoding = Literal["npz_base64", "npz_base64_uncompressed", "binary"]
 """How features travel: the seed's base64 ``.npz`` (compressed or not), or raw bytes."""
 
@@ -143,6 +149,8 @@ class ModelSpec:
         meta_config: Meta's config name for a ``.pt`` checkpoint (``configs/sam2.1/sam2.1_hiera_t.yaml``,
             ``sam2_hiera_l.yaml``); when ``None`` it follows from ``name``.
         device: Where to run.
+        compute_dtype: The forward passes' precision (see :data:`ComputeDtypeChoice`); SAM 2's
+            cached features are held in it.
         alias: Extra name clients may use for this model (the seed's checkpoint file name, say).
         batching: How this model's requests are batched (SAM 2: its image encoder; SigLIP 2:
             its image and text towers).
@@ -160,6 +168,7 @@ class ModelSpec:
     weights: str | None = None
     meta_config: str | None = None
     device: DeviceChoice = "auto"
+    compute_dtype: ComputeDtypeChoice = "auto"
     alias: str | None = None
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     decoder_batching: BatchingSettings = DECODER_BATCHING
