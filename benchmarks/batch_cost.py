@@ -13,6 +13,10 @@ the reference implementation does the same work: Meta's ``sam2`` model (``forwar
 ``get_image_features`` / ``get_text_features``. Timed runs rotate over every (implementation,
 batch size) pair of a tower, so a slow patch of the machine hits them alike.
 
+``--device`` picks where (the GPU when there is one; larger batch sizes are timed there, see
+``BATCH_SIZES``) and ``--compute-dtype`` the precision of both sides (``bfloat16``: autocast, as
+imgembed computes on a GPU by default); CUDA is synchronised before each clock read.
+
 Writes the ``## Forward pass cost by batch size`` section of ``benchmarks/RESULTS.md`` and the raw
 numbers to ``benchmarks/out/batch_cost_<UTC>.json``. Random weights: speed does not depend on
 weight values.
@@ -21,6 +25,7 @@ weight values.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sys
@@ -29,17 +34,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from bench_util import (
+    add_device_argument,
+    device_phrase,
     elapsed_s,
     ignoring_result,
     log,
     machine_info,
     markdown_table,
     replace_section,
+    resolve_device,
     run_interleaved,
+    synchronizer,
     wait_until_quiet,
 )
 from sam2_fixtures import reference_and_imgembed
@@ -55,6 +64,15 @@ HERE = Path(__file__).resolve().parent
 SAM2_MODEL = "sam2.1-hiera-tiny"
 SIGLIP_MODEL = "siglip2-base-patch16-224"
 TEXT = "a photo of two cats sleeping on a red sofa"
+BATCH_SIZES = {
+    "cpu": {"sam2": (1, 2, 4), "siglip_image": (1, 4, 8, 16), "siglip_text": (1, 4, 16, 64)},
+    "cuda": {
+        "sam2": (1, 2, 4, 8, 16),
+        "siglip_image": (1, 8, 32, 64, 128),
+        "siglip_text": (1, 16, 64, 256),
+    },
+}
+"""Batch sizes timed per device type: a GPU keeps gaining from batches a CPU gains nothing from."""
 
 
 @dataclass(frozen=True)
@@ -78,50 +96,80 @@ class Tower:
     reference_name: str
 
 
-def on_batches(
-    forward: Callable[[torch.Tensor], object], batches: dict[int, torch.Tensor]
-) -> Callable[[int], object]:
-    """``forward`` on the batch of the given size, in ``torch.inference_mode``."""
+@dataclass(frozen=True)
+class Placement:
+    """Where and in what precision both implementations run.
 
-    @torch.inference_mode()
+    Attributes:
+        device: The device of the weights and inputs.
+        compute_dtype: ``float32``, or the autocast dtype.
+    """
+
+    device: torch.device
+    compute_dtype: Literal["float32", "bfloat16", "float16"]
+
+    def batch_sizes(self, tower: Literal["sam2", "siglip_image", "siglip_text"]) -> tuple[int, ...]:
+        return BATCH_SIZES["cuda" if self.device.type == "cuda" else "cpu"][tower]
+
+
+def on_batches(
+    forward: Callable[[torch.Tensor], object],
+    batches: dict[int, torch.Tensor],
+    placement: Placement,
+) -> Callable[[int], object]:
+    """``forward`` on the batch of the given size, in ``torch.inference_mode`` and, unless
+    float32, autocast to the placement's compute dtype."""
+
     def run(size: int) -> object:
-        return forward(batches[size])
+        with torch.inference_mode(), contextlib.ExitStack() as stack:
+            if placement.compute_dtype != "float32":
+                dtype = getattr(torch, placement.compute_dtype)
+                stack.enter_context(torch.autocast(placement.device.type, dtype=dtype))
+            return forward(batches[size])
 
     return run
 
 
-def sam2_tower(folder: Path, repeats: int) -> Tower:
+def sam2_tower(folder: Path, repeats: int, placement: Placement) -> Tower:
     """SAM 2's image encoder on ``[B,3,1024,1024]`` random inputs."""
-    reference, model, _ = reference_and_imgembed(SAM2_MODEL, folder)
-    inputs = {size: torch.randn(size, 3, 1024, 1024) for size in (1, 2, 4)}  # [B,3,1024,1024]
+    reference, model, _ = reference_and_imgembed(SAM2_MODEL, folder, device=placement.device)
+    inputs = {
+        size: torch.randn(size, 3, 1024, 1024).to(placement.device)  # [B,3,1024,1024]
+        for size in placement.batch_sizes("sam2")
+    }
     return Tower(
         f"SAM 2 image encoder ({SAM2_MODEL})",
         tuple(inputs),
         repeats,
-        on_batches(lambda batch: encode_images(model, batch), inputs),
-        on_batches(lambda batch: reference_encode(reference, batch), inputs),
+        on_batches(lambda batch: encode_images(model, batch), inputs, placement),
+        on_batches(lambda batch: reference_encode(reference, batch), inputs, placement),
         "Meta sam2",
     )
 
 
-def siglip_towers(repeats: int) -> list[Tower]:
+def siglip_towers(repeats: int, placement: Placement) -> list[Tower]:
     """SigLIP 2's image tower on ``[B,3,224,224]`` and text tower on ``[B,64]`` token ids."""
-    loaded = load_siglip(SIGLIP_MODEL, "dummy", device=torch.device("cpu"))
+    loaded = load_siglip(SIGLIP_MODEL, "dummy", device=placement.device)
     model = loaded.model
     side = loaded.variant.image_size
-    images = {size: torch.randn(size, 3, side, side) for size in (1, 4, 8, 16)}  # [B,3,S,S]
+    images = {
+        size: torch.randn(size, 3, side, side).to(placement.device)  # [B,3,S,S]
+        for size in placement.batch_sizes("siglip_image")
+    }
     texts = {
-        size: siglip_embed.prepare_texts(loaded.tokenizer, [TEXT] * size)  # [B,64]
-        for size in (1, 4, 16, 64)
+        size: siglip_embed.prepare_texts(loaded.tokenizer, [TEXT] * size).to(placement.device)
+        for size in placement.batch_sizes("siglip_text")  # [B,64]
     }
     return [
         Tower(
             f"SigLIP 2 image tower ({SIGLIP_MODEL})",
             tuple(images),
             repeats * 3,
-            on_batches(lambda batch: siglip_math.embed_images(model, batch), images),
+            on_batches(lambda batch: siglip_math.embed_images(model, batch), images, placement),
             on_batches(
-                lambda batch: model.get_image_features(pixel_values=batch).pooler_output, images
+                lambda batch: model.get_image_features(pixel_values=batch).pooler_output,
+                images,
+                placement,
             ),
             "transformers",
         ),
@@ -129,21 +177,27 @@ def siglip_towers(repeats: int) -> list[Tower]:
             f"SigLIP 2 text tower ({SIGLIP_MODEL})",
             tuple(texts),
             repeats * 3,
-            on_batches(lambda batch: siglip_math.embed_texts(model, batch), texts),
-            on_batches(lambda batch: model.get_text_features(input_ids=batch).pooler_output, texts),
+            on_batches(lambda batch: siglip_math.embed_texts(model, batch), texts, placement),
+            on_batches(
+                lambda batch: model.get_text_features(input_ids=batch).pooler_output,
+                texts,
+                placement,
+            ),
             "transformers",
         ),
     ]
 
 
-def time_tower(tower: Tower) -> list[dict[str, Any]]:
+def time_tower(tower: Tower, synchronize: Callable[[], None]) -> list[dict[str, Any]]:
     """Per-item time of every (implementation, batch size) of one tower, interleaved."""
     log(f"{tower.name}: batch sizes {tower.batch_sizes}, {tower.repeats} timed runs each")
     cases = {}
     for size in tower.batch_sizes:
         cases[f"imgembed/{size}"] = ignoring_result(tower.imgembed, size)
         cases[f"reference/{size}"] = ignoring_result(tower.reference, size)
-    samples = run_interleaved(cases, repeats=tower.repeats, log=log, retries=tower.repeats)
+    samples = run_interleaved(
+        cases, repeats=tower.repeats, log=log, retries=tower.repeats, synchronize=synchronize
+    )
     rows = []
     for implementation in ("imgembed", "reference"):
         single = samples[f"{implementation}/1"].median
@@ -196,12 +250,12 @@ def render(report: dict[str, Any], raw_path: Path) -> str:
         [
             f"- Date: {report['date']} (UTC); whole run {report['wall_s'] / 60:.1f} min.",
             f"- Machine: {machine['cpu_model']}, {machine['cpus_usable']} usable of "
-            f"{machine['cpu_count']} cores, {machine['memory_gib']} GiB RAM, no GPU used; "
-            f"Python {machine['python']}, torch {machine['torch']}, transformers "
+            f"{machine['cpu_count']} cores, {machine['memory_gib']} GiB RAM, "
+            f"{device_phrase(machine)}; Python {machine['python']}, torch {machine['torch']}, transformers "
             f"{machine['transformers']}, {machine['torch_threads']} torch threads.",
             f"- Command: `{report['command']}`.",
             "- What is timed: one forward pass over a batch of inputs already on the device, in "
-            "`torch.inference_mode`, float32: imgembed's `encode_images` / `embed_images` / "
+            f"`torch.inference_mode`, {report['compute_dtype']}: imgembed's `encode_images` / `embed_images` / "
             "`embed_texts` beside the reference on the same weights (Meta's `forward_image` + "
             "`_prepare_backbone_features`; `transformers`' `get_image_features` / "
             "`get_text_features`). Random inputs, random weights. Per item = median pass time / "
@@ -210,12 +264,12 @@ def render(report: dict[str, Any], raw_path: Path) -> str:
             "",
             table,
             "",
-            reading(report["rows"]),
+            reading(report["rows"], machine.get("device", "cpu")),
         ]
     )
 
 
-def reading(rows: list[dict[str, Any]]) -> str:
+def reading(rows: list[dict[str, Any]], device: str) -> str:
     """One paragraph stating what the numbers show, computed from them."""
     parts, costlier, agreeing = [], [], True
     for tower in dict.fromkeys(row["tower"] for row in rows):
@@ -236,10 +290,10 @@ def reading(rows: list[dict[str, Any]]) -> str:
     if costlier:
         text += (
             f" Where a batch costs more per item than single passes ({', '.join(costlier)}), "
-            "batching can only lose throughput on this machine"
+            "batching can only lose throughput on this device"
             + (
-                "; the reference shows the same, so it is the model on this CPU, not imgembed's "
-                "code."
+                "; the reference shows the same, so it is the model on this device, not "
+                "imgembed's code."
                 if agreeing
                 else "."
             )
@@ -247,7 +301,8 @@ def reading(rows: list[dict[str, Any]]) -> str:
     return text + (
         " `batching.max_batch_size` 0 (the default) means "
         f"{SAM2_ENCODER_BATCH_SIZE_ON_CPU} for SAM 2's image encoder on a CPU and "
-        f"{DEFAULT_BATCH_SIZE} elsewhere (`imgembed.settings`). No GPU was measured."
+        f"{DEFAULT_BATCH_SIZE} elsewhere (`imgembed.settings`)."
+        + (" No GPU was measured." if not device.startswith("cuda") else "")
     )
 
 
@@ -256,6 +311,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per SAM 2 case")
     parser.add_argument("--quick", action="store_true", help="one timed run each, a smoke test")
     parser.add_argument("--wait-quiet", type=float, default=120.0)
+    add_device_argument(parser)
+    parser.add_argument(
+        "--compute-dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="precision of both sides: float32, or autocast to bfloat16/float16",
+    )
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--out", type=Path, default=HERE / "out")
     args = parser.parse_args()
@@ -263,14 +325,17 @@ def main() -> None:
     torch.manual_seed(0)
     started = datetime.now(UTC)
     wait_until_quiet(args.wait_quiet, log)
+    placement = Placement(resolve_device(args.device), args.compute_dtype)
     with tempfile.TemporaryDirectory() as folder:
-        towers = [sam2_tower(Path(folder), repeats), *siglip_towers(repeats)]
-        rows = [row for tower in towers for row in time_tower(tower)]
+        towers = [sam2_tower(Path(folder), repeats, placement), *siglip_towers(repeats, placement)]
+        synchronize = synchronizer(placement.device)
+        rows = [row for tower in towers for row in time_tower(tower, synchronize)]
     report = {
         "date": started.isoformat(timespec="seconds"),
         "wall_s": elapsed_s(),
         "command": shlex.join(["python", "benchmarks/batch_cost.py", *sys.argv[1:]]),
-        "machine": machine_info(),
+        "machine": {**machine_info(), "device": str(placement.device)},
+        "compute_dtype": placement.compute_dtype,
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -120,12 +120,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--retries", type=int, default=2, help="busy cells redone, in all")
     parser.add_argument("--quick", action="store_true", help="1 and 4 clients, 4 requests each")
     parser.add_argument("--wait-quiet", type=float, default=300, metavar="SECONDS")
+    bench_util.add_device_argument(parser)
     parser.add_argument("--render", type=Path, help="only rewrite the section from a raw JSON")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--out", type=Path, default=HERE / "out")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
     args.workload = WORKLOADS[args.model]
+    args.device = bench_util.resolve_device(args.device)
     if args.quick:
         args.clients, args.requests = [1, 4], 4
     return args
@@ -225,7 +227,11 @@ def run_cell(
     with (
         mock.patch.dict(os.environ, server_env(setting)),
         running_server(
-            workload.model, Path("dummy"), threads=torch.get_num_threads(), log_path=server_log
+            workload.model,
+            Path("dummy"),
+            threads=torch.get_num_threads(),
+            log_path=server_log,
+            device=args.device.type,
         ) as server,
     ):
         bench_util.log(f"{setting.name}, {clients} clients: {warmup} warm-up requests")
@@ -349,13 +355,18 @@ def render_section(
     lines = [
         f"- Date: {raw['date']} (UTC); whole run {raw['total_runtime_s'] / 60:.1f} min.",
         f"- Machine: {machine['cpu_model']}, {machine['cpus_usable']} usable of "
-        f"{machine['cpu_count']} cores, {machine['memory_gib']} GiB RAM, no GPU used; "
-        f"{machine['platform']}; Python {machine['python']}, torch {machine['torch']}, "
+        f"{machine['cpu_count']} cores, {machine['memory_gib']} GiB RAM, "
+        f"{bench_util.device_phrase(machine)}; {machine['platform']}; Python {machine['python']}, torch {machine['torch']}, "
         f"transformers {machine['transformers']}.",
         f"- Command: `{raw['command']}`; each cell a fresh `python {raw['server_command']}` with "
         f"OMP_NUM_THREADS={machine['torch_threads']} and a start-up warm-up pass.",
-        f"- Server: {workload.model}, random weights (speed does not depend on weight values), CPU, "
-        "float32 compute. Batching off: `IMGEMBED_MAX_BATCH_SIZE=1`; on: "
+        f"- Server: {workload.model}, random weights (speed does not depend on weight values), "
+        + (
+            "CPU, float32 compute"
+            if machine.get("device", "cpu") == "cpu"
+            else f"{machine['device']}, the server's default compute dtype"
+        )
+        + ". Batching off: `IMGEMBED_MAX_BATCH_SIZE=1`; on: "
         f"`IMGEMBED_MAX_BATCH_SIZE={on['max_batch_size']}`, "
         f"`IMGEMBED_MAX_QUEUE_DELAY_MS={on['max_queue_delay_ms']:g}`; queue limit 64.",
         f"- Requests: {raw.get('photos', 1)} distinct {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEGs in "
@@ -382,6 +393,7 @@ def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
     machine = bench_util.machine_info()
     bench_util.log(f"machine: {machine}")
     machine["other_cores_at_start"] = bench_util.wait_until_quiet(args.wait_quiet, bench_util.log)
+    machine["device"] = str(args.device)
     retries = args.retries
     settings = {
         "off": Setting("off", 1, 0.0),
@@ -394,7 +406,9 @@ def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
         order = ["off", "on"] if index % 2 == 0 else ["on", "off"]
         cells += [run_cell(settings[name], clients, requests, photos, args) for name in order]
     cells.sort(key=lambda cell: (cell.clients, cell.setting))
-    server_command = shlex.join(serve_command(args.workload.model, Path("dummy"), 0)[1:])
+    server_command = shlex.join(
+        serve_command(args.workload.model, Path("dummy"), 0, args.device.type)[1:]
+    )
     return {
         "date": date.isoformat(timespec="seconds"),
         "command": command,

@@ -1,7 +1,9 @@
-"""Helpers every benchmark here shares: interleaved timing, machine facts, the results file."""
+"""Helpers every benchmark here shares: interleaved timing, the device, machine facts, the
+results file."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import platform
@@ -12,7 +14,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+DeviceName = Literal["auto", "cpu", "cuda"]
+"""A benchmark's ``--device``: ``auto`` is CUDA when torch sees a GPU, else the CPU."""
 
 _NUMBER = re.compile(r"^[-+]?[\d.,]+(e[-+]?\d+)?( ?%|x)?$")
 """A table cell that reads as a number (``12.3``, ``4.5 %``, ``1.02x``): right-aligned."""
@@ -124,6 +132,63 @@ def paired_ratio(ours: list[float], reference: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(ours, reference, strict=True))
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--device`` (see :data:`DeviceName`); both sides of a comparison run there."""
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where the models run, imgembed's and the reference's alike (default auto: the GPU "
+        "when torch sees one, else the CPU); CUDA work is synchronised before each clock read",
+    )
+
+
+def resolve_device(name: DeviceName) -> torch.device:
+    """The torch device for ``--device``, with its index on CUDA (``cuda:0``).
+
+    Raises:
+        SystemExit: ``cuda`` was asked for and torch sees no GPU.
+    """
+    import torch
+
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SystemExit(
+            f"--device cuda was asked for, but torch {torch.__version__} sees no CUDA device; "
+            "run with --device cpu, or on a machine with a GPU and a CUDA build of torch"
+        )
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def no_synchronize() -> None:
+    """The synchroniser of a CPU: its work is done when the call returns."""
+
+
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """What waits until ``device`` has finished the work queued on it.
+
+    CUDA kernels run asynchronously: without a synchronisation before each clock read, a timing
+    measures kernel launches, not the work. On the CPU it does nothing.
+    """
+    if device.type != "cuda":
+        return no_synchronize
+    import torch
+
+    return lambda: torch.cuda.synchronize(device)
+
+
+def reference_autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """The precision Meta's examples run SAM 2 in on ``device``: bfloat16 autocast on CUDA (as
+    their notebooks and the seeds' GPU workers do, and as imgembed computes there by default),
+    plain float32 on the CPU."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def ignoring_result(function: Callable[..., object], *args: object) -> Case:
     """A case that calls ``function(*args)`` and drops what it returns."""
 
@@ -142,6 +207,7 @@ def run_interleaved(
     own_pids: Sequence[int] = (),
     retries: int | None = None,
     quiet_timeout_s: float = 120,
+    synchronize: Callable[[], None] = no_synchronize,
 ) -> dict[str, Samples]:
     """Times cases in rotating order, so drift in machine speed hits every case alike.
 
@@ -158,6 +224,8 @@ def run_interleaved(
         own_pids: Processes, besides this one, whose CPU use is part of the work (a server).
         retries: Redone runs allowed in all; ``repeats * len(cases)`` when ``None``.
         quiet_timeout_s: Longest wait for a quiet machine before redoing a run.
+        synchronize: Waits for the device's queued work; called before the clock starts and
+            before it is read (see :func:`synchronizer`).
 
     Returns:
         Name to its timed runs.
@@ -167,17 +235,21 @@ def run_interleaved(
     retries_left = repeats * len(names) if retries is None else retries
     for name in names:
         for _ in range(warmup):
+            synchronize()
             started = time.perf_counter()
             cases[name]()
+            synchronize()
             log(f"  warm-up {name}: {time.perf_counter() - started:.2f} s")
     results = {name: Samples() for name in names}
     for round_index in range(repeats):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             while True:
+                synchronize()
                 before = CpuSnapshot.take(pids)
                 started = time.perf_counter()
                 detail = cases[name]()
+                synchronize()
                 elapsed = time.perf_counter() - started
                 other = CpuSnapshot.take(pids).other_cores(before, elapsed)
                 note = f"{elapsed:.2f} s (other processes: {other:.2f} cores)"
@@ -242,7 +314,32 @@ def machine_info() -> dict[str, Any]:
         "torch_interop_threads": torch.get_num_interop_threads(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "cuda_available": torch.cuda.is_available(),
+        "gpus": [
+            {
+                "name": torch.cuda.get_device_name(index),
+                "memory_gib": round(
+                    torch.cuda.get_device_properties(index).total_memory / 1024**3, 1
+                ),
+            }
+            for index in range(torch.cuda.device_count())
+        ]
+        if torch.cuda.is_available()
+        else [],
     }
+
+
+def device_phrase(machine: Mapping[str, Any]) -> str:
+    """How a results header names where the models ran: ``no GPU used``, or the GPU by name.
+
+    Args:
+        machine: :func:`machine_info` with ``device`` added by the benchmark (``cpu`` when absent).
+    """
+    device = str(machine.get("device", "cpu"))
+    if not device.startswith("cuda"):
+        return "no GPU used"
+    index = int(device.partition(":")[2] or 0)
+    gpu = machine["gpus"][index]
+    return f"models on {device}, {gpu['name']} ({gpu['memory_gib']} GiB)"
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -11,9 +11,11 @@ decoder pass then stacks each prompt's features). Two engines with the same weig
 in decoder batching: off (``decoder_batching.max_batch_size`` 1, the CPU default) and on (64
 prompts, the GPU default; 1 ms). The reference, in the same run: Meta's
 ``SAM2ImagePredictor.predict``, one click at a time on an image already set (a single-user loop;
-it has no server).
+it has no server). Everything runs on ``--device``: the engines in their default compute dtype,
+Meta's predictor in the precision its examples use there (:func:`bench_util.reference_autocast`).
+Each answer holds its masks in host memory, so the clocks read finished work.
 
-Writes the ``## SAM 2 decoder batching`` section of ``benchmarks/RESULTS.md``. No HTTP, no GPU.
+Writes the ``## SAM 2 decoder batching`` section of ``benchmarks/RESULTS.md``. No HTTP.
 """
 
 from __future__ import annotations
@@ -35,10 +37,14 @@ import numpy as np
 import torch
 from bench_util import (
     CpuSnapshot,
+    add_device_argument,
+    device_phrase,
     log,
     machine_info,
     markdown_table,
+    reference_autocast,
     replace_section,
+    resolve_device,
     wait_until_quiet,
 )
 from sam2_fixtures import PHOTO_SIZE, make_photo, photo_rgb, reference_and_imgembed
@@ -83,6 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="sam2.1-hiera-tiny")
     parser.add_argument("--requests", type=int, default=48, help="timed requests per cell")
     parser.add_argument("--quick", action="store_true", help="8 requests per cell")
+    add_device_argument(parser)
     parser.add_argument("--wait-quiet", type=float, default=300, metavar="SECONDS")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args(argv)
@@ -167,14 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     log(f"machine: {machine}")
     quiet_load = wait_until_quiet(args.wait_quiet, log)
+    device = resolve_device(args.device)
+    machine["device"] = str(device)
     started = time.perf_counter()
     photos = [make_photo(seed=seed) for seed in range(max(IMAGES))]
     predictor_module, _ = import_meta_predictors()
     loop = asyncio.new_event_loop()
     cells: list[Cell] = []
     with tempfile.TemporaryDirectory(prefix="imgembed-bench-") as folder:
-        reference, _, checkpoint = reference_and_imgembed(args.model, Path(folder))
-        spec = ModelSpec(args.model, weights=str(checkpoint), device="cpu")
+        reference, _, checkpoint = reference_and_imgembed(args.model, Path(folder), device=device)
+        spec = ModelSpec(args.model, weights=str(checkpoint), device=device.type)
         settings = {
             name: replace(spec, decoder_batching=replace(DECODER_BATCHING, max_batch_size=size))
             for name, size in (("off", 1), ("on", DECODER_BATCH_SIZE_ON_GPU))
@@ -193,14 +202,15 @@ def main(argv: list[str] | None = None) -> int:
                 for photo in photos
             ]
         predictor = predictor_module.SAM2ImagePredictor(reference)
-        predictor.set_image(photo_rgb())
+        with torch.inference_mode(), reference_autocast(device):
+            predictor.set_image(photo_rgb())
 
         def meta_loop(requests: int) -> list[float]:
             latencies = []
             for index in range(requests):
                 point = click(index)[0].points
                 began = time.perf_counter()
-                with torch.inference_mode():
+                with torch.inference_mode(), reference_autocast(device):
                     predictor.predict(point_coords=point, point_labels=np.ones(1))
                 latencies.append(time.perf_counter() - began)
             return latencies
@@ -294,9 +304,9 @@ def render(
     )
     date = datetime.now(UTC)
     return f"""- Date: {date:%Y-%m-%dT%H:%M:%S%z} (UTC); whole run {minutes:.1f} min.
-- Machine: {machine["cpu_model"]}, {machine["cpus_usable"]} usable of {machine["cpu_count"]} cores, {machine["memory_gib"]} GiB RAM, no GPU used; Python {machine["python"]}, torch {machine["torch"]}.
+- Machine: {machine["cpu_model"]}, {machine["cpus_usable"]} usable of {machine["cpu_count"]} cores, {machine["memory_gib"]} GiB RAM, {device_phrase(machine)}; Python {machine["python"]}, torch {machine["torch"]}.
 - Command: `{command}`. Other processes' load when the run began: {quiet_load:.2f} cores.
-- Model: {args.model}, random weights saved as Meta's `.pt` and loaded by both sides; CPU, float32.
+- Model: {args.model}, random weights saved as Meta's `.pt` and loaded by both sides; {machine["device"]}, {"float32" if machine["device"] == "cpu" else "imgembed's default compute dtype, Meta's under bfloat16 autocast"}.
 - Requests: `Engine.sam2_segment` in-process (no HTTP) by the `image_id` of cached features of
   1600x1200 photos, one foreground click each, three masks resized to the photo (box, area);
   closed loop of N clients; p99 is nearest-rank. Decoder batching off:

@@ -13,6 +13,9 @@ Measures, for one model with random weights (speed does not depend on weight val
    ``npz_base64_uncompressed`` and ``binary``;
 3. wire encodings of the full feature set in float32, float16 and bfloat16.
 
+Both encoders run on ``--device`` (the GPU when there is one) in float32, CUDA synchronised before
+each clock read; the server is started with the same ``--device``.
+
 Writes the ``## SAM 2 embedding`` section of ``benchmarks/RESULTS.md`` (other sections are kept)
 and every raw number to ``benchmarks/out/sam2_embed_<UTC time>.json``. Only loopback is used.
 """
@@ -39,12 +42,15 @@ from bench_util import (
     Case,
     CpuSnapshot,
     Samples,
+    add_device_argument,
     elapsed_s,
     ignoring_result,
     log,
     machine_info,
     replace_section,
+    resolve_device,
     run_interleaved,
+    synchronizer,
     wait_until_quiet,
 )
 from sam2_fixtures import PHOTO_SIZE, make_photo, photo_pixel_values, reference_and_imgembed
@@ -75,6 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--e2e-repeats", type=int, default=8)
     parser.add_argument("--wire-repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1 repeat of everything (smoke run)")
+    add_device_argument(parser)
     parser.add_argument(
         "--wait-quiet",
         type=float,
@@ -86,6 +93,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=HERE / "out")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
+    args.device = resolve_device(args.device)
     if args.quick:
         args.encoder_repeats = args.e2e_repeats = args.wire_repeats = 1
     return args
@@ -100,12 +108,14 @@ def bench_encoder(
         The timed runs, the largest absolute difference between the outputs per level, and
         imgembed's features (for section 3).
     """
-    log(f"encoder only: {repeats} timed runs each, interleaved")
+    log(f"encoder only: {repeats} timed runs each, interleaved, on {pixels.device}")
     cases = {
         "reference": ignoring_result(reference_encode, reference, pixels),
         "imgembed": ignoring_result(encode_images, model, pixels),
     }
-    samples = run_interleaved(cases, repeats=repeats, log=log)
+    samples = run_interleaved(
+        cases, repeats=repeats, log=log, synchronize=synchronizer(pixels.device)
+    )
     expected = reference_encode(reference, pixels)
     features = encode_images(model, pixels)
     parity = {
@@ -149,7 +159,12 @@ def bench_end_to_end(
     server_log = args.out / "sam2_embed_server.log"
     with (
         running_server(
-            args.model, checkpoint, threads=threads, log_path=server_log, env=SERVER_ENV
+            args.model,
+            checkpoint,
+            threads=threads,
+            log_path=server_log,
+            env=SERVER_ENV,
+            device=args.device.type,
         ) as server,
         httpx.Client(trust_env=False, timeout=600) as client,
     ):
@@ -191,9 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     log(f"machine: {machine}")
     machine["other_cores_at_start"] = wait_until_quiet(args.wait_quiet, log)
     variant = resolve_variant(args.model)
-    pixels = photo_pixel_values()  # [1,3,1024,1024], the same input for both
+    machine["device"] = str(args.device)
+    pixels = photo_pixel_values().to(args.device)  # [1,3,1024,1024], the same input for both
     with tempfile.TemporaryDirectory(prefix="imgembed-bench-") as folder:
-        reference, model, checkpoint = reference_and_imgembed(variant.name, Path(folder))
+        reference, model, checkpoint = reference_and_imgembed(
+            variant.name, Path(folder), device=args.device
+        )
         encoder, parity, features = bench_encoder(reference, model, pixels, args.encoder_repeats)
         wire = bench_wire(features, *reversed(PHOTO_SIZE), args.wire_repeats)
         del model, features
@@ -208,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": variant.name,
         "server_command": " ".join(f"{k}={v}" for k, v in SERVER_ENV.items())
         + " python "
-        + shlex.join(serve_command(variant.name, checkpoint, 0)[1:]).replace(
+        + shlex.join(serve_command(variant.name, checkpoint, 0, args.device.type)[1:]).replace(
             "--port 0", "--port <free port>"
         ),
         "encoder": {name: asdict(samples) for name, samples in encoder.items()},

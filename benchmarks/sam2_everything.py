@@ -8,8 +8,9 @@ job each time (encode the image, decode every grid point, filter, NMS, encode th
 timed in interleaved rounds; the table gives medians. Meta's generator runs unchanged (its
 torchvision imports are lent the tests' stand-in, ``tests/support/torchvision_shim.py``);
 imgembed runs :func:`~imgembed.pipelines.sam2_everything.generate_everything` with its own
-encoder and decoder, as the engine does. Both use 64 prompts per decoder pass on a CPU (Meta's
-default; imgembed's automatic choice there).
+encoder and decoder, as the engine does. Both use 64 prompts per decoder pass (Meta's default;
+imgembed's automatic choice on a CPU), on ``--device``, in float32 (so that their masks can be
+compared), with CUDA synchronised before each clock read.
 
 Weights are random (seeded, the tests' ``randomise_``): speed does not depend on their values, but
 random weights seldom reach the reference's default score thresholds, so by default the
@@ -39,12 +40,16 @@ import numpy as np
 import torch
 from bench_util import (
     Samples,
+    add_device_argument,
+    device_phrase,
     elapsed_s,
     log,
     machine_info,
     markdown_table,
     paired_ratio,
+    resolve_device,
     run_interleaved,
+    synchronizer,
     wait_until_quiet,
 )
 from sam2_fixtures import PHOTO_SIZE, photo_rgb
@@ -68,7 +73,6 @@ from imgembed.runtime.device import DevicePlacement  # noqa: E402
 
 REFERENCE = "Meta SAM2AutomaticMaskGenerator"
 OURS = "imgembed generate_everything"
-CPU = torch.device("cpu")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,6 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pred-iou-thresh", type=float, default=0.3)
     parser.add_argument("--stability-score-thresh", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=3)
+    add_device_argument(parser)
     parser.add_argument(
         "--wait-quiet",
         type=float,
@@ -93,13 +98,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 class Runner:
     """Both generators on the same weights and image."""
 
-    def __init__(self, model_name: str, folder: Path, params: Sam2EverythingParams) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        folder: Path,
+        params: Sam2EverythingParams,
+        device: torch.device,
+    ) -> None:
         variant = resolve_variant(model_name)
         self.params = params
         self.meta_model = build_meta_model(variant.meta_config, SEED)
         checkpoint = save_meta_checkpoint(self.meta_model, folder / variant.meta_checkpoint)
-        self.model = load_sam2(variant.name, str(checkpoint), None, device=CPU).model
-        self.placement = DevicePlacement(CPU, "float32")
+        self.meta_model.to(device)
+        self.model = load_sam2(variant.name, str(checkpoint), None, device=device).model
+        self.placement = DevicePlacement(device, "float32")
         _, self.generator_module = import_meta_predictors()
         self.generator = self.generator_module.SAM2AutomaticMaskGenerator(
             self.meta_model, **self.reference_settings()
@@ -204,13 +216,13 @@ def render(raw: dict[str, Any], samples: dict[str, Samples]) -> str:
     )
     return f"""- Date: {raw["date"]} (UTC); whole run {raw["total_s"] / 60:.1f} min.
 - Machine: {machine["cpu_model"]}, {machine["cpus_usable"]} usable of {machine["cpu_count"]} cores, \
-{machine["memory_gib"]} GiB RAM, no GPU used; {machine["platform"]}; Python {machine["python"]}, \
+{machine["memory_gib"]} GiB RAM, {device_phrase(machine)}; {machine["platform"]}; Python {machine["python"]}, \
 torch {machine["torch"]}, transformers {machine["transformers"]}.
 - Command: `{raw["command"]}`
 - Work, identical for both: {raw["model"]} with seeded random weights (the tests' `randomise_`; \
 speed does not depend on weight values), one {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} RGB photo \
 (`benchmarks/sam2_fixtures.py`), `points_per_side` {params["points_per_side"]} \
-({params["points_per_side"] ** 2} prompts, 3 masks each), 64 prompts per decoder pass, \
+({params["points_per_side"] ** 2} prompts, 3 masks each), 64 prompts per decoder pass, float32, \
 `pred_iou_thresh` {params["pred_iou_thresh"]} and `stability_score_thresh` \
 {params["stability_score_thresh"]} (lowered so that random weights leave masks to post-process), \
 other settings the reference's defaults, `output_mode` binary_mask. Each run is the whole job: \
@@ -240,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     log(f"machine: {machine}")
     machine["other_cores_at_start"] = wait_until_quiet(args.wait_quiet, log)
+    device = resolve_device(args.device)
+    machine["device"] = str(device)
     params = Sam2EverythingParams(
         points_per_side=args.points_per_side,
         points_per_batch=64,
@@ -247,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         stability_score_thresh=args.stability_score_thresh,
     )
     with tempfile.TemporaryDirectory(prefix="imgembed-bench-") as folder:
-        runner = Runner(args.model, Path(folder), params)
+        runner = Runner(args.model, Path(folder), params, device)
         comparison = runner.check()
         log(f"result check: {comparison}")
         samples = run_interleaved(
@@ -257,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             repeats=args.repeats,
             log=log,
+            synchronize=synchronizer(device),
         )
     raw_file = f"sam2_everything_{date.strftime('%Y%m%dT%H%M%SZ')}.json"
     raw = {

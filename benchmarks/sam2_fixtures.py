@@ -44,7 +44,7 @@ def photo_pixel_values() -> torch.Tensor:
 
 
 def reference_and_imgembed(
-    model_name: str, folder: Path, seed: int = 0
+    model_name: str, folder: Path, seed: int = 0, device: torch.device | None = None
 ) -> tuple[torch.nn.Module, Sam2Model, Path]:
     """Meta's model with seeded random weights, and imgembed's model loaded from the same weights.
 
@@ -52,9 +52,12 @@ def reference_and_imgembed(
         model_name: Any name imgembed resolves (``sam2.1-hiera-tiny``).
         folder: Where to write the Meta checkpoint.
         seed: Seed of the random weights.
+        device: Where both models run (the CPU when ``None``); the weights are drawn on the CPU,
+            so they are the same on every device.
 
     Returns:
-        Meta's ``SAM2Base``, imgembed's ``Sam2Model`` (both eval, CPU, float32), and the checkpoint
+        Meta's ``SAM2Base``, imgembed's ``Sam2Model`` (both eval, on ``device``, float32
+        parameters), and the checkpoint
         file, laid out as Meta releases them (``{"model": state_dict}``).
     """
     variant = resolve_variant(model_name)
@@ -62,5 +65,6 @@ def reference_and_imgembed(
     reference = build_reference(variant.meta_config)
     checkpoint = folder / variant.meta_checkpoint
     torch.save({"model": reference.state_dict()}, checkpoint)
-    model = load_sam2(variant.name, str(checkpoint), device=torch.device("cpu")).model
-    return reference, model, checkpoint
+    device = device or torch.device("cpu")
+    model = load_sam2(variant.name, str(checkpoint), device=device).model
+    return reference.to(device), model, checkpoint

@@ -25,11 +25,11 @@ NPZ_KEYS = ("embedding", "high_res_feats_0", "high_res_feats_1")
 """Member names of the seed's ``.npz`` (``embedding`` is ``image_embed``), plus the two levels."""
 
 
-def build_reference(meta_config: str) -> torch.nn.Module:
-    """Meta's ``SAM2Base`` for a config name, on the CPU, in eval mode, random weights."""
+def build_reference(meta_config: str, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """Meta's ``SAM2Base`` for a config name, on ``device``, in eval mode, random weights."""
     from sam2.build_sam import build_sam2
 
-    return build_sam2(meta_config, ckpt_path=None, device="cpu", mode="eval")
+    return build_sam2(meta_config, ckpt_path=None, device=str(device), mode="eval")
 
 
 def reference_pixel_values(rgb: np.ndarray) -> torch.Tensor:
@@ -72,7 +72,7 @@ def seed_request(model: torch.nn.Module, image_b64: str, dtype: str) -> dict[str
     """One seed-style ``embed_image`` request in-process, base64 in, JSON body out.
 
     Args:
-        model: Meta's ``SAM2Base``.
+        model: Meta's ``SAM2Base``, on the device it runs on (the pixels follow it there).
         image_b64: The image file as base64.
         dtype: ``float16`` or ``float32``, the features' wire dtype.
 
@@ -85,9 +85,12 @@ def seed_request(model: torch.nn.Module, image_b64: str, dtype: str) -> dict[str
     with Image.open(io.BytesIO(data)) as image:
         rgb = np.array(image.convert("RGB"))  # a writable copy, as torch wants
     decoded = time.perf_counter()
-    pixel_values = reference_pixel_values(rgb)
+    device = next(model.parameters()).device
+    pixel_values = reference_pixel_values(rgb).to(device)
     prepared = time.perf_counter()
     features = reference_encode(model, pixel_values)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the encoder's kernels are done: "encode" is their time
     encoded = time.perf_counter()
     arrays = [
         features[name][0].cpu().numpy().astype(dtype)
@@ -102,7 +105,7 @@ def seed_request(model: torch.nn.Module, image_b64: str, dtype: str) -> dict[str
         "shape": list(arrays[0].shape),
         "dtype": dtype,
         "meta": {"orig_size": list(rgb.shape[:2]), "input_size": [INPUT_SIZE, INPUT_SIZE]},
-        "device": "cpu",
+        "device": device.type,
     }
     response = json.dumps(body).encode()
     finished = time.perf_counter()

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bench_util import OTHER_CORES_LIMIT, Samples, markdown_table, paired_ratio
+from bench_util import OTHER_CORES_LIMIT, Samples, device_phrase, markdown_table, paired_ratio
 from sam2_wire import LINK_MBIT_S
 
 NOISE = 0.03
@@ -39,8 +39,8 @@ def _header(raw: Mapping[str, Any], raw_path: Path) -> str:
         [
             f"- Date: {raw['date']} (UTC); whole run {raw['total_runtime_s'] / 60:.1f} min.",
             f"- Machine: {machine['cpu_model']}, {machine['cpus_usable']} usable of "
-            f"{machine['cpu_count']} cores, {machine['memory_gib']} GiB RAM, no GPU used; "
-            f"{machine['platform']}.",
+            f"{machine['cpu_count']} cores, {machine['memory_gib']} GiB RAM, "
+            f"{device_phrase(machine)}; {machine['platform']}.",
             f"- Software: Python {machine['python']}, torch {machine['torch']}, transformers "
             f"{machine['transformers']}, numpy {machine['numpy']}.",
             f"- Threads: torch intra-op {machine['torch_threads']}, inter-op "

@@ -15,7 +15,11 @@ Same random weights in both (Meta's model saved as a ``.pt`` and loaded by imgem
    decoder) against the same request by ``image_id``; Meta's ``set_image`` + ``predict`` against
    ``predict`` alone.
 
-Writes the ``## SAM 2 segmentation`` section of ``benchmarks/RESULTS.md``. Loopback only, no GPU.
+Both run on ``--device`` (the GPU when there is one): the engine in its default compute dtype,
+Meta's predictor in the precision its examples use there (:func:`bench_util.reference_autocast`),
+with CUDA synchronised before each clock read.
+
+Writes the ``## SAM 2 segmentation`` section of ``benchmarks/RESULTS.md``. No HTTP, no network.
 """
 
 from __future__ import annotations
@@ -31,12 +35,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_util import (
+    add_device_argument,
+    device_phrase,
     log,
     machine_info,
     markdown_table,
     paired_ratio,
+    reference_autocast,
     replace_section,
+    resolve_device,
     run_interleaved,
+    synchronizer,
     wait_until_quiet,
 )
 from sam2_fixtures import PHOTO_SIZE, make_photo, photo_rgb, reference_and_imgembed
@@ -58,6 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="sam2.1-hiera-tiny")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="1 repeat of everything")
+    add_device_argument(parser)
     parser.add_argument("--wait-quiet", type=float, default=300, metavar="SECONDS")
     parser.add_argument(
         "--accept-load",
@@ -84,16 +94,20 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     log(f"machine: {machine}")
     wait_until_quiet(args.wait_quiet, log)
+    device = resolve_device(args.device)
+    machine["device"] = str(device)
+    synchronize = synchronizer(device)
     photo, rgb = make_photo(), photo_rgb()
     predictor_module, _ = import_meta_predictors()
     loop = asyncio.new_event_loop()
     with tempfile.TemporaryDirectory(prefix="imgembed-bench-") as folder:
-        reference, _, checkpoint = reference_and_imgembed(args.model, Path(folder))
-        spec = ModelSpec(args.model, weights=str(checkpoint), device="cpu", warmup=False)
+        reference, _, checkpoint = reference_and_imgembed(args.model, Path(folder), device=device)
+        spec = ModelSpec(args.model, weights=str(checkpoint), device=device.type, warmup=False)
         engine = Engine(ServerConfig(models=(spec,), compute_threads=2))
         loop.run_until_complete(engine.start())
         predictor = predictor_module.SAM2ImagePredictor(reference)
-        predictor.set_image(rgb)
+        with torch.inference_mode(), reference_autocast(device):
+            predictor.set_image(rgb)
         first = loop.run_until_complete(
             engine.service(Sam2Service).segment(ImageBytes(photo), [point_objects(1)[0]])
         )
@@ -106,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def meta(count: int) -> None:
             points = prompt_points(count)[:, None, :]  # [B,2] -> [B,1,2]
-            with torch.inference_mode():
+            with torch.inference_mode(), reference_autocast(device):
                 predictor.predict(point_coords=points, point_labels=np.ones((count, 1)))
 
         batch_rows = []
@@ -118,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 repeats=args.repeats,
                 log=log,
                 retries=0 if args.accept_load else None,
+                synchronize=synchronize,
             )
             loads.extend(max(s.other_cores) for s in samples.values())
             batch_rows.append(
@@ -138,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         def meta_cold() -> None:
-            with torch.inference_mode():
+            with torch.inference_mode(), reference_autocast(device):
                 predictor.set_image(rgb)
             meta(1)
 
@@ -153,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             repeats=args.repeats,
             log=log,
             retries=0 if args.accept_load else None,
+            synchronize=synchronize,
         )
         loads.extend(max(s.other_cores) for s in cold.values())
         loop.run_until_complete(engine.close())
@@ -164,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     date = datetime.now(UTC)
     body = f"""Measured {date:%Y-%m-%d} on {machine["cpu_model"]} ({machine["cpus_usable"]} usable cores),
-torch {machine["torch"]}, {args.model} with random weights, a {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} photo,
+{device_phrase(machine)}, torch {machine["torch"]}, {args.model} with random weights, a {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} photo,
 masks resized to the photo on both sides, medians of {args.repeats} interleaved runs.
 Command: `{command}`. Other processes kept up to {max(loads):.1f} of the cores busy during a
 timed run{" (runs were not redone: --accept-load)" if args.accept_load else ""}. Reference: Meta's `SAM2ImagePredictor.predict` on the same weights; imgembed:

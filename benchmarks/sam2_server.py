@@ -28,8 +28,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def serve_command(model: str, weights: Path, port: int) -> list[str]:
-    """The command line that starts the server."""
+def serve_command(model: str, weights: Path, port: int, device: str = "cpu") -> list[str]:
+    """The command line that starts the server on ``device`` (``cpu`` or ``cuda``)."""
     return [
         sys.executable,
         "-m",
@@ -40,7 +40,7 @@ def serve_command(model: str, weights: Path, port: int) -> list[str]:
         "--weights",
         str(weights),
         "--device",
-        "cpu",
+        device,
         "--host",
         LOOPBACK,
         "--port",
@@ -65,6 +65,7 @@ def running_server(
     log_path: Path,
     timeout_s: float = 180,
     env: dict[str, str] | None = None,
+    device: str = "cpu",
 ) -> Iterator[Server]:
     """Runs ``imgembed serve`` until the block ends.
 
@@ -75,6 +76,7 @@ def running_server(
         log_path: Where the server's output goes.
         timeout_s: How long to wait for ``/health``.
         env: Variables added to this process's own for the server.
+        device: The server's ``--device``.
 
     Yields:
         The server, once ``/health`` answers 200.
@@ -84,7 +86,10 @@ def running_server(
     base_url = f"http://{LOOPBACK}:{port}"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            serve_command(model, weights, port), env=env, stdout=log, stderr=subprocess.STDOUT
+            serve_command(model, weights, port, device),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             _wait_healthy(process, base_url, timeout_s, log_path)

@@ -19,6 +19,9 @@ for ``siglip2-base-patch16-224`` and the seed worker's ``siglip2-large-patch16-5
    and the cosine between the reduced and the full-resolution path: of the model input, and of
    the embeddings of both models.
 
+Models run on ``--device`` in float32 on both sides (the same precision, so the comparison is of
+the pipelines), with CUDA synchronised before each clock read; preprocessing runs on the CPU.
+
 Writes Markdown (a ``## SigLIP 2 embedding`` section, to append to ``RESULTS.md``) to
 ``benchmarks/out/siglip_<UTC time>.md`` and every number to a JSON file beside it.
 """
@@ -43,11 +46,15 @@ import torch
 from bench_util import (
     Case,
     Samples,
+    add_device_argument,
+    device_phrase,
     log,
     machine_info,
     markdown_table,
     paired_ratio,
+    resolve_device,
     run_interleaved,
+    synchronizer,
     wait_until_quiet,
 )
 from PIL import Image, ImageDraw
@@ -73,7 +80,6 @@ HUGE_HW = (4000, 6000)
 TYPICAL_HUGE_HW = (2699, 1800)
 """The seed's example of a typical photo above 2048 px."""
 MEMORY_PATHS = ("imgembed_reduced", "imgembed_full", "transformers_full", "seed_thumbnail")
-CPU = DevicePlacement(device=torch.device("cpu"), compute_dtype="float32")
 
 
 def photo_like(height: int, width: int, seed: int) -> np.ndarray:
@@ -113,9 +119,11 @@ def reference_processor(loaded: LoadedSiglip) -> SiglipImageProcessorPil:
     )
 
 
-def imgembed_case(loaded: LoadedSiglip, images: list[DecodedImage]) -> Case:
+def imgembed_case(
+    loaded: LoadedSiglip, placement: DevicePlacement, images: list[DecodedImage]
+) -> Case:
     def case() -> None:
-        siglip_embed.embed_images(loaded, CPU, images)
+        siglip_embed.embed_images(loaded, placement, images)
 
     return case
 
@@ -124,15 +132,18 @@ def transformers_case(
     loaded: LoadedSiglip, processor: SiglipImageProcessorPil, images: list[Image.Image]
 ) -> Case:
     def case() -> None:
+        device = next(loaded.model.parameters()).device
         with torch.inference_mode():
-            inputs = processor(images=images, return_tensors="pt")
+            inputs = processor(images=images, return_tensors="pt").to(device)
             features = loaded.model.get_image_features(**inputs).pooler_output
-            torch.nn.functional.normalize(features, dim=-1).numpy()
+            torch.nn.functional.normalize(features, dim=-1).cpu().numpy()
 
     return case
 
 
-def throughput(loaded: LoadedSiglip, batches: tuple[int, ...], quick: bool) -> list[dict[str, Any]]:
+def throughput(
+    loaded: LoadedSiglip, placement: DevicePlacement, batches: tuple[int, ...], quick: bool
+) -> list[dict[str, Any]]:
     """Images per second of both pipelines per batch size."""
     processor = reference_processor(loaded)
     pixels = [photo_like(*PHOTO_HW, seed=index) for index in range(max(batches))]
@@ -144,7 +155,7 @@ def throughput(loaded: LoadedSiglip, batches: tuple[int, ...], quick: bool) -> l
         log(f"{loaded.variant.name} batch {batch}: {repeats} timed run(s) per pipeline")
         samples = run_interleaved(
             {
-                "imgembed": imgembed_case(loaded, ours),
+                "imgembed": imgembed_case(loaded, placement, ours),
                 "transformers": transformers_case(loaded, processor, theirs),
             },
             repeats=repeats,
@@ -152,6 +163,7 @@ def throughput(loaded: LoadedSiglip, batches: tuple[int, ...], quick: bool) -> l
             log=log,
             retries=2 if repeats > 1 else 0,  # a lone minutes-long run is kept, with its load
             quiet_timeout_s=60,
+            synchronize=synchronizer(placement.device),
         )
         rows.append(
             {
@@ -209,7 +221,7 @@ def cosine(first: np.ndarray | torch.Tensor, second: np.ndarray | torch.Tensor) 
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
-def reduction_agreement(loaded: LoadedSiglip) -> list[dict[str, Any]]:
+def reduction_agreement(loaded: LoadedSiglip, placement: DevicePlacement) -> list[dict[str, Any]]:
     """Cosine of reduced vs full-resolution input and embedding for photos above 2048 px."""
     rows = []
     full_options = SiglipEmbedOptions(max_intermediate_side=None)
@@ -219,8 +231,8 @@ def reduction_agreement(loaded: LoadedSiglip) -> list[dict[str, Any]]:
         processing = loaded.image_processing
         reduced_input = fixres_pixel_values(pixels, processing)
         full_input = fixres_pixel_values(pixels, processing, max_intermediate_side=None)
-        reduced = siglip_embed.embed_images(loaded, CPU, [image])[0]
-        full = siglip_embed.embed_images(loaded, CPU, [image], full_options)[0]
+        reduced = siglip_embed.embed_images(loaded, placement, [image])[0]
+        full = siglip_embed.embed_images(loaded, placement, [image], full_options)[0]
         rows.append(
             {
                 "model": loaded.variant.name,
@@ -313,12 +325,12 @@ def render(report: dict[str, Any], command: str) -> str:
         "",
         f"- Date: {report['date']} (UTC); whole run {report['duration_min']:.1f} min.",
         f"- Machine: {machine['cpu_model']}, {machine['cpus_usable']} usable of "
-        f"{machine['cpu_count']} cores, {machine['memory_gib']} GiB RAM, no GPU used; "
-        f"{machine['platform']}; Python {machine['python']}, torch {machine['torch']}, "
+        f"{machine['cpu_count']} cores, {machine['memory_gib']} GiB RAM, "
+        f"{device_phrase(machine)}; {machine['platform']}; Python {machine['python']}, torch {machine['torch']}, "
         f"transformers {machine['transformers']}, {machine['torch_threads']} torch threads.",
         f"- Command: `{command}`.",
-        "- Models: `dummy` weights (seeded random) of the real architectures, float32 on the CPU; "
-        "speed does not depend on weight values, embedding cosines do (see the last paragraph).",
+        "- Models: `dummy` weights (seeded random) of the real architectures, float32 on "
+        f"{machine.get('device', 'cpu')}; speed does not depend on weight values, embedding cosines do (see the last paragraph).",
         "- Reference: `transformers`' `SiglipImageProcessorPil` (what `AutoProcessor` gives "
         "without torchvision; bilinear, mean and std 0.5, as the released configs) + "
         "`get_image_features` + L2 normalisation, on the same model object.",
@@ -416,6 +428,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one run of each, batches 1 and 8")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
+    add_device_argument(parser)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
     parser.add_argument("--memory-probe", choices=MEMORY_PATHS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -424,14 +437,16 @@ def main() -> None:
         return
     started = time.perf_counter()
     batches = (1, 8) if args.quick else BATCHES
+    placement = DevicePlacement(device=resolve_device(args.device), compute_dtype="float32")
     report: dict[str, Any] = {"machine": machine_info(), "throughput": [], "preprocessing": []}
+    report["machine"]["device"] = str(placement.device)
     report["agreement"] = []
     for name in args.models:
         log(f"loading {name} with dummy weights")
-        loaded = load_siglip(name, "dummy", device=CPU.device)
+        loaded = load_siglip(name, "dummy", device=placement.device)
         report["preprocessing"].append(preprocessing_only(loaded, args.quick))
-        report["agreement"] += reduction_agreement(loaded)
-        report["throughput"] += throughput(loaded, batches, args.quick)
+        report["agreement"] += reduction_agreement(loaded, placement)
+        report["throughput"] += throughput(loaded, placement, batches, args.quick)
         del loaded
     report["memory"] = memory(args.quick)
     stamp = datetime.now(UTC)
@@ -442,6 +457,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     command = "python benchmarks/siglip.py" + (" --quick" if args.quick else "")
+    command += f" --device {args.device}" if args.device != "auto" else ""
     (args.out / f"{name}.md").write_text(render(report, command), encoding="utf-8")
     log(f"wrote {args.out / name}.md and .json")
 

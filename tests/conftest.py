@@ -20,6 +20,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 FAST_FILES = (
     "api/test_json_body.py",
     "api/test_parsing.py",
+    "benchmarks/test_bench_util.py",
     "cli/test_commands.py",
     "cli/test_download.py",
     "deploy/test_deploy_docs.py",
