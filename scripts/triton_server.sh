@@ -3,7 +3,8 @@
 # tritonserver 2.51 binary and Python backend that the PyPI wheel nvidia-pytriton 0.7.0 ships,
 # installed once into its own virtual environment, which is also the Python backend stub's
 # environment (numpy<2: the stub is built against numpy 1, and with numpy 2 it answers "output
-# tensor shape does not match size"; onnxruntime, which the exported model.py files run).
+# tensor shape does not match size"; onnxruntime, which the exported model.py files run; Pillow
+# and tokenizers, which the SigLIP preprocessing steps' model.py runs).
 #
 #   scripts/triton_server.sh install   install once (a no-op when done; re-run after this script
 #                                       or the project's onnxruntime changes)
@@ -15,8 +16,9 @@
 # Where: IMGEMBED_TRITON_HOME, default ~/.cache/imgembed/triton-0.7.0 (outside the work tree, so
 # every clone on a machine shares one install; pip's cache keeps the downloads). Needs the system
 # Python 3.11 and its libpython3.11 (the stub links against them): installed with apt-get when
-# missing and allowed (root or sudo). The onnxruntime version is the project venv's, so Triton and
-# imgembed run the graphs with the same ONNX Runtime.
+# missing and allowed (root or sudo). The onnxruntime, Pillow and tokenizers versions are the project
+# venv's, so Triton and imgembed run the graphs with the same ONNX Runtime and decode, resize and
+# tokenize with the same libraries.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 pytriton_version=0.7.0
@@ -31,10 +33,11 @@ binary() { echo "$home/env/$server_dir/bin/tritonserver"; }
 
 installed() { [ -f "$home/.installed" ] && [ -x "$(binary)" ]; }
 
-project_onnxruntime() {
+# The project venv's version of a package, or nothing (then the newest is installed).
+project_version() {
   local venv=${IMGEMBED_VENV:-$root/.venv}
   if [ -x "$venv/bin/python" ]; then
-    "$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("onnxruntime"))' 2>/dev/null || true
+    "$venv/bin/python" -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null || true
   fi
 }
 
@@ -47,9 +50,11 @@ apt_install() {
 }
 
 install() {
-  local onnxruntime want
-  onnxruntime=$(project_onnxruntime)
-  want="nvidia-pytriton==$pytriton_version numpy<2 onnxruntime${onnxruntime:+==$onnxruntime} $(sha256sum "$0" | cut -c1-16)"
+  local onnxruntime pillow tokenizers want
+  onnxruntime=$(project_version onnxruntime)
+  pillow=$(project_version pillow)
+  tokenizers=$(project_version tokenizers)
+  want="nvidia-pytriton==$pytriton_version numpy<2 onnxruntime${onnxruntime:+==$onnxruntime} pillow${pillow:+==$pillow} tokenizers${tokenizers:+==$tokenizers} $(sha256sum "$0" | cut -c1-16)"
   if installed && [ "$(cat "$home/.installed")" = "$want" ]; then
     return 0
   fi
@@ -71,7 +76,10 @@ install() {
   # --no-deps: only the server binary, its libraries and the stubs are used (not pytriton's Python
   # API, whose dependencies would pull tritonclient[grpc] and an older protobuf).
   "${pip[@]}" install --no-deps "nvidia-pytriton==$pytriton_version"
-  "${pip[@]}" install --no-warn-conflicts "numpy<2" "onnxruntime${onnxruntime:+==$onnxruntime}"
+  "${pip[@]}" install --no-warn-conflicts "numpy<2" "onnxruntime${onnxruntime:+==$onnxruntime}" \
+    "pillow${pillow:+==$pillow}"
+  # --no-deps: Tokenizer.from_file needs nothing else (huggingface_hub only serves from_pretrained).
+  "${pip[@]}" install --no-deps "tokenizers${tokenizers:+==$tokenizers}"
   # pytriton picks the stub of the running Python at start-up; Triton looks for it beside the
   # Python backend, so it is put there once.
   local server="$staging/$server_dir"

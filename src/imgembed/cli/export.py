@@ -2,6 +2,8 @@
 
 A thin shell over :mod:`imgembed.export`: the model is named and its weights found as for
 ``serve`` (``--model``, ``--weights``, ``--meta-config``), and the files are written under ``--out``.
+``export triton --siglip MODEL`` (with ``--siglip-weights``) adds a SigLIP 2 model's image and text
+embeddings to the repository under imgembed's v2 names.
 """
 
 from __future__ import annotations
@@ -91,8 +93,33 @@ def _export_triton(args: argparse.Namespace) -> int:
         instance_kind=args.instance_kind,
         tensorrt_fp16=args.tensorrt_fp16,
     )
-    settings = replace(settings, encoder=encoder, decoder=decoder, backend=args.backend)
-    result = export_triton(args.model, args.weights, args.out, settings=settings, **_options(args))
+    siglip = replace(
+        settings.siglip,
+        max_batch_size=args.siglip_max_batch_size,
+        max_queue_delay_microseconds=args.max_queue_delay_us,
+        instance_count=args.instances,
+        instance_kind=args.instance_kind,
+        tensorrt_fp16=args.tensorrt_fp16,
+        preferred_batch_sizes=tuple(
+            size
+            for size in settings.siglip.preferred_batch_sizes
+            if size <= args.siglip_max_batch_size
+        ),
+    )
+    settings = replace(
+        settings, encoder=encoder, decoder=decoder, siglip=siglip, backend=args.backend
+    )
+    if args.siglip_weights is not None and args.siglip is None:
+        raise ImgembedError("--siglip-weights needs --siglip MODEL (the SigLIP 2 model to add)")
+    result = export_triton(
+        args.model,
+        args.weights,
+        args.out,
+        settings=settings,
+        siglip_model=args.siglip,
+        siglip_weights=args.siglip_weights,
+        **_options(args),
+    )
     print(
         json.dumps(
             {
@@ -132,5 +159,22 @@ def add_commands(commands: Any) -> None:
         default="onnxruntime",
         help="Triton backend: onnxruntime (default; GPUs, TensorRT) or python (model.py runs the "
         "graph with ONNX Runtime; see docs/triton.md)",
+    )
+    triton.add_argument(
+        "--siglip",
+        metavar="MODEL",
+        help="also export this FixRes SigLIP 2 model (siglip2-base-patch16-224, ...) as the "
+        "models siglip, siglip_text, MODEL and MODEL_text (imgembed's v2 SigLIP names)",
+    )
+    triton.add_argument(
+        "--siglip-weights",
+        help="the SigLIP model's weights: hub id, Hugging Face folder, or 'dummy' (default: the "
+        "hub)",
+    )
+    triton.add_argument(
+        "--siglip-max-batch-size",
+        type=int,
+        default=32,
+        help="SigLIP encoders' batches, also the most items one request may carry (default 32)",
     )
     triton.set_defaults(handler=_export_triton)

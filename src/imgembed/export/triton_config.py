@@ -90,6 +90,10 @@ DEFAULT_ENCODER_SETTINGS = TritonModelSettings(
     max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_microseconds=2000
 )
 DEFAULT_DECODER_SETTINGS = TritonModelSettings(max_batch_size=0)
+DEFAULT_SIGLIP_SETTINGS = TritonModelSettings(
+    max_batch_size=32, preferred_batch_sizes=(8, 16, 32), max_queue_delay_microseconds=2000
+)
+"""The SigLIP image and text encoders: imgembed's own SigLIP batch limit per forward pass."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,11 @@ class TritonRepositorySettings:
         backend: ``onnxruntime`` (Triton's ONNX Runtime backend runs ``model.onnx``) or
             ``python`` (Triton's Python backend runs ``model.py``, which runs ``model.onnx`` with
             ONNX Runtime); see the module's notes.
+        siglip: Settings of the SigLIP image and text encoders, when the repository has them
+            (:mod:`imgembed.export.triton_siglip`).
+        siglip_name: Name of the SigLIP image model; the text model is ``{siglip_name}_text``
+            and the steps behind them are ``{siglip_name}_preprocess``, ``_tokenize``,
+            ``_image_encoder`` and ``_text_encoder``.
     """
 
     encoder: TritonModelSettings = DEFAULT_ENCODER_SETTINGS
@@ -117,6 +126,8 @@ class TritonRepositorySettings:
     tensorrt_workspace_bytes: int = 1 << 30
     tensorrt_cache_dir: str = "/tmp/imgembed-tensorrt"
     backend: TritonBackend = "onnxruntime"
+    siglip: TritonModelSettings = DEFAULT_SIGLIP_SETTINGS
+    siglip_name: str = "siglip"
 
 
 def _invalid(message: str, field_name: str) -> InvalidInputError:
@@ -190,14 +201,27 @@ def check_repository_settings(settings: TritonRepositorySettings) -> None:
         )
     check_model_settings(settings.encoder, "encoder")
     check_model_settings(settings.decoder, "decoder")
-    for role, model in (("encoder", settings.encoder), ("decoder", settings.decoder)):
+    check_model_settings(settings.siglip, "siglip")
+    if settings.siglip.max_batch_size < 1:
+        raise _invalid(
+            f"siglip max_batch_size must be 1 or more (the SigLIP encoders batch requests), got "
+            f"{settings.siglip.max_batch_size}",
+            "siglip.max_batch_size",
+        )
+    models = (("encoder", settings.encoder), ("decoder", settings.decoder))
+    for role, model in (*models, ("siglip", settings.siglip)):
         if settings.backend == "python" and model.tensorrt_fp16:
             raise _invalid(
                 f"{role} asks for TensorRT with the python backend; TensorRT is an accelerator of "
                 "Triton's onnxruntime backend. Use backend onnxruntime, or leave TensorRT off.",
                 f"{role}.tensorrt_fp16",
             )
-    for role, name in (("encoder", settings.encoder_name), ("decoder", settings.decoder_name)):
+    names = (
+        ("encoder", settings.encoder_name),
+        ("decoder", settings.decoder_name),
+        ("siglip", settings.siglip_name),
+    )
+    for role, name in names:
         if not name or name in (".", "..") or "/" in name or "\\" in name:
             raise _invalid(
                 f"{role} model name {name!r} cannot be a folder name; use letters, digits, '_', "
@@ -241,7 +265,7 @@ def _profile(tensors: tuple[GraphTensor, ...], sizes: Mapping[str, int]) -> str:
     )
 
 
-def _tensorrt_block(
+def tensorrt_block(
     inputs: tuple[GraphTensor, ...],
     settings: TritonModelSettings,
     repository: TritonRepositorySettings,
@@ -309,6 +333,6 @@ def model_config(
         {"count": settings.instance_count, "kind": EnumValue(_KINDS[settings.instance_kind])}
     ]
     if settings.tensorrt_fp16:
-        config["optimization"] = _tensorrt_block(inputs, settings, repository, name)
+        config["optimization"] = tensorrt_block(inputs, settings, repository, name)
     config["parameters"] = map_entries({"imgembed_model": {"string_value": model_id}})
     return config

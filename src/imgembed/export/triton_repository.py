@@ -9,6 +9,10 @@ Layout::
       sam2_decoder/1/model.onnx       the ONNX decoder (three masks per prompt)
       imgembed-export.json            the export's metadata plus the Triton settings
 
+With ``siglip_model`` the repository also holds a SigLIP 2 model's image and text embeddings
+under imgembed's v2 names (``siglip``, ``siglip_text`` and the model's own name):
+:mod:`imgembed.export.triton_siglip`.
+
 With ``backend="python"`` each version folder also holds ``model.py``
 (:mod:`imgembed.export.triton_python_model`), which Triton's Python backend runs and which runs
 ``model.onnx`` with ONNX Runtime; the configs say ``backend: "python"`` and are otherwise the same.
@@ -50,13 +54,27 @@ from imgembed.export.onnx_metadata import (
 from imgembed.export.onnx_precision import Precision
 from imgembed.export.output_dir import move_into_place, prepare_output_dir, staging_dir
 from imgembed.export.pbtxt import render_pbtxt
+from imgembed.export.siglip_onnx import (
+    SiglipExportResult,
+    export_loaded_siglip_onnx,
+    read_siglip_export,
+)
 from imgembed.export.triton_config import (
     TritonRepositorySettings,
     check_repository_settings,
     model_config,
 )
+from imgembed.export.triton_siglip import (
+    SiglipLayout,
+    fill_siglip_models,
+    make_version_dirs,
+    siglip_layout,
+)
 from imgembed.models.sam2_loading import load_sam2
 from imgembed.models.sam2_registry import resolve_variant
+from imgembed.models.siglip_loading import load_siglip
+from imgembed.models.siglip_registry import resolve_siglip_variant
+from imgembed.models.siglip_variants import SiglipVariant
 
 logger = logging.getLogger(__name__)
 
@@ -114,16 +132,24 @@ def python_model_source() -> str:
     return package.joinpath("triton_python_model.py").read_text(encoding="utf-8")
 
 
-def _file_names(settings: TritonRepositorySettings) -> list[str]:
+def _file_names(
+    settings: TritonRepositorySettings, siglip: SiglipLayout | None = None
+) -> list[str]:
     """Every path, relative to the repository, an export writes."""
     layout = _layout(settings)
     configs = [f"{name}/{CONFIG_FILE}" for name, _ in layout.values()]
     scripts = list(_scripts(settings).values())
-    return [path for _, path in layout.values()] + scripts + configs + [METADATA_FILE]
+    extra = siglip.files() if siglip is not None else []
+    return [path for _, path in layout.values()] + scripts + configs + extra + [METADATA_FILE]
 
 
 def _fill_repository(
-    export: ExportResult, staging: Path, settings: TritonRepositorySettings, *, move: bool
+    export: ExportResult,
+    staging: Path,
+    settings: TritonRepositorySettings,
+    *,
+    move: bool,
+    siglip: SiglipExportResult | None = None,
 ) -> dict[str, Any]:
     """Puts the graphs and writes the configs and metadata into ``staging``.
 
@@ -132,6 +158,7 @@ def _fill_repository(
         staging: The folder being filled.
         settings: Names and serving settings.
         move: Move the graphs (an export made for this repository) instead of copying them.
+        siglip: A SigLIP export whose models join the repository.
 
     Returns:
         The repository's metadata.
@@ -166,22 +193,34 @@ def _fill_repository(
             "configs": {name: f"{name}/{CONFIG_FILE}" for name, _ in _layout(settings).values()},
         },
     }
+    if siglip is not None:
+        metadata["siglip"] = fill_siglip_models(siglip, staging, settings)
     metadata = json.loads(json.dumps(metadata))  # tuples to lists: what a reader gets back
     write_metadata(staging / METADATA_FILE, metadata)
     return metadata
 
 
 def _result(
-    folder: Path, settings: TritonRepositorySettings, metadata: dict[str, Any]
+    folder: Path,
+    settings: TritonRepositorySettings,
+    metadata: dict[str, Any],
+    siglip: SiglipLayout | None = None,
 ) -> TritonExportResult:
     layout = _layout(settings)
+    configs = {name: f"{name}/{CONFIG_FILE}" for name, _ in layout.values()}
+    graphs = {name: relative for name, relative in layout.values()}
+    scripts = _scripts(settings)
+    if siglip is not None:
+        make_version_dirs(folder, siglip)
+        configs, graphs = {**configs, **siglip.configs}, {**graphs, **siglip.graphs}
+        scripts = {**scripts, **siglip.scripts}
     return TritonExportResult(
         out_dir=folder,
-        model_dirs={name: folder / name for name, _ in layout.values()},
-        config_paths={name: folder / name / CONFIG_FILE for name, _ in layout.values()},
-        model_paths={name: folder / relative for name, relative in layout.values()},
+        model_dirs={name: folder / name for name in configs},
+        config_paths={name: folder / relative for name, relative in configs.items()},
+        model_paths={name: folder / relative for name, relative in graphs.items()},
         metadata=metadata,
-        script_paths={name: folder / relative for name, relative in _scripts(settings).items()},
+        script_paths={name: folder / relative for name, relative in scripts.items()},
     )
 
 
@@ -191,6 +230,7 @@ def export_triton_from_onnx(
     *,
     settings: TritonRepositorySettings | None = None,
     overwrite: bool = False,
+    siglip_dir: str | os.PathLike[str] | None = None,
 ) -> TritonExportResult:
     """Builds a Triton repository from an existing ONNX export, without tracing again.
 
@@ -199,6 +239,8 @@ def export_triton_from_onnx(
         out_dir: The repository folder; created if missing.
         settings: Model names and serving settings; the defaults batch the encoder.
         overwrite: Replace existing files of the same names.
+        siglip_dir: A folder :func:`~imgembed.export.siglip_onnx.export_siglip_onnx` wrote, whose
+            models join the repository.
 
     Returns:
         The written repository.
@@ -211,17 +253,20 @@ def export_triton_from_onnx(
     settings = settings or TritonRepositorySettings()
     check_repository_settings(settings)
     export = read_export(onnx_dir)
-    folder = prepare_output_dir(out_dir, _file_names(settings), overwrite=overwrite)
+    siglip = read_siglip_export(siglip_dir) if siglip_dir is not None else None
+    layout = siglip_layout(settings, siglip.metadata["model_id"]) if siglip else None
+    files = _file_names(settings, layout)
+    folder = prepare_output_dir(out_dir, files, overwrite=overwrite)
     with staging_dir(folder) as staging:
-        metadata = _fill_repository(export, staging, settings, move=False)
-        move_into_place(staging, folder, _file_names(settings))
+        metadata = _fill_repository(export, staging, settings, move=False, siglip=siglip)
+        move_into_place(staging, folder, files)
     logger.info(
         "Wrote a Triton repository (%s backend) for %s to %s",
         settings.backend,
         export.metadata["model_id"],
         folder,
     )
-    return _result(folder, settings, metadata)
+    return _result(folder, settings, metadata, layout)
 
 
 def export_triton(
@@ -238,6 +283,8 @@ def export_triton(
     hub_cache_dir: str | None = None,
     hub_offline: bool = False,
     hub_endpoint: str | None = None,
+    siglip_model: str | SiglipVariant | None = None,
+    siglip_weights: str | None = None,
 ) -> TritonExportResult:
     """Loads a SAM 2 model, exports it to ONNX and writes a Triton model repository.
 
@@ -257,12 +304,17 @@ def export_triton(
         hub_cache_dir: Hugging Face cache folder for hub weights.
         hub_offline: Never contact the hub.
         hub_endpoint: Hub address, for mirrors.
+        siglip_model: A FixRes SigLIP 2 model whose image and text embeddings join the
+            repository (:mod:`~imgembed.export.triton_siglip`); ``None`` for SAM 2 alone.
+        siglip_weights: Its weights, as :func:`~imgembed.models.siglip_loading.load_siglip`
+            takes them.
 
     Returns:
         The written repository.
 
     Raises:
-        UnknownModelError: ``model_name`` names no SAM 2 model.
+        UnknownModelError: ``model_name`` names no SAM 2 model or ``siglip_model`` no SigLIP 2
+            model.
         InvalidInputError: ``out_dir`` cannot be written, or a setting is one Triton would
             refuse, or the opset or precision is not supported.
         ConflictError: The repository files exist and ``overwrite`` is off.
@@ -271,26 +323,39 @@ def export_triton(
     variant = resolve_variant(model_name)
     settings = settings or TritonRepositorySettings()
     check_repository_settings(settings)
-    folder = prepare_output_dir(out_dir, _file_names(settings), overwrite=overwrite)
+    layout = None
+    if siglip_model is not None:
+        if not isinstance(siglip_model, SiglipVariant):
+            siglip_model = resolve_siglip_variant(siglip_model)
+        layout = siglip_layout(settings, siglip_model.name)
+    files = _file_names(settings, layout)
+    folder = prepare_output_dir(out_dir, files, overwrite=overwrite)
+    hub = {"hub_cache_dir": hub_cache_dir, "hub_offline": hub_offline, "hub_endpoint": hub_endpoint}
     loaded = load_sam2(
         variant.name,
         weights,
         meta_config,
         device=torch.device(device),
-        hub_cache_dir=hub_cache_dir,
-        hub_offline=hub_offline,
-        hub_endpoint=hub_endpoint,
+        **hub,
     )
+    siglip_loaded = None
+    if isinstance(siglip_model, SiglipVariant):
+        siglip_loaded = load_siglip(
+            siglip_model, siglip_weights, device=torch.device(device), **hub
+        )
     with staging_dir(folder) as staging:
         export = export_loaded_onnx(
             loaded, staging / "onnx", opset=opset, precision=precision, single_mask_decoder=False
         )
-        metadata = _fill_repository(export, staging, settings, move=True)
-        move_into_place(staging, folder, _file_names(settings))
+        siglip = None
+        if siglip_loaded is not None:
+            siglip = export_loaded_siglip_onnx(siglip_loaded, staging / "siglip-onnx", opset=opset)
+        metadata = _fill_repository(export, staging, settings, move=True, siglip=siglip)
+        move_into_place(staging, folder, files)
     logger.info(
         "Wrote a Triton repository (%s backend) for %s to %s",
         settings.backend,
         variant.name,
         folder,
     )
-    return _result(folder, settings, metadata)
+    return _result(folder, settings, metadata, layout)
