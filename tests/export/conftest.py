@@ -3,7 +3,9 @@
 Weights: Meta's model with seeded random weights (every tensor noised, so no weight hides a
 mapping mistake), saved as Meta's ``.pt`` and loaded by ``load_sam2``, as a user's checkpoint is.
 The float32 export is traced once (the slow part: about a minute on 2 cores); the fp16 and int8
-variants and the Triton repositories are derived from it without tracing again.
+variants and the Triton repositories are derived from it without tracing again. The same for
+SigLIP 2: a small FixRes model of the real design, saved in the Hugging Face format and exported
+once (image and text graphs, a few seconds).
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import pytest
 import torch
 from checkpoints import SEED, build_meta_model, save_meta_checkpoint
 from imagefactory import gradient_rgb
+from siglip_checkpoints import TINY_FIXRES, build_siglip_model, save_siglip_folder
 
 from imgembed.export.onnx_export import ExportResult, convert_precision, export_loaded_onnx
+from imgembed.export.siglip_onnx import SiglipExportResult, export_loaded_siglip_onnx
 from imgembed.models.sam2 import Sam2Features, encode_images
 from imgembed.models.sam2_loading import LoadedSam2, load_sam2
 from imgembed.models.sam2_registry import resolve_variant
+from imgembed.models.siglip_loading import LoadedSiglip, load_siglip
 from imgembed.preprocess.sam2_frame import sam2_pixel_values
 
 TINY = resolve_variant("sam2.1-hiera-tiny")
@@ -102,3 +107,25 @@ def triton_model_config() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def siglip_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small FixRes SigLIP 2 model of the real design with seeded random weights, saved as
+    ``save_pretrained`` writes it (config, safetensors, Gemma-class tokenizer, processor)."""
+    model = build_siglip_model(TINY_FIXRES)
+    return save_siglip_folder(model, TINY_FIXRES, tmp_path_factory.mktemp("siglip_weights"))
+
+
+@pytest.fixture(scope="session")
+def siglip_loaded(siglip_folder: Path) -> LoadedSiglip:
+    """Those weights loaded by imgembed, on the CPU."""
+    return load_siglip(TINY_FIXRES, str(siglip_folder), device=CPU)
+
+
+@pytest.fixture(scope="session")
+def siglip_export(
+    siglip_loaded: LoadedSiglip, tmp_path_factory: pytest.TempPathFactory
+) -> SiglipExportResult:
+    """The SigLIP ONNX export (image and text graphs, tokenizer.json, settings)."""
+    return export_loaded_siglip_onnx(siglip_loaded, tmp_path_factory.mktemp("siglip_onnx"))

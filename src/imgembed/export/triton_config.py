@@ -117,6 +117,8 @@ class TritonRepositorySettings:
         siglip_name: Name of the SigLIP image model; the text model is ``{siglip_name}_text``
             and the steps behind them are ``{siglip_name}_preprocess``, ``_tokenize``,
             ``_image_encoder`` and ``_text_encoder``.
+        siglip_model_aliases: Also name the SigLIP ensembles after the model
+            (``siglip2-base-patch16-224`` and ``..._text``), as imgembed's v2 routes do.
     """
 
     encoder: TritonModelSettings = DEFAULT_ENCODER_SETTINGS
@@ -128,6 +130,7 @@ class TritonRepositorySettings:
     backend: TritonBackend = "onnxruntime"
     siglip: TritonModelSettings = DEFAULT_SIGLIP_SETTINGS
     siglip_name: str = "siglip"
+    siglip_model_aliases: bool = True
 
 
 def _invalid(message: str, field_name: str) -> InvalidInputError:

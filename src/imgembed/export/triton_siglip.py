@@ -69,7 +69,8 @@ class SiglipNames:
         tokenize: Texts to token ids.
         image_encoder: Pixel values to embeddings.
         text_encoder: Token ids to embeddings.
-        aliases: The model's own name and its ``_text`` name, ensembles like the first two.
+        aliases: The model's own name and its ``_text`` name, ensembles like the first two;
+            none when ``siglip_model_aliases`` is off.
     """
 
     image: str
@@ -78,7 +79,7 @@ class SiglipNames:
     tokenize: str
     image_encoder: str
     text_encoder: str
-    aliases: tuple[str, str]
+    aliases: tuple[str, ...]
 
     def all(self) -> list[str]:
         """Every model name, ensembles first."""
@@ -96,7 +97,7 @@ def siglip_names(settings: TritonRepositorySettings, model_id: str) -> SiglipNam
         tokenize=f"{base}_tokenize",
         image_encoder=f"{base}_image_encoder",
         text_encoder=f"{base}_text_encoder",
-        aliases=(model_id, f"{model_id}_text"),
+        aliases=(model_id, f"{model_id}_text") if settings.siglip_model_aliases else (),
     )
 
 
@@ -334,8 +335,10 @@ def fill_siglip_models(
     messages = {
         names.image: ensemble_config("image", names.image, export, settings),
         names.text: ensemble_config("text", names.text, export, settings),
-        names.aliases[0]: ensemble_config("image", names.aliases[0], export, settings),
-        names.aliases[1]: ensemble_config("text", names.aliases[1], export, settings),
+        **{
+            alias: ensemble_config(role, alias, export, settings)
+            for role, alias in zip(("image", "text"), names.aliases, strict=False)
+        },
         names.preprocess: step_config("image", export, settings),
         names.tokenize: step_config("text", export, settings),
         names.image_encoder: encoder_config("image", export, settings),
