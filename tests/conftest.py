@@ -35,6 +35,7 @@ FAST_FILES = (
     "engine/test_serving.py",
     "engine/test_warm_up.py",
     "export/test_decoder_cache.py",
+    "export/test_triton_siglip_model.py",
     "masks/test_boxes.py",
     "masks/test_everything_params.py",
     "masks/test_png.py",
