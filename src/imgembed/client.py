@@ -64,6 +64,8 @@ class Sam2Embedding:
         device: ``cpu`` or ``cuda``.
         dtype: Dtype the server sent.
         untrained: Whether the server ran untrained (``dummy``) weights.
+        compute_dtype: The precision the server computed in (``float32``, ``bfloat16`` or
+            ``float16``): float32 features computed in bfloat16 carry bfloat16's precision.
     """
 
     image_embed: np.ndarray
@@ -74,6 +76,7 @@ class Sam2Embedding:
     device: str
     dtype: str
     untrained: bool
+    compute_dtype: str
 
     def to_input_frame(self, points_xy: Any) -> np.ndarray:
         """Maps ``[N,2]`` XY points from original-image pixels into the 1024 frame (same shape)."""
@@ -98,6 +101,7 @@ class Sam2Segmentation:
         cache_hit: The server skipped the encoder.
         model: Model id that decoded the masks.
         untrained: Whether the server ran untrained (``dummy``) weights.
+        compute_dtype: The precision the server computed in.
     """
 
     masks: np.ndarray
@@ -109,6 +113,7 @@ class Sam2Segmentation:
     cache_hit: bool
     model: str
     untrained: bool
+    compute_dtype: str
 
     def best_masks(self) -> np.ndarray:
         """``[O,H,W]`` bool: each object's mask with the highest predicted IoU."""
@@ -217,6 +222,7 @@ class ImgembedClient:
             device=header["device"],
             dtype=header["dtype"],
             untrained=bool(header.get("weights", {}).get("untrained", False)),
+            compute_dtype=header["compute_dtype"],
         )
 
     def sam2_segment(
@@ -291,6 +297,7 @@ class ImgembedClient:
             cache_hit=result["cache_hit"],
             model=result["model"],
             untrained=bool(result["weights"]["untrained"]),
+            compute_dtype=result["compute_dtype"],
         )
 
     def sam2_segment_everything(

@@ -8,7 +8,8 @@ response).
 
 Images (``POST /v1/siglip/embed``, the seed's RunPod event)::
 
-    {"model": "siglip2-base-patch16-224", "dimension": 768, "untrained": false,
+    {"model": "siglip2-base-patch16-224", "dimension": 768, "device": "cpu",
+     "compute_dtype": "float32", "untrained": false,
      "embeddings": [{"index": 0, "image_url": "https://...", "vector": [0.01, ...]}],
      "warnings": {"failed_urls": [{"index": 1, "url": "https://...", "error": "...",
                                    "code": "image_fetch_failed", "field": "images[1]"}],
@@ -179,6 +180,7 @@ def _model_fields(served: ServedSiglip) -> dict[str, Any]:
         "model": served.name,
         "dimension": served.loaded.embedding_dim,
         "device": served.placement.device_name,
+        "compute_dtype": served.placement.compute_dtype,
         "untrained": served.untrained,
     }
 

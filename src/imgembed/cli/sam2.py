@@ -39,6 +39,7 @@ def _embed(args: argparse.Namespace) -> int:
         **sam2_embed_meta(result),
         "dtype": result.embedding.dtype,
         "device": result.model.placement.device_name,
+        "compute_dtype": result.model.placement.compute_dtype,
         "untrained": result.model.loaded.untrained,
     }
     arrays = {NPZ_KEYS[name]: array for name, array in result.embedding.arrays.items()}
@@ -111,6 +112,7 @@ def _segment(args: argparse.Namespace) -> int:
         "masks": written,
         "overlay": str(overlay_path),
         "untrained": result.model.loaded.untrained,
+        "compute_dtype": result.model.placement.compute_dtype,
         "objects": [
             {
                 "scores": [round(float(score), 4) for score in item.scores],
@@ -169,6 +171,7 @@ def _segment_everything(args: argparse.Namespace) -> int:
                 "output": str(output),
                 "overlay": str(overlay_path),
                 "untrained": result.model.loaded.untrained,
+                "compute_dtype": result.model.placement.compute_dtype,
                 "timings_ms": body["timings_ms"],
             },
             indent=2,

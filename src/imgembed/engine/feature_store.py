@@ -17,9 +17,12 @@ Not thread-safe: the engine uses it from its event loop only.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+import torch
 
 from imgembed.engine.feature_cache import CachedImage, CacheStats, FeatureCache
 from imgembed.errors import NotFoundError
@@ -39,6 +42,10 @@ class FeatureStore:
         model_name: The model whose features these are, for messages.
         max_bytes: Cache budget in bytes of tensor storage; 0 keeps nothing (every image is
             encoded, though concurrent requests for one image still share a pass).
+        dtype: The one dtype every cached map is held in (the model's compute dtype, see
+            :func:`~imgembed.pipelines.sam2_embed.in_compute_dtype`), so that an entry's bytes
+            are what the dtype says: 16 MiB per image in float32, 8 MiB in bfloat16 or float16.
+            Features arriving in another dtype are cast; ``None`` keeps them as they come.
         on_change: Called with the cache's counters after every hit, miss, insert or eviction
             (the engine's metrics hook).
     """
@@ -48,9 +55,11 @@ class FeatureStore:
         model_name: str,
         max_bytes: int,
         *,
+        dtype: torch.dtype | None = None,
         on_change: Callable[[CacheStats], None] | None = None,
     ) -> None:
         self.model_name = model_name
+        self.dtype = dtype
         self._cache = FeatureCache(max_bytes, on_change=on_change)
         self._encoding: dict[str, asyncio.Future[CachedImage]] = {}
 
@@ -73,8 +82,9 @@ class FeatureStore:
         return image_id in self._cache
 
     def describe(self) -> dict[str, Any]:
-        """The budget and counters, as ``/v1/models`` lists them."""
-        return {"max_bytes": self.max_bytes, **vars(self.stats)}
+        """The budget, the dtype entries are held in, and counters, as ``/v1/models`` lists them."""
+        dtype = None if self.dtype is None else str(self.dtype).removeprefix("torch.")
+        return {"max_bytes": self.max_bytes, "dtype": dtype, **vars(self.stats)}
 
     def clear(self) -> None:
         """Forgets every cached image (counters keep counting)."""
@@ -109,7 +119,7 @@ class FeatureStore:
                 callers with the same id (again by a waiter when the running call is cancelled).
 
         Returns:
-            The entry (features on the model's device in its compute dtype) and whether it
+            The entry (features on the model's device, all three in :attr:`dtype`) and whether it
             was a hit: found cached, or shared from another request's encoder pass.
         """
         entry = self._cache.get(image_id)
@@ -125,7 +135,7 @@ class FeatureStore:
         self._encoding[image_id] = future
         try:
             features, mapping = await encode()
-            entry = self._cache.put(image_id, _own_storage(features), mapping)
+            entry = self._cache.put(image_id, _own_storage(features, self.dtype), mapping)
             future.set_result(entry)
         except asyncio.CancelledError:
             future.cancel()  # requests waiting on this one encode the image themselves
@@ -139,9 +149,25 @@ class FeatureStore:
         return entry, False
 
 
-def _own_storage(features: Sam2Features) -> Sam2Features:
-    """The features with their own storage: a view into a batch would keep the whole batch alive."""
+def _own_storage(features: Sam2Features, dtype: torch.dtype | None) -> Sam2Features:
+    """The features in ``dtype`` (``None``: as they are), each with its own storage: a view into a
+    batch would keep the whole batch alive, and hold more bytes than the entry counts."""
     tensors = (features.image_embed, features.high_res_feats_0, features.high_res_feats_1)
-    if all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in tensors):
+
+    def owned(tensor: torch.Tensor) -> bool:
+        in_dtype = dtype is None or tensor.dtype == dtype
+        return (
+            in_dtype and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+        )
+
+    if all(owned(tensor) for tensor in tensors):
         return features
-    return Sam2Features(*(tensor.clone() for tensor in tensors))
+    if dtype is not None and any(tensor.dtype != dtype for tensor in tensors):
+        logger.debug("casting %s features to the cache's %s", [t.dtype for t in tensors], dtype)
+    image_embed, high_res_0, high_res_1 = (
+        tensor if owned(tensor) else tensor.to(dtype=dtype or tensor.dtype, copy=True)
+        for tensor in tensors
+    )
+    return dataclasses.replace(
+        features, image_embed=image_embed, high_res_feats_0=high_res_0, high_res_feats_1=high_res_1
+    )

@@ -70,9 +70,11 @@ class ServedSam2(ServedModel):
         self.family = "sam2"
 
     def encode_batch(self, pixel_values: list[torch.Tensor]) -> list[Sam2Features]:
-        """Encodes ``[3,1024,1024]`` images in one forward pass; one ``[1,...]`` result each."""
+        """Encodes ``[3,1024,1024]`` images in one forward pass; one ``[1,...]`` result each, all
+        three maps in the compute dtype."""
         if self.onnx is not None:
             features = self.onnx.encode(torch.stack(pixel_values))  # B x [3,S,S] -> [B,3,S,S]
+            features = sam2_embed.in_compute_dtype(features, self.placement)
         else:
             features = sam2_embed.encode(self.loaded.model, self.placement, pixel_values)
         return [features[index] for index in range(len(pixel_values))]
@@ -191,6 +193,7 @@ def serve_sam2(
         features=FeatureStore(
             variant.name,
             core.config.cache_bytes,
+            dtype=placement.torch_dtype,
             on_change=core.metrics.cache_observer(variant.name),
         ),
         onnx=_onnx_encoder(spec, variant.name) if spec.backend == "onnxruntime" else None,

@@ -96,7 +96,10 @@ class V2Model(ABC):
             "max_batch_size": 0,
             "input": [{**described(spec), "optional": spec.optional} for spec in self.inputs],
             "output": [described(spec) for spec in self.outputs],
-            "parameters": {"imgembed_model": {"string_value": self.served.name}},
+            "parameters": {
+                "imgembed_model": {"string_value": self.served.name},
+                "imgembed_compute_dtype": {"string_value": self.served.placement.compute_dtype},
+            },
         }
 
     @property

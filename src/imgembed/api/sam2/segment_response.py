@@ -82,12 +82,13 @@ def _npz(objects: list[ObjectMasks], with_logits: bool) -> str:
 
 def image_fields(image_id: str, cache_hit: bool, served: ServedSam2) -> dict[str, Any]:
     """The fields every SAM 2 mask response starts with: the image's id, whether its features
-    came from the store, and the model that made the masks."""
+    came from the store, and the model that made the masks (with the precision it computed in)."""
     return {
         "image_id": image_id,
         "cache_hit": cache_hit,
         "model": served.name,
         "device": served.placement.device_name,
+        "compute_dtype": served.placement.compute_dtype,
         "weights": {"source": served.source, "untrained": served.untrained},
     }
 
