@@ -208,18 +208,25 @@ def _key_list(keys: list[str], limit: int = 10) -> str:
 def read_meta_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Reads the state dict out of a Meta checkpoint file, without running any pickled code.
 
+    A checkpoint in ``torch.save``'s zip format (Meta's releases are) is memory-mapped: the
+    tensors' storage is the file's pages (a private, copy-on-write mapping), so nothing is read
+    or copied until a tensor is used, and a model that keeps them on the CPU shares the page
+    cache instead of holding a second copy. An older, non-zip checkpoint is read whole.
+
     Args:
         path: A ``.pt`` file as Meta publishes them: ``{"model": state_dict}``.
 
     Returns:
-        The state dict, tensors on the CPU in the file's dtype (float32 for Meta's releases).
+        The state dict, tensors on the CPU in the file's dtype (float32 for Meta's releases),
+        backed by the mapped file for a zip checkpoint.
 
     Raises:
         ModelLoadError: When the file cannot be read (corrupt, truncated, not a checkpoint) or does
             not hold a state dict under ``"model"``.
     """
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        mmap = zipfile.is_zipfile(path)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except _CHECKPOINT_READ_ERRORS as error:
         raise ModelLoadError(
             f"Cannot read the Meta checkpoint {path}: {type(error).__name__}: "
