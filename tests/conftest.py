@@ -71,6 +71,7 @@ FAST_FILES = (
     "server/test_v2_routes.py",
     "server/test_v2_tensors.py",
     "settings/test_settings.py",
+    "settings/test_warmup_setting.py",
     "test_codecs.py",
     "test_docs.py",
     "test_logs.py",

@@ -103,7 +103,7 @@ class EngineCore:
             if served.batchers():
                 continue
             served.start(self.metrics)
-            if served.spec.warmup:
+            if served.warms_up:
                 started = time.perf_counter()
                 await loop.run_in_executor(served.device_executor, served.warm_up)
                 served.warmup_seconds = time.perf_counter() - started

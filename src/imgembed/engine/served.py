@@ -88,6 +88,16 @@ class ServedModel(ABC):
         return self.placement.device.type == "cuda"
 
     @property
+    def warms_up(self) -> bool:
+        """Whether the engine runs :meth:`warm_up` before it reports ready: ``spec.warmup`` when
+        it is a boolean; for ``auto``, only on a GPU (where the first pass pays for CUDA's lazy
+        set-up; on a CPU it only delays readiness, see
+        :data:`~imgembed.settings.values.WarmupChoice`)."""
+        if self.spec.warmup == "auto":
+            return self.on_gpu
+        return bool(self.spec.warmup)
+
+    @property
     def batching(self) -> BatchingSettings:
         """The model's batching settings, ``max_batch_size`` 0 resolved for model and device."""
         return self.spec.batching.with_default_batch_size(DEFAULT_BATCH_SIZE)

@@ -228,7 +228,7 @@ def _model_specs(
                 decoder_batching=replace(DECODER_BATCHING, **decoder_batching),
                 backend=merged.get("backend", "torch"),
                 onnx_dir=merged.get("onnx_dir"),
-                warmup=merged.get("warmup", True),
+                warmup=merged.get("warmup", "auto"),
             )
         )
     return tuple(specs)

@@ -21,6 +21,16 @@ def _boolean(text: str) -> bool:
     raise ValueError(f"expected true/false, got {text!r}")
 
 
+def _boolean_or_auto(text: str) -> bool | str:
+    """``auto``, or a boolean."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _boolean(text)
+    except ValueError:
+        raise ValueError(f"expected auto or true/false, got {text!r}") from None
+
+
 def _choice(*options: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in options:
@@ -161,8 +171,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "IMGEMBED_WARMUP",
         "warmup",
-        _boolean,
-        "Run one forward pass at start-up before reporting ready.",
+        _boolean_or_auto,
+        "One forward pass of each kind at start-up, before reporting ready: true, false, or auto "
+        "(on a GPU only; on a CPU it delays readiness and does not speed up the first request).",
     ),
     Setting(
         "IMGEMBED_MAX_BATCH_SIZE",

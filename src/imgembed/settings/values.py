@@ -24,6 +24,12 @@ FeatureDtype = Literal["float32", "float16", "bfloat16"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 """Where a model runs: ``auto`` picks CUDA when present, else CPU."""
 
+WarmupChoice = Literal["auto"] | bool
+"""The start-up warm-up pass: ``True`` always, ``False`` never, ``auto`` only on a GPU. There it
+buys the first request CUDA's lazy set-up (libraries, cuDNN's kernel choice); on a CPU the first
+request was as fast without it, so it would only delay readiness by a whole forward pass
+(benchmarks/RESULTS.md, "Cold start")."""
+
 ComputeDtypeChoice = Literal["auto", "float32", "bfloat16", "float16"]
 """The precision of a model's forward passes: ``auto`` is float32 on a CPU, bfloat16 autocast on a
 GPU with native bfloat16, float16 autocast on an older GPU; ``float32`` runs without autocast (and
@@ -160,8 +166,10 @@ class ModelSpec:
             prompt decoder always runs in PyTorch).
         onnx_dir: An ``imgembed export onnx`` folder of this model, for the ``onnxruntime``
             backend (its graphs must come from the same weights).
-        warmup: Run one forward pass at start-up, before the server reports ready, so the first
-            request does not pay for lazy initialisation (kernel selection, allocator growth).
+        warmup: Run one forward pass of each kind at start-up, before the server reports ready,
+            so the first request does not pay for lazy initialisation (kernel selection,
+            allocator growth): ``True``, ``False``, or ``auto`` (on a GPU only; see
+            :data:`WarmupChoice`).
     """
 
     name: str
@@ -174,7 +182,7 @@ class ModelSpec:
     decoder_batching: BatchingSettings = DECODER_BATCHING
     backend: Backend = "torch"
     onnx_dir: str | None = None
-    warmup: bool = True
+    warmup: WarmupChoice = "auto"
 
 
 @dataclass(frozen=True)
