@@ -42,7 +42,26 @@ def test_describes_itself(backend: OnnxSam2Backend, onnx_export: ExportResult) -
     assert description["intra_op_threads"] == 1
     expected = CPU_PROVIDER if CPU_ONLY else CUDA_PROVIDER
     assert description["providers"][0] == expected
+    assert description["provider"] == expected
+    assert description["requested_provider"] == "auto"
+    assert description["io_binding"] is (not CPU_ONLY)
     assert backend.device.type == ("cpu" if CPU_ONLY else "cuda")
+
+
+def test_bound_features_equal_the_host_path(
+    onnx_export: ExportResult, image_batch: torch.Tensor
+) -> None:
+    """The real encoder graph through I/O binding (outputs written into torch tensors, on the CPU
+    here, on cuda:N on a GPU) gives the features session.run gives."""
+    backend = OnnxSam2Backend(onnx_export, OnnxRuntimeSettings(provider="cpu", intra_op_threads=1))
+    by_run = backend.encode(image_batch[:2])
+    backend.output_device = torch.device("cpu")
+    by_binding = backend.encode(image_batch[:2])
+    for name in ("image_embed", "high_res_feats_0", "high_res_feats_1"):
+        bound, expected = getattr(by_binding, name), getattr(by_run, name)
+        assert bound.shape == expected.shape, name
+        assert bound.dtype == torch.float32, name
+        torch.testing.assert_close(bound, expected, rtol=0, atol=1e-6, msg=name)
 
 
 def test_cpu_is_chosen_when_asked() -> None:

@@ -58,6 +58,12 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         "--onnx-dir",
     )
     group.add_argument("--onnx-dir", help="an 'imgembed export onnx' folder (IMGEMBED_ONNX_DIR)")
+    group.add_argument(
+        "--onnx-provider",
+        choices=("auto", "cpu", "cuda", "tensorrt"),
+        help="ONNX Runtime's execution provider for the onnxruntime backend "
+        "(IMGEMBED_ONNX_PROVIDER; default auto); cuda and tensorrt fail unless they really run",
+    )
 
 
 def config_from_args(args: argparse.Namespace, **extra: Any) -> ServerConfig:
@@ -71,6 +77,7 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> ServerConfig:
         "compute_dtype": getattr(args, "compute_dtype", None),
         "backend": getattr(args, "backend", None),
         "onnx_dir": getattr(args, "onnx_dir", None),
+        "onnx.provider": getattr(args, "onnx_provider", None),
         **extra,
     }
     config_file = Path(args.config) if getattr(args, "config", None) else None

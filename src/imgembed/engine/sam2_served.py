@@ -140,11 +140,15 @@ class ServedSam2(ServedModel):
         }
 
 
-def _onnx_encoder(spec: ModelSpec, model_name: str) -> Any:
+def _onnx_encoder(spec: ModelSpec, model_name: str, placement: DevicePlacement) -> Any:
     """The ONNX Runtime backend of ``spec.onnx_dir``, checked to be an export of ``model_name``.
 
+    It runs on the model's device: CUDA device N for a model on ``cuda:N`` (its features bound
+    there, for the PyTorch decoder), and ``auto`` means the CPU for a model on the CPU.
+
     Raises:
-        ModelLoadError: No folder given, the onnx extra missing, or an export of another model.
+        ModelLoadError: No folder given, the onnx extra missing, an export of another model, or
+            a requested CUDA or TensorRT provider that is missing or did not start.
     """
     if not spec.onnx_dir:
         raise ModelLoadError(
@@ -159,7 +163,11 @@ def _onnx_encoder(spec: ModelSpec, model_name: str) -> Any:
             f"the onnxruntime backend needs the onnx extra: pip install 'imgembed[onnx]' ({error})"
         ) from error
     try:
-        backend = OnnxSam2Backend.from_dir(spec.onnx_dir)
+        backend = OnnxSam2Backend.from_dir(
+            spec.onnx_dir,
+            _onnx_settings(spec, placement),
+            output_device=placement.device,
+        )
     except ImgembedError as error:
         raise ModelLoadError(f"--onnx-dir {spec.onnx_dir}: {error.message}") from error
     if backend.model_id != model_name:
@@ -168,6 +176,20 @@ def _onnx_encoder(spec: ModelSpec, model_name: str) -> Any:
             f"export this model with 'imgembed export onnx --model {model_name}'"
         )
     return backend
+
+
+def _onnx_settings(spec: ModelSpec, placement: DevicePlacement) -> Any:
+    """The model's ``IMGEMBED_ONNX_*`` options as the backend's settings, on its CUDA device;
+    ``auto`` becomes ``cpu`` for a model placed on the CPU (its decoder and cache are there)."""
+    from imgembed.export.onnx_providers import OnnxRuntimeSettings
+
+    device = placement.device
+    on_cuda = device.type == "cuda"
+    device_id = (device.index or 0) if on_cuda else 0
+    settings = OnnxRuntimeSettings.from_options(spec.onnx, device_id=device_id)
+    if not on_cuda and settings.provider == "auto":
+        return dataclasses.replace(settings, provider="cpu")
+    return settings
 
 
 def serve_sam2(
@@ -183,6 +205,7 @@ def serve_sam2(
     names.add(variant.meta_config.rsplit("/", 1)[-1])
     if spec.alias:
         names.add(spec.alias)
+    onnx = _onnx_encoder(spec, variant.name, placement) if spec.backend == "onnxruntime" else None
     return ServedSam2(
         loaded=loaded,
         spec=spec,
@@ -196,5 +219,5 @@ def serve_sam2(
             dtype=placement.torch_dtype,
             on_change=core.metrics.cache_observer(variant.name),
         ),
-        onnx=_onnx_encoder(spec, variant.name) if spec.backend == "onnxruntime" else None,
+        onnx=onnx,
     )

@@ -10,32 +10,50 @@ wrote and offers what the engine calls on a PyTorch model:
   checks of :func:`~imgembed.models.sam2_decoder.decode_masks` (``multimask_output=False`` runs
   ``decoder_single_mask.onnx``).
 
-Results are float32 CPU torch tensors whatever the execution provider, so the rest of the engine
-handles them as it handles the PyTorch path's.
+Results are float32 torch tensors. On the CPU provider they come back through ``session.run``
+(host memory, as before). When the session runs on a GPU (CUDA or TensorRT), :meth:`encode` binds
+its outputs (:mod:`imgembed.export.onnx_binding`): ONNX Runtime writes the features straight into
+torch tensors on :attr:`OnnxSam2Backend.output_device`, where the PyTorch decoder and the feature
+cache use them, with no round trip through host memory.
 
-Execution provider: ``auto`` takes CUDA when ONNX Runtime offers it (the ``onnxruntime-gpu``
-package on a machine with a GPU), else the CPU. Threads (CPU provider): ``intra_op_threads`` is how
-many threads one operator uses (0 lets ONNX Runtime pick: one per physical core);
-``inter_op_threads`` only matters with parallel execution, which is off, so operators run one after
-another. Each session is safe to call from several threads, but the engine runs a model on one
-device thread, so the intra-op threads are the ones to size against the other work on the machine.
+Execution provider (:mod:`imgembed.export.onnx_providers`): ``auto`` takes CUDA when ONNX Runtime
+offers it (the ``onnxruntime-gpu`` package, from the ``onnx-gpu`` extra) and falls back to the CPU
+with a warning; ``cuda`` and ``tensorrt`` fail at start-up unless every session runs on them. The
+provider in use is in :meth:`OnnxSam2Backend.describe` (``/v1/models``). Threads (CPU provider):
+``intra_op_threads`` is how many threads one operator uses (0 lets ONNX Runtime pick: one per
+physical core); ``inter_op_threads`` only matters with parallel execution, which is off, so
+operators run one after another. Each session is safe to call from several threads, but the
+engine runs a model on one device thread, so the intra-op threads are the ones to size against the
+other work on the machine.
 
-Needs the ``onnx`` extra (``pip install 'imgembed[onnx]'``; ``onnxruntime-gpu`` instead of
-``onnxruntime`` for CUDA).
+Needs the ``onnx`` extra (``pip install 'imgembed[onnx]'``), or for CUDA the ``onnx-gpu`` extra
+in its place (``onnxruntime-gpu``; the two ONNX Runtime packages must not be installed together).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from imgembed.errors import ImgembedError, ModelLoadError
+from imgembed.errors import ImgembedError
+from imgembed.export.onnx_binding import run_bound
 from imgembed.export.onnx_metadata import ExportResult, read_export
+from imgembed.export.onnx_providers import (
+    CPU_PROVIDER,
+    CUDA_PROVIDER,
+    TENSORRT_PROVIDER,
+    ActiveProviders,
+    GraphOptimization,
+    OnnxRuntimeSettings,
+    ProviderList,
+    choose_providers,
+    installed_runtime_packages,
+    open_session,
+)
 from imgembed.export.sam2_io import DECODER_INPUTS
 from imgembed.models.sam2 import SAM2_INPUT_SIZE, Sam2Features
 from imgembed.models.sam2_decoder import Sam2MaskPrediction, check_decoder_inputs
@@ -45,79 +63,32 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 try:
     import onnxruntime as ort
-    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 except ImportError as e:
     raise ImportError(
         "the ONNX Runtime backend needs the 'onnx' extra: pip install 'imgembed[onnx]' "
-        "(onnxruntime-gpu instead of onnxruntime for CUDA)"
+        "(or 'imgembed[onnx-gpu]' in its place for CUDA)"
     ) from e
+
+__all__ = [
+    "CPU_PROVIDER",
+    "CUDA_PROVIDER",
+    "TENSORRT_PROVIDER",
+    "OnnxRuntimeSettings",
+    "OnnxSam2Backend",
+    "ProviderList",
+    "choose_providers",
+]
 
 logger = logging.getLogger(__name__)
 
-ProviderChoice = Literal["auto", "cuda", "cpu"]
-GraphOptimization = Literal["disable", "basic", "extended", "all"]
-CUDA_PROVIDER = "CUDAExecutionProvider"
-CPU_PROVIDER = "CPUExecutionProvider"
-_OPTIMIZATION_LEVELS = {
+_OPTIMIZATION_LEVELS: dict[GraphOptimization, ort.GraphOptimizationLevel] = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-_LOAD_ERRORS = (
-    ort_errors.Fail,
-    ort_errors.InvalidProtobuf,
-    ort_errors.NoSuchFile,
-    ort_errors.InvalidGraph,
-    ort_errors.NotImplemented,
-    ort_errors.RuntimeException,
-    RuntimeError,
-)
-"""What ``InferenceSession`` raises for a file it cannot load."""
 _ERROR_SEVERITY = 3
 """ONNX Runtime log level that keeps errors only (its constant-folding notes are noise here)."""
-
-
-@dataclass(frozen=True)
-class OnnxRuntimeSettings:
-    """How the ONNX Runtime sessions run.
-
-    Attributes:
-        provider: ``auto`` (CUDA when available, else CPU), ``cuda`` (fail without it) or ``cpu``.
-        intra_op_threads: Threads one operator may use on the CPU; 0 lets ONNX Runtime choose
-            (one per physical core).
-        inter_op_threads: Threads for running independent operators at once; only used with
-            parallel execution, which these sessions do not enable.
-        device_id: CUDA device index.
-        graph_optimization: ONNX Runtime graph optimisation level.
-    """
-
-    provider: ProviderChoice = "auto"
-    intra_op_threads: int = 0
-    inter_op_threads: int = 1
-    device_id: int = 0
-    graph_optimization: GraphOptimization = "all"
-
-
-def choose_providers(settings: OnnxRuntimeSettings) -> list[str | tuple[str, dict[str, Any]]]:
-    """The execution providers to ask ONNX Runtime for, best first.
-
-    Raises:
-        ModelLoadError: ``cuda`` was asked for and this ONNX Runtime has no CUDA provider.
-    """
-    available = ort.get_available_providers()
-    cuda = (CUDA_PROVIDER, {"device_id": settings.device_id})
-    if settings.provider == "cpu":
-        return [CPU_PROVIDER]
-    if CUDA_PROVIDER in available:
-        return [cuda, CPU_PROVIDER]
-    if settings.provider == "cuda":
-        raise ModelLoadError(
-            f"The ONNX Runtime backend was asked for CUDA, but onnxruntime {ort.__version__} "
-            f"offers only {available}. Install onnxruntime-gpu (in place of onnxruntime) on a "
-            "machine with an NVIDIA GPU, or choose the cpu or auto provider."
-        )
-    return [CPU_PROVIDER]
 
 
 def _session_options(settings: OnnxRuntimeSettings) -> ort.SessionOptions:
@@ -146,47 +117,77 @@ class OnnxSam2Backend:
 
     Args:
         export: The export to run (see :func:`~imgembed.export.onnx_metadata.read_export`).
-        settings: Execution provider and threads.
+        settings: Execution provider, its options, and threads.
+        output_device: Where :meth:`encode` leaves the features when the sessions run on a GPU
+            (the PyTorch decoder's device); ``None``: the provider's own GPU. Ignored on the CPU
+            provider.
+
+    Attributes:
+        active: The providers the sessions run on, and why ``auto`` fell back to the CPU.
+        output_device: Where :meth:`encode` binds its outputs (I/O binding); ``None`` (the CPU
+            provider) runs ``session.run`` and returns host tensors.
 
     Raises:
-        ModelLoadError: A graph cannot be loaded, or CUDA was required and is missing.
+        ModelLoadError: A graph cannot be loaded, or a requested CUDA or TensorRT provider is
+            missing or did not start.
     """
 
-    def __init__(self, export: ExportResult, settings: OnnxRuntimeSettings | None = None) -> None:
+    def __init__(
+        self,
+        export: ExportResult,
+        settings: OnnxRuntimeSettings | None = None,
+        *,
+        output_device: torch.device | None = None,
+    ) -> None:
         self.export = export
         self.settings = settings or OnnxRuntimeSettings()
-        providers = choose_providers(self.settings)
+        self.packages = installed_runtime_packages()
+        if len(self.packages) > 1:
+            logger.error(
+                "%s are all installed: they overwrite each other's onnxruntime files, which can "
+                "break either. Uninstall all of them and install one: pip install "
+                "'imgembed[onnx]' (CPU) or 'imgembed[onnx-gpu]' (CUDA).",
+                " and ".join(self.packages),
+            )
         options = _session_options(self.settings)
+        gpu_present = torch.cuda.is_available()
         self._sessions: dict[str, ort.InferenceSession] = {}
+        actives: list[ActiveProviders] = []
         for role, path in export.files.items():
-            try:
-                self._sessions[role] = ort.InferenceSession(
-                    str(path), sess_options=options, providers=providers
-                )
-            except _LOAD_ERRORS as error:
-                raise ModelLoadError(
-                    f"ONNX Runtime cannot load {path}: {str(error).splitlines()[0]}. Export the "
-                    "model again with `imgembed export onnx`."
-                ) from error
+            session, active = open_session(
+                str(path), options, self.settings, gpu_present=gpu_present
+            )
+            self._sessions[role] = session
+            actives.append(active)
+        self.active = actives[0]
+        self.output_device: torch.device | None = None
+        if self.active.on_gpu:
+            self.output_device = output_device or torch.device("cuda", self.settings.device_id)
         logger.info(
-            "ONNX Runtime backend: %s (%s) from %s on %s",
+            "ONNX Runtime backend: %s (%s) from %s on %s (asked: %s)%s",
             self.model_id,
             export.precision,
             export.out_dir,
-            self.providers,
+            self.active.active,
+            self.settings.provider,
+            f", features bound to {self.output_device}" if self.output_device else "",
         )
 
     @classmethod
     def from_dir(
-        cls, onnx_dir: str | os.PathLike[str], settings: OnnxRuntimeSettings | None = None
+        cls,
+        onnx_dir: str | os.PathLike[str],
+        settings: OnnxRuntimeSettings | None = None,
+        *,
+        output_device: torch.device | None = None,
     ) -> OnnxSam2Backend:
-        """Loads the export in ``onnx_dir``.
+        """Loads the export in ``onnx_dir`` (arguments as the class's).
 
         Raises:
             InvalidInputError: The folder is not an imgembed ONNX export.
-            ModelLoadError: A graph cannot be loaded.
+            ModelLoadError: A graph cannot be loaded, or a requested provider is not active.
         """
-        return cls(read_export(onnx_dir), settings)
+        return cls(read_export(onnx_dir), settings, output_device=output_device)
 
     @property
     def model_id(self) -> str:
@@ -201,21 +202,27 @@ class OnnxSam2Backend:
     @property
     def providers(self) -> list[str]:
         """Execution providers the encoder session runs on, best first."""
-        return self._sessions["encoder"].get_providers()
+        return list(self.active.providers)
 
     @property
     def device(self) -> torch.device:
-        """Where the computation runs (results always come back on the CPU)."""
-        if CUDA_PROVIDER in self.providers:
+        """Where the computation runs: ``cuda:N`` on the CUDA or TensorRT provider, else ``cpu``."""
+        if self.active.on_gpu:
             return torch.device("cuda", self.settings.device_id)
         return torch.device("cpu")
 
     def describe(self) -> dict[str, Any]:
-        """The backend as ``/v1/models`` may list it."""
+        """The backend as ``/v1/models`` lists it: the provider in use and what was asked."""
         return {
             "backend": "onnxruntime",
             "onnxruntime": ort.__version__,
+            "packages": self.packages,
+            "requested_provider": self.active.requested,
+            "provider": self.active.active,
             "providers": self.providers,
+            "fallback": self.active.fallback,
+            "device": str(self.device),
+            "io_binding": self.output_device is not None,
             "precision": self.export.precision,
             "opset": self.export.metadata["opset"],
             "folder": str(self.export.out_dir),
@@ -232,8 +239,9 @@ class OnnxSam2Backend:
 
         Returns:
             ``image_embed [B,256,64,64]``, ``high_res_feats_0 [B,32,256,256]`` and
-            ``high_res_feats_1 [B,64,128,128]``, float32 on the CPU, as
-            :func:`~imgembed.models.sam2.encode_images` returns them.
+            ``high_res_feats_1 [B,64,128,128]``, float32, as
+            :func:`~imgembed.models.sam2.encode_images` returns them: on :attr:`output_device`
+            when the session runs on a GPU (bound outputs), else on the CPU.
 
         Raises:
             ValueError: ``pixel_values`` is not ``[B,3,1024,1024]``.
@@ -244,11 +252,14 @@ class OnnxSam2Backend:
                 f"pixel_values must be [B,3,{side},{side}], got {list(pixel_values.shape)}"
             )
         session = self._sessions["encoder"]
-        outputs = session.run(None, {"image": _float32_array(pixel_values)})
-        by_name = {
-            output.name: torch.from_numpy(value)
-            for output, value in zip(session.get_outputs(), outputs, strict=True)
-        }
+        if self.output_device is not None:
+            by_name = run_bound(session, {"image": _tensor(pixel_values)}, self.output_device)
+        else:
+            outputs = session.run(None, {"image": _float32_array(pixel_values)})
+            by_name = {
+                output.name: torch.from_numpy(value)
+                for output, value in zip(session.get_outputs(), outputs, strict=True)
+            }
         return Sam2Features(
             image_embed=by_name["image_embed"],
             high_res_feats_0=by_name["high_res_feats_0"],

@@ -21,6 +21,7 @@ from imgembed.settings.values import (
     DEFAULT_MODEL,
     BatchingSettings,
     ModelSpec,
+    OnnxRuntimeOptions,
     ServerConfig,
 )
 
@@ -62,7 +63,9 @@ without ``IMGEMBED_``."""
 
 
 def _is_model_level(target: str) -> bool:
-    return target in _MODEL_TARGETS or target.startswith(("batching.", "decoder_batching."))
+    return target in _MODEL_TARGETS or target.startswith(
+        ("batching.", "decoder_batching.", "onnx.")
+    )
 
 
 def _parse(setting: Setting, raw: object, where: str) -> Any:
@@ -216,6 +219,7 @@ def _model_specs(
         decoder_batching = {
             k.split(".", 1)[1]: v for k, v in merged.items() if k.startswith("decoder_batching.")
         }
+        onnx = {k.split(".", 1)[1]: v for k, v in merged.items() if k.startswith("onnx.")}
         specs.append(
             ModelSpec(
                 name=merged["model"],
@@ -228,6 +232,7 @@ def _model_specs(
                 decoder_batching=replace(DECODER_BATCHING, **decoder_batching),
                 backend=merged.get("backend", "torch"),
                 onnx_dir=merged.get("onnx_dir"),
+                onnx=OnnxRuntimeOptions(**onnx),
                 warmup=merged.get("warmup", "auto"),
             )
         )

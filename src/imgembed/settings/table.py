@@ -148,6 +148,31 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "An 'imgembed export onnx' folder of the model, for the onnxruntime backend.",
     ),
+    Setting(
+        "IMGEMBED_ONNX_PROVIDER",
+        "onnx.provider",
+        _choice("auto", "cpu", "cuda", "tensorrt"),
+        "ONNX Runtime's provider: auto (CUDA if installed, else CPU, with a warning), cpu, "
+        "cuda or tensorrt (start-up fails unless the session runs on it).",
+    ),
+    Setting(
+        "IMGEMBED_ONNX_GPU_MEM_LIMIT",
+        "onnx.gpu_mem_limit",
+        _integer(0),
+        "Most bytes ONNX Runtime's CUDA memory arena may hold (beside PyTorch's); 0 = no limit.",
+    ),
+    Setting(
+        "IMGEMBED_ONNX_ARENA_EXTEND_STRATEGY",
+        "onnx.arena_extend_strategy",
+        _choice("kSameAsRequested", "kNextPowerOfTwo"),
+        "How ONNX Runtime's CUDA arena grows: kSameAsRequested or kNextPowerOfTwo.",
+    ),
+    Setting(
+        "IMGEMBED_ONNX_CUDNN_CONV_ALGO_SEARCH",
+        "onnx.cudnn_conv_algo_search",
+        _choice("EXHAUSTIVE", "HEURISTIC", "DEFAULT"),
+        "How ONNX Runtime's CUDA provider picks cuDNN convolution algorithms.",
+    ),
     Setting("IMGEMBED_HOST", "host", str, "Interface to bind."),
     Setting("IMGEMBED_PORT", "port", _integer(0, 65535), "TCP port."),
     Setting(

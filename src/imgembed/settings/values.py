@@ -14,6 +14,16 @@ from typing import Literal
 Backend = Literal["torch", "onnxruntime"]
 """What runs a SAM 2 model's image encoder: PyTorch, or ONNX Runtime on an ``imgembed export onnx``."""
 
+OnnxProvider = Literal["auto", "cpu", "cuda", "tensorrt"]
+"""ONNX Runtime's execution provider: ``auto`` (CUDA when the installed ONNX Runtime has it, else
+the CPU, saying so), ``cpu``, or ``cuda`` / ``tensorrt`` (refused unless the session runs on it)."""
+
+ArenaExtendStrategy = Literal["kSameAsRequested", "kNextPowerOfTwo"]
+"""How ONNX Runtime's CUDA memory arena grows: by what is asked, or in powers of two."""
+
+CudnnConvAlgoSearch = Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]
+"""How ONNX Runtime's CUDA provider picks cuDNN convolution algorithms."""
+
 ResizeMode = Literal["stretch", "letterbox"]
 """How an image becomes the square model input: ``stretch`` (SAM 2's training resize) or
 ``letterbox`` (keep aspect ratio, pad bottom/right with zeros after normalisation)."""
@@ -144,6 +154,29 @@ DECODER_BATCH_SIZE_ON_GPU = 64
 
 
 @dataclass(frozen=True)
+class OnnxRuntimeOptions:
+    """How the ONNX Runtime backend runs a SAM 2 encoder (``backend = onnxruntime``).
+
+    Attributes:
+        provider: Execution provider (see :data:`OnnxProvider`); on CUDA the encoder's outputs
+            stay on the GPU (I/O binding) for the PyTorch decoder.
+        gpu_mem_limit: Most bytes the CUDA provider's memory arena may hold, beside PyTorch's own
+            allocator on the same GPU; 0 means no limit (ONNX Runtime's default).
+        arena_extend_strategy: How the CUDA arena grows: ``kSameAsRequested`` (by what a request
+            needs: the least memory) or ``kNextPowerOfTwo`` (ONNX Runtime's default: fewer,
+            larger steps, up to twice what is needed).
+        cudnn_conv_algo_search: How cuDNN picks convolution algorithms: ``EXHAUSTIVE`` (timed
+            once per input shape: the fastest kernels, a slower first batch of each size),
+            ``HEURISTIC`` or ``DEFAULT``.
+    """
+
+    provider: OnnxProvider = "auto"
+    gpu_mem_limit: int = 0
+    arena_extend_strategy: ArenaExtendStrategy = "kSameAsRequested"
+    cudnn_conv_algo_search: CudnnConvAlgoSearch = "EXHAUSTIVE"
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One model to serve and where its weights come from.
 
@@ -166,6 +199,7 @@ class ModelSpec:
             prompt decoder always runs in PyTorch).
         onnx_dir: An ``imgembed export onnx`` folder of this model, for the ``onnxruntime``
             backend (its graphs must come from the same weights).
+        onnx: ONNX Runtime's provider and CUDA memory options, for the ``onnxruntime`` backend.
         warmup: Run one forward pass of each kind at start-up, before the server reports ready,
             so the first request does not pay for lazy initialisation (kernel selection,
             allocator growth): ``True``, ``False``, or ``auto`` (on a GPU only; see
@@ -182,6 +216,7 @@ class ModelSpec:
     decoder_batching: BatchingSettings = DECODER_BATCHING
     backend: Backend = "torch"
     onnx_dir: str | None = None
+    onnx: OnnxRuntimeOptions = field(default_factory=OnnxRuntimeOptions)
     warmup: WarmupChoice = "auto"
 
 
