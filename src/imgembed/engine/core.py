@@ -28,6 +28,7 @@ from imgembed.errors import UnknownModelError
 from imgembed.preprocess.fetch import fetch_url_bytes
 from imgembed.preprocess.image import DecodedImage, decode_base64_image, decode_image
 from imgembed.runtime.device import choose_placement, device_label
+from imgembed.runtime.workers import worker_count
 from imgembed.settings import ModelSpec, ServerConfig
 from imgembed.types import ImageBase64, ImageInput, ImageURL
 
@@ -87,15 +88,17 @@ class EngineCore:
         """Starts the worker pools and loads models not loaded yet (see :meth:`load`)."""
         if self.config.torch_threads > 0:
             torch.set_num_threads(self.config.torch_threads)
+        workers = worker_count(self.config.compute_threads)
         if self._cpu_pool is None:
+            logger.info("CPU worker threads: %d", workers)
             self._cpu_pool = ThreadPoolExecutor(
-                max_workers=self.config.compute_threads, thread_name_prefix="imgembed-cpu"
+                max_workers=workers, thread_name_prefix="imgembed-cpu"
             )
         if self._job_pool is None:
             # Long pipelines (segment everything) wait on the batchers here, so they never hold
             # the CPU pool's threads that short requests decode and serialise on.
             self._job_pool = ThreadPoolExecutor(
-                max_workers=self.config.compute_threads, thread_name_prefix="imgembed-job"
+                max_workers=workers, thread_name_prefix="imgembed-job"
             )
         await asyncio.to_thread(self.load)
         loop = asyncio.get_running_loop()

@@ -158,7 +158,7 @@ class Sam2Service(ModelService[ServedSam2]):
         batcher = served.batcher
 
         async def encode() -> tuple[Sam2Features, FrameMapping]:
-            prepared = await self.core.run_cpu(sam2_embed.prepare, decoded, options)
+            prepared = await self.core.run_cpu(sam2_embed.prepare, decoded, options, served.staging)
             prepared_at = time.perf_counter()
             features = await batcher.submit(prepared.pixel_values, deadline=deadline)
             seconds["preprocess"] = prepared_at - decoded_at
@@ -310,16 +310,23 @@ class Sam2Service(ModelService[ServedSam2]):
         )
 
     async def prepare_images(
-        self, images: Sequence[ImageInput], *, resize_mode: ResizeMode = "stretch"
+        self,
+        images: Sequence[ImageInput],
+        *,
+        resize_mode: ResizeMode = "stretch",
+        model: str | None = None,
     ) -> list[sam2_embed.PreparedSam2Image]:
         """Fetches, decodes and preprocesses images for the SAM 2 encoder, concurrently.
 
         Args:
             images: The images; each one's ``field`` names it in error messages.
             resize_mode: How each image becomes the 1024x1024 input.
+            model: The model the inputs are for (where it preprocesses); ``None`` for the
+                default model.
 
         Returns:
-            One ``[3,1024,1024]`` float32 CPU input with its frame mapping per image, in order.
+            One ``[3,1024,1024]`` float32 input with its frame mapping per image, in order, on
+            the CPU or, where the model preprocesses on its device, there.
 
         Raises:
             InvalidInputError: An image cannot be fetched or decoded (the first such, by field).
@@ -327,9 +334,11 @@ class Sam2Service(ModelService[ServedSam2]):
         """
         options = sam2_embed.Sam2EmbedOptions(resize_mode=resize_mode)
 
+        staging = self.resolve(model).staging
+
         async def prepare(image: ImageInput) -> sam2_embed.PreparedSam2Image:
             decoded = await self.core.load_image(image)
-            return await self.core.run_cpu(sam2_embed.prepare, decoded, options)
+            return await self.core.run_cpu(sam2_embed.prepare, decoded, options, staging)
 
         return list(await asyncio.gather(*(prepare(image) for image in images)))
 
@@ -346,7 +355,8 @@ class Sam2Service(ModelService[ServedSam2]):
         deadline passed), those still waiting are withdrawn, unrun, and the error is raised.
 
         Args:
-            pixel_values: ``[3,1024,1024]`` float32 CPU tensors, resized and ImageNet-normalised.
+            pixel_values: ``[3,1024,1024]`` float32 tensors, resized and ImageNet-normalised, on
+                the CPU or the model's device.
             model: Model name or alias; ``None`` for the default model.
             deadline: ``time.monotonic()`` after which unstarted work is dropped; by default
                 ``request_timeout_s`` from now.

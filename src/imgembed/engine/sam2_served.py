@@ -74,6 +74,11 @@ class ServedSam2(ServedModel):
         three maps in the compute dtype."""
         if self.onnx is not None:
             features = self.onnx.encode(torch.stack(pixel_values))  # B x [3,S,S] -> [B,3,S,S]
+    @property
+    def takes_device_input(self) -> bool:
+        """The ONNX Runtime encoder takes host arrays: its images are preprocessed on the CPU."""
+        return self.onnx is None
+
             features = sam2_embed.in_compute_dtype(features, self.placement)
         else:
             features = sam2_embed.encode(self.loaded.model, self.placement, pixel_values)

@@ -7,17 +7,19 @@ The base class of every family's served model (:class:`~imgembed.engine.sam2_ser
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from imgembed.engine.metrics import Metrics
 from imgembed.runtime.batcher import DynamicBatcher
 from imgembed.runtime.device import DevicePlacement
 from imgembed.settings import DEFAULT_BATCH_SIZE, BatchingSettings, ModelSpec
+from imgembed.runtime.staging import ImageStaging, preprocess_location
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +93,27 @@ class ServedModel(ABC):
     def warms_up(self) -> bool:
         """Whether the engine runs :meth:`warm_up` before it reports ready: ``spec.warmup`` when
         it is a boolean; for ``auto``, only on a GPU (where the first pass pays for CUDA's lazy
+    @property
+    def takes_device_input(self) -> bool:
+        """Whether the model's encoder reads its input from the device (so images may be
+        preprocessed there)."""
+        return True
+
+    @property
+    def preprocess(self) -> Literal["cpu", "device"]:
+        """Where this model's images are resized and normalised (``spec.preprocess`` resolved)."""
+        return preprocess_location(
+            self.spec.preprocess, self.placement.device, takes_device_input=self.takes_device_input
+        )
+
+    @functools.cached_property
+    def staging(self) -> ImageStaging | None:
+        """Uploads images to the device and preprocesses them there; ``None`` when images are
+        preprocessed on the CPU (see :attr:`preprocess`)."""
+        if self.preprocess == "cpu":
+            return None
+        return ImageStaging(self.placement.device)
+
         set-up; on a CPU it only delays readiness, see
         :data:`~imgembed.settings.values.WarmupChoice`)."""
         if self.spec.warmup == "auto":
@@ -148,3 +171,4 @@ class ServedModel(ABC):
             else round(self.warmup_seconds, 3),
             "batching": dataclasses.asdict(self.batching),
         }
+            "preprocess": self.preprocess,

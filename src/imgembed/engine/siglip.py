@@ -168,7 +168,11 @@ class SiglipService(ModelService[ServedSiglip]):
         try:
             decoded = await self.core.load_image(image)
             prepared = await self.core.run_cpu(
-                siglip_embed.prepare_image, decoded, served.loaded.image_processing, options
+                siglip_embed.prepare_image,
+                decoded,
+                served.loaded.image_processing,
+                options,
+                served.staging,
             )
         except BaseException:
             admission.release(1)  # this image will not be queued

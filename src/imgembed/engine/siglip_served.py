@@ -70,7 +70,7 @@ class ServedSiglip(ServedModel):
     def warm_up(self) -> None:
         blank = DecodedImage(np.zeros((224, 224, 3), np.uint8), "PNG", "RGB", False)
         prepared = siglip_embed.prepare_image(
-            blank, self.loaded.image_processing, siglip_embed.SiglipEmbedOptions()
+            blank, self.loaded.image_processing, siglip_embed.SiglipEmbedOptions(), self.staging
         )
         self.embed_image_batch([prepared])
         ids = siglip_embed.prepare_texts(

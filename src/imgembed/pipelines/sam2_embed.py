@@ -17,6 +17,7 @@ from imgembed.models.sam2 import SAM2_INPUT_SIZE, Sam2Features, encode_images
 from imgembed.preprocess.image import DecodedImage
 from imgembed.preprocess.sam2_frame import FrameMapping, sam2_pixel_values
 from imgembed.runtime.device import DevicePlacement
+from imgembed.runtime.staging import ImageStaging, claim_for_current_stream
 from imgembed.settings import FeatureDtype, ResizeMode
 
 FEATURE_NAMES = ("image_embed", "high_res_feats_0", "high_res_feats_1")
@@ -73,10 +74,29 @@ class Sam2Embedding:
     mapping: FrameMapping
 
 
-def prepare(image: DecodedImage, options: Sam2EmbedOptions) -> PreparedSam2Image:
-    """Resizes and normalises a decoded image for the SAM 2 encoder (CPU stage)."""
-    pixels = torch.from_numpy(image.pixels)  # [H,W,3] uint8, shares memory
-    pixel_values, mapping = sam2_pixel_values(pixels, SAM2_INPUT_SIZE, options.resize_mode)
+def prepare(
+    image: DecodedImage, options: Sam2EmbedOptions, staging: ImageStaging | None = None
+) -> PreparedSam2Image:
+    """Resizes and normalises a decoded image for the SAM 2 encoder (run on a CPU worker).
+
+    Args:
+        image: The decoded image.
+        options: The resize mode.
+        staging: Where to do it: ``None`` on the CPU; else the 8-bit pixels are uploaded to the
+            staging's device and resized and normalised there, by the same arithmetic
+            (:func:`~imgembed.preprocess.sam2_frame.sam2_pixel_values` on that device).
+
+    Returns:
+        ``[3,1024,1024]`` float32 input on the CPU, or on the staging's device, and its mapping.
+    """
+    if staging is None:
+        pixels = torch.from_numpy(image.pixels)  # [H,W,3] uint8, shares memory
+        pixel_values, mapping = sam2_pixel_values(pixels, SAM2_INPUT_SIZE, options.resize_mode)
+    else:
+        pixel_values, mapping = staging.run(
+            image.pixels,
+            lambda pixels: sam2_pixel_values(pixels, SAM2_INPUT_SIZE, options.resize_mode),
+        )
     return PreparedSam2Image(pixel_values=pixel_values, mapping=mapping)
 
 
@@ -88,12 +108,16 @@ def encode(
     Args:
         model: The loaded SAM 2 model, on ``placement.device``.
         placement: Device and compute precision.
-        pixel_values: ``[3,1024,1024]`` float32 CPU tensors, one per image.
+        pixel_values: ``[3,1024,1024]`` float32 tensors, one per image, on the CPU or already on
+            the device (:func:`prepare` with a staging).
 
     Returns:
         Features for the batch, ``[B,...]`` each, on the device, all three in the compute dtype.
     """
-    batch = torch.stack(pixel_values).to(placement.device, non_blocking=True)  # [B,3,1024,1024]
+    claim_for_current_stream(pixel_values)  # prepared on a staging stream, read on this one
+    # A batch may mix inputs prepared on the device with host ones (v2 tensors, crops).
+    on_device = [item.to(placement.device, non_blocking=True) for item in pixel_values]
+    batch = torch.stack(on_device)  # B x [3,1024,1024] -> [B,3,1024,1024]
     with placement.autocast():
         features = encode_images(model, batch)
     return in_compute_dtype(features, placement)

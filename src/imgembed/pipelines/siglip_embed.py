@@ -1,6 +1,7 @@
 """SigLIP 2 embedding pipeline: prepare on CPU, embed on the device, finish on CPU.
 
-Images: :func:`prepare_image` (CPU: intermediate reduction, resize, normalise; NaFlex patches) ->
+Images: :func:`prepare_image` (intermediate reduction, resize, normalise, NaFlex patches: on the
+CPU with Pillow, or on the model's device with the same arithmetic in torch) ->
 :func:`encode_images` (device, batched) -> :func:`finish` (CPU: one numpy vector per image).
 Texts: :func:`prepare_texts` (CPU: lower-case, tokenize, pad to 64) -> :func:`encode_texts` ->
 :func:`finish`. The stages are separate so the engine can run CPU stages in a worker pool while the
@@ -23,6 +24,7 @@ from transformers import PreTrainedTokenizerBase, Siglip2Model, SiglipModel
 from imgembed.models import siglip as siglip_math
 from imgembed.models.siglip_loading import LoadedSiglip
 from imgembed.models.siglip_variants import TEXT_MAX_LENGTH, ImageProcessing
+from imgembed.preprocess import siglip_tensor
 from imgembed.preprocess.image import DecodedImage
 from imgembed.preprocess.siglip_pixels import (
     MAX_INTERMEDIATE_SIDE,
@@ -32,6 +34,7 @@ from imgembed.preprocess.siglip_pixels import (
 )
 from imgembed.preprocess.siglip_text import tokenize_texts
 from imgembed.runtime.device import DevicePlacement
+from imgembed.runtime.staging import ImageStaging, claim_for_current_stream
 from imgembed.settings import FeatureDtype
 
 _TORCH_DTYPES: dict[FeatureDtype, torch.dtype] = {
@@ -59,7 +62,7 @@ class SiglipEmbedOptions:
 
 @dataclass(frozen=True)
 class PreparedSiglipImage:
-    """One image ready for the model, on the CPU.
+    """One image ready for the model, on the CPU or (prepared there) on the model's device.
 
     Attributes:
         pixel_values: FixRes ``[3,S,S]`` float32; NaFlex ``[N,P*P*3]`` float32 patches.
@@ -78,18 +81,30 @@ class PreparedSiglipImage:
 
 
 def prepare_image(
-    image: DecodedImage, processing: ImageProcessing, options: SiglipEmbedOptions
+    image: DecodedImage,
+    processing: ImageProcessing,
+    options: SiglipEmbedOptions,
+    staging: ImageStaging | None = None,
 ) -> PreparedSiglipImage:
-    """Reduces, resizes and normalises a decoded image for the model (CPU stage).
+    """Reduces, resizes and normalises a decoded image for the model (run on a CPU worker).
 
     Args:
         image: The decoded image.
         processing: The model's image settings (``LoadedSiglip.image_processing``).
         options: The client's options.
+        staging: Where to do it: ``None`` on the CPU with Pillow; else the 8-bit pixels are
+            uploaded to the staging's device and prepared there
+            (:mod:`imgembed.preprocess.siglip_tensor`: the reduction as Pillow's, the resize
+            within one 8-bit level of Pillow's), unless the model's resize filter is one only
+            Pillow does (then on the CPU).
 
     Returns:
-        The model input and the sizes it went through.
+        The model input (on the CPU, or on the staging's device) and the sizes it went through.
     """
+    if staging is not None and siglip_tensor.supported(processing):
+        return staging.run(
+            image.pixels, lambda pixels: _prepare_on_device(pixels, processing, options)
+        )
     reduced = reduce_long_side(image.pixels, options.max_intermediate_side)  # [h,w,3] uint8
     sizes = {"original_hw": (image.height, image.width), "reduced_hw": reduced.shape[:2]}
     if processing.family == "fixres":
@@ -103,21 +118,45 @@ def prepare_image(
     )
 
 
+def _prepare_on_device(
+    pixels: torch.Tensor, processing: ImageProcessing, options: SiglipEmbedOptions
+) -> PreparedSiglipImage:
+    """:func:`prepare_image`'s steps on ``[H,W,3]`` uint8 pixels already on the device."""
+    reduced = siglip_tensor.reduce_long_side(pixels, options.max_intermediate_side)  # [h,w,3]
+    sizes = {
+        "original_hw": (int(pixels.shape[0]), int(pixels.shape[1])),
+        "reduced_hw": (int(reduced.shape[0]), int(reduced.shape[1])),
+    }
+    if processing.family == "fixres":
+        pixel_values = siglip_tensor.fixres_pixel_values(
+            reduced, processing, max_intermediate_side=None
+        )
+        return PreparedSiglipImage(pixel_values, None, None, **sizes)
+    patches = siglip_tensor.naflex_patches(
+        reduced, processing, max_num_patches=options.max_num_patches, max_intermediate_side=None
+    )
+    return PreparedSiglipImage(
+        patches.pixel_values, patches.attention_mask, patches.spatial_shape, **sizes
+    )
+
+
 def _stack_naflex(
-    prepared: Sequence[PreparedSiglipImage],
+    prepared: Sequence[PreparedSiglipImage], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """NaFlex inputs as one batch, images with fewer padded patches padded up to the most.
+    """NaFlex inputs as one batch on ``device``, images with fewer padded patches padded up to
+    the most.
 
     Extra padding patches are masked out of attention and pooling, so they change nothing but
     float rounding.
 
     Returns:
-        ``[B,N,P*P*3]`` float32 patches, ``[B,N]`` int32 mask and ``[B,2]`` int64 grids.
+        ``[B,N,P*P*3]`` float32 patches and ``[B,N]`` int32 mask on ``device`` (items on the host
+        copied there), and ``[B,2]`` int64 grids on the host.
     """
     length = max(item.pixel_values.shape[0] for item in prepared)
     width = prepared[0].pixel_values.shape[1]
-    pixel_values = torch.zeros((len(prepared), length, width), dtype=torch.float32)
-    mask = torch.zeros((len(prepared), length), dtype=torch.int32)
+    pixel_values = torch.zeros((len(prepared), length, width), dtype=torch.float32, device=device)
+    mask = torch.zeros((len(prepared), length), dtype=torch.int32, device=device)
     for index, item in enumerate(prepared):
         assert item.attention_mask is not None, "NaFlex input has a mask"
         count = item.pixel_values.shape[0]
@@ -145,13 +184,19 @@ def encode_images(
     if not prepared:
         raise ValueError("encode_images needs at least one image")
     device = placement.device
+    # Inputs prepared on the device were made on a staging stream and are read on this one.
+    claim_for_current_stream(item.pixel_values for item in prepared)
+    claim_for_current_stream(
+        item.attention_mask for item in prepared if item.attention_mask is not None
+    )
     if prepared[0].spatial_shape is None:
         assert isinstance(model, SiglipModel), "FixRes input needs a FixRes model"
-        batch = torch.stack([item.pixel_values for item in prepared])  # [B,3,S,S]
+        on_device = [item.pixel_values.to(device, non_blocking=True) for item in prepared]
+        batch = torch.stack(on_device)  # B x [3,S,S] -> [B,3,S,S]
         with placement.autocast():
-            return siglip_math.embed_images(model, batch.to(device, non_blocking=True))
+            return siglip_math.embed_images(model, batch)
     assert isinstance(model, Siglip2Model), "NaFlex input needs a NaFlex model"
-    pixel_values, mask, shapes = _stack_naflex(prepared)
+    pixel_values, mask, shapes = _stack_naflex(prepared, device)
     with placement.autocast():
         return siglip_math.embed_images_naflex(
             model,

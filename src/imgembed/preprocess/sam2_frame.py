@@ -60,8 +60,9 @@ class FrameMapping:
                 resize_mode=mode,
             )
         scale = input_size / max(height, width)
-        resized_h = min(input_size, int(height * scale + 0.5))
-        resized_w = min(input_size, int(width * scale + 0.5))
+        # At least one row and column: a 2 x 5000 image would otherwise round to none.
+        resized_h = max(1, min(input_size, int(height * scale + 0.5)))
+        resized_w = max(1, min(input_size, int(width * scale + 0.5)))
         return cls(
             orig_hw=(height, width),
             input_size=input_size,

@@ -124,7 +124,7 @@ def reduce_long_side(
     return reduced
 
 
-def _normalisation_table(processing: ImageProcessing) -> np.ndarray:
+def normalisation_table(processing: ImageProcessing) -> np.ndarray:
     """``[3,256]`` float32: the normalised value of each 8-bit value, per channel.
 
     Computed with the processor's own arithmetic (``value * factor`` in float64, stored as float32,
@@ -144,7 +144,7 @@ def _resize(pixels: np.ndarray, height: int, width: int, resample: Resample) -> 
 
 def _normalise_channels_first(resized: np.ndarray, processing: ImageProcessing) -> np.ndarray:
     """``[H,W,3]`` uint8 to ``[3,H,W]`` normalised float32."""
-    table = _normalisation_table(processing)
+    table = normalisation_table(processing)
     normalised = np.empty((3, *resized.shape[:2]), dtype=np.float32)  # [3,H,W]
     for channel in range(3):
         np.take(table[channel], resized[:, :, channel], out=normalised[channel])

@@ -185,7 +185,7 @@ class Sam2EncoderModel(V2Model):
                 for index, data in enumerate(files)
             ]
             prepared = await engine.service(Sam2Service).prepare_images(
-                images_in, resize_mode="stretch"
+                images_in, resize_mode="stretch", model=self.served.name
             )
             pixel_values = [item.pixel_values for item in prepared]
         features = await engine.service(Sam2Service).encode_pixels(

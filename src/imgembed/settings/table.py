@@ -130,6 +130,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("IMGEMBED_DEVICE", "device", _choice("auto", "cpu", "cuda"), "auto, cpu or cuda."),
     Setting(
+        "IMGEMBED_PREPROCESS",
+        "preprocess",
+        _choice("auto", "cpu", "device"),
+        "Where images are resized and normalised: cpu, device (uint8 uploaded, resized on the "
+        "model's device), or auto (device on CUDA, else cpu).",
+    ),
+    Setting(
         "IMGEMBED_COMPUTE_DTYPE",
         "compute_dtype",
         _choice("auto", "float32", "bfloat16", "float16"),

@@ -34,6 +34,11 @@ FeatureDtype = Literal["float32", "float16", "bfloat16"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 """Where a model runs: ``auto`` picks CUDA when present, else CPU."""
 
+PreprocessChoice = Literal["auto", "cpu", "device"]
+"""Where images are resized and normalised: ``cpu`` (the worker threads), or ``device`` (the decoded
+8-bit pixels are uploaded from pinned memory and resized and normalised on the model's device);
+``auto`` picks ``device`` on CUDA, else ``cpu``."""
+
 WarmupChoice = Literal["auto"] | bool
 """The start-up warm-up pass: ``True`` always, ``False`` never, ``auto`` only on a GPU. There it
 buys the first request CUDA's lazy set-up (libraries, cuDNN's kernel choice); on a CPU the first
@@ -189,6 +194,9 @@ class ModelSpec:
             ``sam2_hiera_l.yaml``); when ``None`` it follows from ``name``.
         device: Where to run.
         compute_dtype: The forward passes' precision (see :data:`ComputeDtypeChoice`); SAM 2's
+        preprocess: Where images are resized and normalised (:data:`PreprocessChoice`); the
+            SAM 2 encoder's ONNX Runtime backend takes host input, so it always preprocesses on
+            the CPU.
             cached features are held in it.
         alias: Extra name clients may use for this model (the seed's checkpoint file name, say).
         batching: How this model's requests are batched (SAM 2: its image encoder; SigLIP 2:
@@ -211,6 +219,7 @@ class ModelSpec:
     meta_config: str | None = None
     device: DeviceChoice = "auto"
     compute_dtype: ComputeDtypeChoice = "auto"
+    preprocess: PreprocessChoice = "auto"
     alias: str | None = None
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     decoder_batching: BatchingSettings = DECODER_BATCHING
@@ -231,7 +240,9 @@ class ServerConfig:
         limits: Request size limits.
         fetch: Image URL download policy.
         default_resize_mode: Resize mode used when a request does not choose one.
-        compute_threads: Threads for CPU-side work (decode, resize, serialise).
+        compute_threads: Threads for CPU-side work (decode, resize, serialise); 0 (the default)
+            chooses one per CPU this process may use (affinity mask and cgroup quota), between
+            2 and 32.
         torch_threads: torch's intra-op threads for the forward passes (``torch.set_num_threads``,
             process-wide); 0 keeps torch's default, one per core. On a CPU-only machine fewer
             than the cores measured slower (benchmarks/RESULTS.md, "Thread settings").
@@ -264,7 +275,7 @@ class ServerConfig:
     limits: InputLimits = field(default_factory=InputLimits)
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     default_resize_mode: ResizeMode = "stretch"
-    compute_threads: int = 2
+    compute_threads: int = 0
     torch_threads: int = 0
     request_timeout_s: float = 120.0
     cache_bytes: int = 1024 * MEBIBYTE
