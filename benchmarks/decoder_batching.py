@@ -54,12 +54,15 @@ from torchvision_shim import import_meta_predictors
 
 from imgembed.engine import Engine, Sam2Service
 from imgembed.pipelines.sam2_segment import SegmentObject
-from imgembed.settings import DECODER_BATCH_SIZE_ON_GPU, DECODER_BATCHING, ModelSpec, ServerConfig
+from imgembed.settings import DECODER_BATCHING, ModelSpec, ServerConfig
 from imgembed.types import ImageBytes
 
 HERE = Path(__file__).resolve().parent
 CLIENTS = (1, 4, 16)
 IMAGES = (1, 4)
+DECODER_BATCH_SIZE_ON = 64
+"""Prompts per decoder pass with batching on: what a 24 GiB GPU gets by default
+(``imgembed.runtime.batch_size``)."""
 
 
 @dataclass(frozen=True)
@@ -186,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = ModelSpec(args.model, weights=str(checkpoint), device=device.type)
         settings = {
             name: replace(spec, decoder_batching=replace(DECODER_BATCHING, max_batch_size=size))
-            for name, size in (("off", 1), ("on", DECODER_BATCH_SIZE_ON_GPU))
+            for name, size in (("off", 1), ("on", DECODER_BATCH_SIZE_ON))
         }
         engines = {
             name: Engine(ServerConfig(models=(model_spec,), compute_threads=2))

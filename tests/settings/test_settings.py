@@ -13,7 +13,6 @@ from imgembed.engine import ServedModel, ServedSam2, ServedSiglip
 from imgembed.errors import InvalidInputError
 from imgembed.runtime.device import DevicePlacement
 from imgembed.settings import (
-    DECODER_BATCH_SIZE_ON_GPU,
     DECODER_BATCHING,
     DEFAULT_BATCH_SIZE,
     SAM2_ENCODER_BATCH_SIZE_ON_CPU,
@@ -198,12 +197,13 @@ def test_decoder_batching_from_variables_and_per_model_in_a_config_file(tmp_path
 
 @pytest.mark.parametrize(
     ("device", "configured", "resolved"),
-    [("cpu", 0, 1), ("cuda", 0, DECODER_BATCH_SIZE_ON_GPU), ("cpu", 8, 8), ("cuda", 1, 1)],
+    [("cpu", 0, 1), ("cpu", 8, 8), ("cuda", 1, 1)],
 )
 def test_decoder_batch_size_zero_picks_by_device(
     device: str, configured: int, resolved: int
 ) -> None:
-    """No GPU is needed: only the placement's device type is read, nothing runs there."""
+    """No GPU is needed: only the placement's device type is read, nothing runs there (a GPU's
+    size by its memory: tests/runtime/test_batch_size.py)."""
     spec = ModelSpec(
         "sam2.1-hiera-tiny",
         decoder_batching=dataclasses.replace(DECODER_BATCHING, max_batch_size=configured),
@@ -230,10 +230,9 @@ def settings_only(kind: type[ServedModel], spec: ModelSpec, device: str) -> Serv
     ("kind", "device", "configured", "resolved"),
     [
         (ServedSam2, "cpu", 0, SAM2_ENCODER_BATCH_SIZE_ON_CPU),
-        (ServedSam2, "cuda", 0, DEFAULT_BATCH_SIZE),
         (ServedSam2, "cpu", 4, 4),
         (ServedSiglip, "cpu", 0, DEFAULT_BATCH_SIZE),
-        (ServedSiglip, "cuda", 0, DEFAULT_BATCH_SIZE),
+        (ServedSiglip, "cuda", 2, 2),
         (ServedSiglip, "cpu", 1, 1),
     ],
 )

@@ -51,7 +51,8 @@ class Metrics:
         )
         self.compute_seconds = Histogram(
             "imgembed_compute_duration_seconds",
-            "Wall time of one batch on the device, by model.",
+            "Time of one batch on the device, by model: device time between CUDA events on a GPU "
+            "(the batch's kernels, not their launch), wall time on a CPU.",
             ["model"],
             buckets=_LATENCY_BUCKETS,
             registry=registry,

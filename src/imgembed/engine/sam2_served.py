@@ -1,5 +1,13 @@
 """A SAM 2 model as the engine serves it: encoder and decoder batchers, the feature store, and
-the encoder backend (PyTorch, or ONNX Runtime on an export)."""
+the encoder backend (PyTorch, or ONNX Runtime on an export).
+
+On a GPU the encoder's thread queues its work on a normal-priority CUDA stream and the decoder's
+thread on the device's highest-priority stream (:mod:`imgembed.runtime.streams`), so a click's
+decoder pass is not queued behind the encoder batches launched before it. Features cross from the
+encoder's stream to the decoder's with an event: the decoder's stream waits on the event the
+encoder recorded after computing them, and the allocator keeps their memory until the decoder's
+work on them is done.
+"""
 
 from __future__ import annotations
 
@@ -21,15 +29,11 @@ from imgembed.models.sam2_decoder import LOW_RES_MASK_SIZE, Sam2MaskPrediction
 from imgembed.models.sam2_loading import LoadedSam2
 from imgembed.pipelines import sam2_decode, sam2_embed
 from imgembed.pipelines.sam2_decode import DecodeJob
+from imgembed.runtime.batch_size import SAM2_DECODER_MEMORY, SAM2_ENCODER_MEMORY
 from imgembed.runtime.batcher import DynamicBatcher
 from imgembed.runtime.device import DevicePlacement
-from imgembed.settings import (
-    DECODER_BATCH_SIZE_ON_GPU,
-    DEFAULT_BATCH_SIZE,
-    SAM2_ENCODER_BATCH_SIZE_ON_CPU,
-    BatchingSettings,
-    ModelSpec,
-)
+from imgembed.runtime.streams import WorkStream
+from imgembed.settings import SAM2_ENCODER_BATCH_SIZE_ON_CPU, BatchingSettings, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +53,8 @@ class ServedSam2(ServedModel):
         decoder_executor: The decoder's own thread. Decoder passes run beside encoder batches
             instead of queueing behind them, so a click on a cached image is answered in about a
             decoder pass even while other requests' images are being encoded (the two touch
-            disjoint parts of the model and only read its weights).
+            disjoint parts of the model and only read its weights). On a GPU its work goes to
+            :attr:`decoder_stream`.
         features: Encoder features of recent images, by ``image_id`` (cache and in-flight
             de-duplication).
         onnx: The ONNX Runtime encoder when the model's backend is ``onnxruntime`` (the
@@ -69,16 +74,16 @@ class ServedSam2(ServedModel):
     def __post_init__(self) -> None:
         self.family = "sam2"
 
-    def encode_batch(self, pixel_values: list[torch.Tensor]) -> list[Sam2Features]:
-        """Encodes ``[3,1024,1024]`` images in one forward pass; one ``[1,...]`` result each, all
-        three maps in the compute dtype."""
-        if self.onnx is not None:
-            features = self.onnx.encode(torch.stack(pixel_values))  # B x [3,S,S] -> [B,3,S,S]
     @property
     def takes_device_input(self) -> bool:
         """The ONNX Runtime encoder takes host arrays: its images are preprocessed on the CPU."""
         return self.onnx is None
 
+    def encode_batch(self, pixel_values: list[torch.Tensor]) -> list[Sam2Features]:
+        """Encodes ``[3,1024,1024]`` images in one forward pass; one ``[1,...]`` result each, all
+        three maps in the compute dtype."""
+        if self.onnx is not None:
+            features = self.onnx.encode(torch.stack(pixel_values))  # B x [3,S,S] -> [B,3,S,S]
             features = sam2_embed.in_compute_dtype(features, self.placement)
         else:
             features = sam2_embed.encode(self.loaded.model, self.placement, pixel_values)
@@ -86,31 +91,72 @@ class ServedSam2(ServedModel):
 
     @property
     def batching(self) -> BatchingSettings:
-        """The encoder's batching settings, ``max_batch_size`` 0 resolved for the device."""
-        size = DEFAULT_BATCH_SIZE if self.on_gpu else SAM2_ENCODER_BATCH_SIZE_ON_CPU
-        return self.spec.batching.with_default_batch_size(size)
+        """The encoder's batching settings, ``max_batch_size`` 0 resolved for the device: off on
+        a CPU, by free memory on a GPU (:data:`~imgembed.runtime.batch_size.SAM2_ENCODER_MEMORY`)."""
+        return self._resolved(
+            "batching", self.spec.batching, SAM2_ENCODER_MEMORY, SAM2_ENCODER_BATCH_SIZE_ON_CPU
+        )
 
     @property
     def decoder_batching(self) -> BatchingSettings:
-        """The decoder's batching settings, ``max_batch_size`` 0 resolved for the device."""
-        size = DECODER_BATCH_SIZE_ON_GPU if self.on_gpu else 1
-        return self.spec.decoder_batching.with_default_batch_size(size)
+        """The decoder's batching settings, ``max_batch_size`` 0 resolved for the device: off on
+        a CPU, by free memory on a GPU (:data:`~imgembed.runtime.batch_size.SAM2_DECODER_MEMORY`)."""
+        return self._resolved(
+            "decoder_batching", self.spec.decoder_batching, SAM2_DECODER_MEMORY, 1
+        )
+
+    @property
+    def decoder_stream(self) -> WorkStream:
+        """The decoder thread's device queue: the device's highest-priority CUDA stream on a
+        GPU, a no-op on the CPU."""
+        return self._stream("decoder", "high")
 
     def decode_batch(self, jobs: list[DecodeJob]) -> list[Sam2MaskPrediction]:
         """Decodes jobs from many requests; float32 results on the model's device, per job."""
         return sam2_decode.decode_jobs(self.loaded.model, self.placement, jobs)
 
+    def run_encoder(self, pixel_values: list[torch.Tensor]) -> list[Sam2Features]:
+        """The encoder batcher's work (on the device thread, inside :attr:`device_stream`):
+        :meth:`encode_batch`, each image's features in storage of its own (a view would keep
+        the whole batch alive in the cache, and the copy belongs on this stream, not on the
+        event loop's), published with the event that other streams wait on."""
+        batch = self.encode_batch(pixel_values)
+        if len(batch) > 1:
+            batch = [
+                Sam2Features(*(tensor.clone() for tensor in features.tensors)) for features in batch
+            ]
+        ready = self.device_stream.publish(
+            tensor for features in batch for tensor in features.tensors
+        )
+        return [dataclasses.replace(features, ready=ready) for features in batch]
+
+    def run_decoder(self, jobs: list[DecodeJob]) -> list[Sam2MaskPrediction]:
+        """The decoder batcher's work (on the decoder's thread, inside :attr:`decoder_stream`):
+        waits on each job's features' event, then :meth:`decode_batch`, and publishes the answers
+        to the threads that copy or post-process them on the device's default stream."""
+        stream = self.decoder_stream
+        for features in {id(job.features): job.features for job in jobs}.values():
+            stream.adopt(features.tensors, features.ready)
+        predictions = self.decode_batch(jobs)
+        stream.publish(
+            tensor
+            for prediction in predictions
+            for tensor in (prediction.masks, prediction.iou_predictions)
+        )
+        return predictions
+
     def start(self, metrics: Metrics) -> None:
         if self.batcher is None:
-            self.batcher = self._batcher(self.name, self.encode_batch, metrics)
+            self.batcher = self._batcher(self.name, self.run_encoder, metrics)
         if self.decoder is None:
             self.decoder = self._batcher(
                 self.name + DECODER_SUFFIX,
-                self.decode_batch,
+                self.run_decoder,
                 metrics,
                 settings=self.decoder_batching,
                 item_size=lambda job: job.prompts,
                 executor=self.decoder_executor,
+                stream=self.decoder_stream,
             )
 
     def batchers(self) -> list[DynamicBatcher[Any, Any]]:
@@ -121,9 +167,12 @@ class ServedSam2(ServedModel):
 
     def warm_up(self) -> None:
         """An encoder pass on this (the device) thread, then a decoder pass on the decoder's own
-        thread: CUDA sets up per thread (cuBLAS handles, kernels' first launch), so a decoder
-        warmed up here would leave the first click to pay for its thread's set-up."""
-        features = self.encode_batch([torch.zeros(3, SAM2_INPUT_SIZE, SAM2_INPUT_SIZE)])[0]
+        thread, each on its stream: CUDA sets up per thread (cuBLAS handles, kernels' first
+        launch), so a decoder warmed up here would leave the first click to pay for its thread's
+        set-up."""
+        blank = torch.zeros(3, SAM2_INPUT_SIZE, SAM2_INPUT_SIZE)
+        with self.device_stream.active(), self.device_stream.timed():
+            features = self.run_encoder([blank])[0]
         job = DecodeJob(
             features=features,
             point_coords=torch.full((1, 1, 2), SAM2_INPUT_SIZE / 2),  # [1,1,2] centre
@@ -131,7 +180,11 @@ class ServedSam2(ServedModel):
             mask_input=torch.zeros(1, 1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE),
             has_mask_input=torch.zeros(1),
         )
-        self.decoder_executor.submit(self.decode_batch, [job]).result()
+        self.decoder_executor.submit(self._warm_up_decoder, job).result()
+
+    def _warm_up_decoder(self, job: DecodeJob) -> None:
+        with self.decoder_stream.active(), self.decoder_stream.timed():
+            self.run_decoder([job])
 
     def describe(self) -> dict[str, Any]:
         return {

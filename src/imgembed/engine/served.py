@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from imgembed.engine.metrics import Metrics
+from imgembed.runtime.batch_size import SIGLIP_MEMORY, BatchMemory, batch_size_for_device
 from imgembed.runtime.batcher import DynamicBatcher
 from imgembed.runtime.device import DevicePlacement
-from imgembed.settings import DEFAULT_BATCH_SIZE, BatchingSettings, ModelSpec
 from imgembed.runtime.staging import ImageStaging, preprocess_location
+from imgembed.runtime.streams import StreamPriority, WorkStream
+from imgembed.settings import DEFAULT_BATCH_SIZE, BatchingSettings, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ class ServedModel(ABC):
     warmup_seconds: float | None = None
 
     family: str = field(init=False)
+    _batch_sizes: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    _streams: dict[str, WorkStream] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -90,10 +94,6 @@ class ServedModel(ABC):
         return self.placement.device.type == "cuda"
 
     @property
-    def warms_up(self) -> bool:
-        """Whether the engine runs :meth:`warm_up` before it reports ready: ``spec.warmup`` when
-        it is a boolean; for ``auto``, only on a GPU (where the first pass pays for CUDA's lazy
-    @property
     def takes_device_input(self) -> bool:
         """Whether the model's encoder reads its input from the device (so images may be
         preprocessed there)."""
@@ -114,6 +114,10 @@ class ServedModel(ABC):
             return None
         return ImageStaging(self.placement.device)
 
+    @property
+    def warms_up(self) -> bool:
+        """Whether the engine runs :meth:`warm_up` before it reports ready: ``spec.warmup`` when
+        it is a boolean; for ``auto``, only on a GPU (where the first pass pays for CUDA's lazy
         set-up; on a CPU it only delays readiness, see
         :data:`~imgembed.settings.values.WarmupChoice`)."""
         if self.spec.warmup == "auto":
@@ -122,8 +126,34 @@ class ServedModel(ABC):
 
     @property
     def batching(self) -> BatchingSettings:
-        """The model's batching settings, ``max_batch_size`` 0 resolved for model and device."""
-        return self.spec.batching.with_default_batch_size(DEFAULT_BATCH_SIZE)
+        """The model's batching settings, ``max_batch_size`` 0 resolved for model and device
+        (:data:`~imgembed.settings.DEFAULT_BATCH_SIZE` on a CPU, by memory on a GPU)."""
+        return self._resolved("batching", self.spec.batching, SIGLIP_MEMORY, DEFAULT_BATCH_SIZE)
+
+    def _resolved(
+        self, key: str, settings: BatchingSettings, memory: BatchMemory, on_cpu: int
+    ) -> BatchingSettings:
+        """``settings`` with ``max_batch_size`` 0 replaced by the device's size
+        (:func:`~imgembed.runtime.batch_size.batch_size_for_device`), picked once per ``key``
+        (from the memory free when first asked, at :meth:`start`) and then kept; a size set in
+        the configuration is kept as it is."""
+        if settings.max_batch_size != 0:
+            return settings
+        if key not in self._batch_sizes:
+            self._batch_sizes[key] = batch_size_for_device(self.placement.device, memory, on_cpu)
+        return settings.with_default_batch_size(self._batch_sizes[key])
+
+    @property
+    def device_stream(self) -> WorkStream:
+        """The device queue of the device thread's work: a CUDA stream of its own on a GPU,
+        a no-op on the CPU (see :mod:`imgembed.runtime.streams`)."""
+        return self._stream("device", "normal")
+
+    def _stream(self, key: str, priority: StreamPriority) -> WorkStream:
+        """The model's work stream called ``key``, made on first use."""
+        if key not in self._streams:
+            self._streams[key] = WorkStream(self.placement.device, priority)
+        return self._streams[key]
 
     def _batcher(
         self,
@@ -133,7 +163,9 @@ class ServedModel(ABC):
         settings: BatchingSettings | None = None,
         item_size: Callable[[Any], int] | None = None,
         executor: ThreadPoolExecutor | None = None,
+        stream: WorkStream | None = None,
     ) -> DynamicBatcher[Any, Any]:
+        """A started batcher; by default on the device thread and its stream."""
         batcher: DynamicBatcher[Any, Any] = DynamicBatcher(
             name,
             run,
@@ -141,6 +173,7 @@ class ServedModel(ABC):
             settings or self.batching,
             on_batch=metrics.batch_observer(name),
             item_size=item_size,
+            stream=stream or self.device_stream,
         )
         batcher.start()
         metrics.track_model(
@@ -165,10 +198,10 @@ class ServedModel(ABC):
             },
             "device": self.placement.device_name,
             "compute_dtype": self.placement.compute_dtype,
+            "preprocess": self.preprocess,
             "load_seconds": round(self.load_seconds, 3),
             "warmup_seconds": None
             if self.warmup_seconds is None
             else round(self.warmup_seconds, 3),
             "batching": dataclasses.asdict(self.batching),
         }
-            "preprocess": self.preprocess,

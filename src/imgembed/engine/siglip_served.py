@@ -68,15 +68,17 @@ class ServedSiglip(ServedModel):
         return [b for b in (self.image_batcher, self.text_batcher) if b is not None]
 
     def warm_up(self) -> None:
+        """An image pass and a text pass on the device thread's stream, as batches run."""
         blank = DecodedImage(np.zeros((224, 224, 3), np.uint8), "PNG", "RGB", False)
         prepared = siglip_embed.prepare_image(
             blank, self.loaded.image_processing, siglip_embed.SiglipEmbedOptions(), self.staging
         )
-        self.embed_image_batch([prepared])
         ids = siglip_embed.prepare_texts(
             self.loaded.tokenizer, ["a photo"], max_length=self.loaded.text_max_length
         )
-        self.embed_text_batch([ids[0]])
+        with self.device_stream.active(), self.device_stream.timed():
+            self.embed_image_batch([prepared])
+            self.embed_text_batch([ids[0]])
 
     def describe(self) -> dict[str, Any]:
         variant = self.loaded.variant

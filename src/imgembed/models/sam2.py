@@ -5,7 +5,8 @@ Stateless: the model is passed in, features are returned, nothing is kept betwee
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import Sam2Model
@@ -37,11 +38,20 @@ class Sam2Features:
         image_embed: ``[B,256,64,64]``, stride 16 in the 1024 frame.
         high_res_feats_0: ``[B,32,256,256]``, stride 4 in the 1024 frame.
         high_res_feats_1: ``[B,64,128,128]``, stride 8 in the 1024 frame.
+        ready: An event that completes once the tensors are computed, when they were computed
+            on a CUDA stream that others read them from (set by the engine's encoder; a
+            consumer on another stream waits on it). ``None``: nothing to wait for.
     """
 
     image_embed: torch.Tensor
     high_res_feats_0: torch.Tensor
     high_res_feats_1: torch.Tensor
+    ready: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``image_embed``, ``high_res_feats_0``, ``high_res_feats_1``."""
+        return (self.image_embed, self.high_res_feats_0, self.high_res_feats_1)
 
     def to(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> Sam2Features:
         """The same features converted to ``dtype`` on ``device``."""
@@ -52,11 +62,13 @@ class Sam2Features:
         )
 
     def __getitem__(self, index: int) -> Sam2Features:
-        """Features of one batch item, keeping a batch axis of 1."""
+        """Features of one batch item, keeping a batch axis of 1 (views of this batch's
+        storage, ready when the batch is)."""
         return Sam2Features(
             image_embed=self.image_embed[index : index + 1],
             high_res_feats_0=self.high_res_feats_0[index : index + 1],
             high_res_feats_1=self.high_res_feats_1[index : index + 1],
+            ready=self.ready,
         )
 
 

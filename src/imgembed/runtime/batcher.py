@@ -14,6 +14,11 @@ Failures stay with their items: if a batch raises, each item is retried alone so
 never fails its neighbours; a device out-of-memory error splits the batch in halves and retries
 (after the failed batch's frames are released and the device's cached memory freed), and only an
 item that does not fit alone is answered with :class:`~imgembed.errors.ResourceExhaustedError`.
+
+A batch runs on its model's :class:`~imgembed.runtime.streams.WorkStream` (its own CUDA stream on
+a GPU) and is timed in device time there: the worker thread waits until the batch's device work
+is done before its results are handed out, so a result is always computed, and the batch-time
+metric measures the device's work, not the launch of its kernels.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Generic, TypeVar
 
+import torch
+
 from imgembed.errors import (
     DeadlineExceededError,
     QueueFullError,
@@ -35,6 +42,7 @@ from imgembed.errors import (
     ServiceUnavailableError,
 )
 from imgembed.runtime.memory import is_out_of_memory, release_cached_device_memory, release_frames
+from imgembed.runtime.streams import WorkStream
 from imgembed.settings import BatchingSettings
 
 logger = logging.getLogger(__name__)
@@ -51,7 +59,8 @@ class BatchStats:
         size: Items that ran.
         dropped: Items dropped before running (deadline passed or caller gone).
         queue_seconds: Per running item, the time from submission to the start of the batch.
-        compute_seconds: Wall time of the batch's run, splits and retries included.
+        compute_seconds: Time of the batch's run, splits and retries included: device time on
+            a CUDA stream (CUDA events), wall time on the CPU.
     """
 
     size: int
@@ -83,6 +92,8 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             counts each item as one.
         on_out_of_memory: Called on the model's thread after a batch ran out of memory, before
             its halves are retried (frees the device's cached memory by default).
+        stream: The device queue batches run on and are timed on; a CPU no-op stream (wall
+            time) when ``None``.
     """
 
     def __init__(
@@ -94,6 +105,7 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         on_batch: Callable[[BatchStats], None] | None = None,
         item_size: Callable[[ItemT], int] | None = None,
         on_out_of_memory: Callable[[], None] = release_cached_device_memory,
+        stream: WorkStream | None = None,
     ) -> None:
         if settings.max_batch_size < 1 or settings.max_queue_size < 1:
             raise ValueError(
@@ -107,6 +119,7 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         self._on_batch = on_batch
         self._item_size = item_size or (lambda _item: 1)
         self._on_out_of_memory = on_out_of_memory
+        self._stream = stream or WorkStream(torch.device("cpu"))
         # Unbounded: admission (reserve) enforces max_queue_size per request, not per item.
         self._queue: asyncio.Queue[_Pending[ItemT, ResultT]] = asyncio.Queue()
         self._reserved = 0
@@ -296,8 +309,8 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             self._running = len(live)
             started = time.monotonic()
             try:
-                outcomes = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._run_isolated, [pending.item for pending in live]
+                outcomes, compute_seconds = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._run_on_stream, [pending.item for pending in live]
                 )
             finally:
                 self._running = 0
@@ -308,7 +321,6 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
                     pending.future.set_exception(outcome)
                 else:
                     pending.future.set_result(outcome)
-            compute_seconds = time.monotonic() - started
         else:
             started, compute_seconds = now, 0.0
         if self._on_batch is not None:
@@ -320,6 +332,16 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
                     compute_seconds=compute_seconds,
                 )
             )
+
+    def _run_on_stream(self, items: list[ItemT]) -> tuple[list[ResultT | BaseException], float]:
+        """Runs a batch on the stream (on the model's thread); its outcomes and device time.
+
+        The timing waits for the batch's device work to finish (on CUDA): the results are
+        computed before any caller gets them, whatever stream or thread reads them next.
+        """
+        with self._stream.active(), self._stream.timed() as timing:
+            outcomes = self._run_isolated(items)
+        return outcomes, timing.seconds
 
     def _run_isolated(self, items: list[ItemT]) -> list[ResultT | BaseException]:
         """Runs a batch; on failure, splits (out of memory) or isolates items (anything else).

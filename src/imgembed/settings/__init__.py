@@ -7,7 +7,6 @@ from __future__ import annotations
 from imgembed.settings.environment import read_config_file, server_config_from_env
 from imgembed.settings.table import SETTINGS, Setting
 from imgembed.settings.values import (
-    DECODER_BATCH_SIZE_ON_GPU,
     DECODER_BATCHING,
     DEFAULT_BATCH_SIZE,
     DEFAULT_MODEL,
@@ -25,15 +24,14 @@ from imgembed.settings.values import (
     InputLimits,
     ModelSpec,
     OnnxProvider,
-    PreprocessChoice,
     OnnxRuntimeOptions,
+    PreprocessChoice,
     ResizeMode,
     ServerConfig,
 )
 
 __all__ = [
     "DECODER_BATCHING",
-    "DECODER_BATCH_SIZE_ON_GPU",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_MODEL",
     "MEBIBYTE",
@@ -50,9 +48,9 @@ __all__ = [
     "FetchPolicy",
     "InputLimits",
     "ModelSpec",
-    "PreprocessChoice",
     "OnnxProvider",
     "OnnxRuntimeOptions",
+    "PreprocessChoice",
     "ResizeMode",
     "ServerConfig",
     "Setting",

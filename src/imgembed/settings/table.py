@@ -211,7 +211,8 @@ SETTINGS: tuple[Setting, ...] = (
         "IMGEMBED_MAX_BATCH_SIZE",
         "batching.max_batch_size",
         _SIZE_OR_AUTO,
-        "Most requests per forward pass; 1: off; 0: 1 for SAM 2's encoder on CPU, else 4.",
+        "Most requests per forward pass; 1: off; 0: on CPU 1 for SAM 2's encoder, 4 for "
+        "SigLIP; on a GPU by its free memory.",
     ),
     Setting(
         "IMGEMBED_MAX_QUEUE_DELAY_MS",
@@ -229,7 +230,8 @@ SETTINGS: tuple[Setting, ...] = (
         "IMGEMBED_DECODER_MAX_BATCH_SIZE",
         "decoder_batching.max_batch_size",
         _SIZE_OR_AUTO,
-        "Most SAM 2 prompts per decoder pass, across requests; 0: 64 on a GPU, 1 (off) on CPU.",
+        "Most SAM 2 prompts per decoder pass, across requests; 0: 1 (off) on CPU, by free "
+        "memory on a GPU.",
     ),
     Setting(
         "IMGEMBED_DECODER_MAX_QUEUE_DELAY_MS",

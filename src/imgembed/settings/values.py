@@ -121,8 +121,9 @@ class BatchingSettings:
 
     Attributes:
         max_batch_size: Most requests run in one forward pass; 1 turns batching off, and 0 (the
-            default) leaves the size to the engine, by model and device
-            (:data:`DEFAULT_BATCH_SIZE`, :data:`SAM2_ENCODER_BATCH_SIZE_ON_CPU`).
+            default) leaves the size to the engine, by model and device: on a CPU
+            :data:`DEFAULT_BATCH_SIZE` or :data:`SAM2_ENCODER_BATCH_SIZE_ON_CPU`, on a GPU by its
+            free memory (``imgembed.runtime.batch_size``).
         max_queue_delay_ms: Longest a request waits for others to join its batch once the device
             is free; a batch runs as soon as it is full or this delay passes, whichever is first.
         max_queue_size: Requests waiting at most; beyond it new requests are refused with 429.
@@ -140,7 +141,8 @@ class BatchingSettings:
 
 
 DEFAULT_BATCH_SIZE = 4
-"""What ``batching.max_batch_size`` 0 means, except for SAM 2's image encoder on a CPU."""
+"""What ``batching.max_batch_size`` 0 means for SigLIP 2's towers on a CPU (on a GPU the size
+follows the device's free memory)."""
 SAM2_ENCODER_BATCH_SIZE_ON_CPU = 1
 """What ``batching.max_batch_size`` 0 means for SAM 2's image encoder on a CPU: batching off. On
 the CPUs measured, one pass over 4 images cost 1.1 to 1.4 times as much per image as single
@@ -151,11 +153,10 @@ batch size" and "Dynamic batching")."""
 
 DECODER_BATCHING = BatchingSettings(max_batch_size=0, max_queue_delay_ms=1.0, max_queue_size=256)
 """Default batching of SAM 2 prompt decoding, where ``max_batch_size`` counts prompts and 0 means
-by device: :data:`DECODER_BATCH_SIZE_ON_GPU` on a GPU, 1 (off) on a CPU, where sharing decoder
-passes across requests measured slower than decoding them one by one (benchmarks/RESULTS.md,
-"SAM 2 decoder batching")."""
-DECODER_BATCH_SIZE_ON_GPU = 64
-"""Prompts per shared decoder pass on a GPU when ``decoder_batching.max_batch_size`` is 0."""
+by device: on a GPU by its free memory (``imgembed.runtime.batch_size``: 64 prompts on a 24 GiB
+card, 128 on an 80 GiB one), 1 (off) on a CPU, where sharing decoder passes across requests
+measured slower than decoding them one by one (benchmarks/RESULTS.md, "SAM 2 decoder
+batching")."""
 
 
 @dataclass(frozen=True)
@@ -193,10 +194,10 @@ class ModelSpec:
         meta_config: Meta's config name for a ``.pt`` checkpoint (``configs/sam2.1/sam2.1_hiera_t.yaml``,
             ``sam2_hiera_l.yaml``); when ``None`` it follows from ``name``.
         device: Where to run.
-        compute_dtype: The forward passes' precision (see :data:`ComputeDtypeChoice`); SAM 2's
         preprocess: Where images are resized and normalised (:data:`PreprocessChoice`); the
             SAM 2 encoder's ONNX Runtime backend takes host input, so it always preprocesses on
             the CPU.
+        compute_dtype: The forward passes' precision (see :data:`ComputeDtypeChoice`); SAM 2's
             cached features are held in it.
         alias: Extra name clients may use for this model (the seed's checkpoint file name, say).
         batching: How this model's requests are batched (SAM 2: its image encoder; SigLIP 2:
@@ -218,8 +219,8 @@ class ModelSpec:
     weights: str | None = None
     meta_config: str | None = None
     device: DeviceChoice = "auto"
-    compute_dtype: ComputeDtypeChoice = "auto"
     preprocess: PreprocessChoice = "auto"
+    compute_dtype: ComputeDtypeChoice = "auto"
     alias: str | None = None
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     decoder_batching: BatchingSettings = DECODER_BATCHING
