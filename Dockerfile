@@ -7,19 +7,24 @@
 #       --build-arg MODELS="sam2.1-hiera-large siglip2-large-patch16-512" .
 #
 # Every RUN step is a step of docker/install.sh, which tests/deploy/test_docker_install.py runs.
+#
+# Pinned exactly (docs/deploy/docker.md, "Pins"): the base image by its multi-platform manifest
+# digest, torch by version and wheel tag (2.13.0+cpu, or 2.13.0+cu128 from PyTorch's cu128 index,
+# whose metadata pins the CUDA libraries it brings), everything else by docker/constraints.txt.
 
-ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
 
 # --- build: the virtual environment (torch pinned, CPU or CUDA build, then imgembed) --------------
 FROM ${PYTHON_IMAGE} AS build
 ARG VARIANT=cpu
 ARG TORCH_VERSION=2.13.0
+ARG TORCH_CUDA=cu128
 ARG EXTRAS=runpod
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
 COPY docker ./docker
-RUN docker/install.sh venv --venv /opt/venv --variant "${VARIANT}" \
+RUN docker/install.sh venv --venv /opt/venv --variant "${VARIANT}" --cuda "${TORCH_CUDA}" \
         --torch-version "${TORCH_VERSION}" --extras "${EXTRAS}" --source /src
 
 # --- weights: `imgembed download MODELS` into a Hugging Face cache (empty when MODELS is empty) ----

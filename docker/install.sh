@@ -2,13 +2,16 @@
 # Every RUN step of the Dockerfile, so that the install path the image takes is the one the tests run
 # (tests/deploy/test_docker_install.py).
 #
-#   docker/install.sh venv --venv DIR [--variant cpu|cuda] [--torch-version V] [--extras LIST]
-#                          [--source DIR] [--reuse-site-packages DIR]
-#       A virtual environment at DIR with torch (pinned, from the CPU or CUDA index, installed first so
-#       nothing replaces it) and imgembed[EXTRAS] at the versions of docker/constraints.txt; then
-#       checks that torch is the pinned one and that `imgembed` and the RunPod worker import.
+#   docker/install.sh venv --venv DIR [--variant cpu|cuda] [--cuda TAG] [--torch-version V]
+#                          [--extras LIST] [--source DIR] [--reuse-site-packages DIR] [--dry-run]
+#       A virtual environment at DIR with torch pinned exactly, installed first so nothing replaces
+#       it: torch==V+cpu from PyTorch's CPU index, or torch==V+TAG (TAG a CUDA wheel tag, cu128 by
+#       default) from that CUDA index, whose metadata pins the nvidia-* libraries it brings; then
+#       imgembed[EXTRAS] at the versions of docker/constraints.txt. It checks that torch is exactly
+#       V+TAG built for that CUDA (none for cpu) and that `imgembed` and the RunPod worker import.
 #       --reuse-site-packages DIR makes DIR's packages visible to the new environment (a .pth file)
-#       and installs with --no-index: nothing is downloaded (tests, air-gapped builds).
+#       and installs with --no-index: nothing is downloaded (tests, air-gapped builds). --dry-run
+#       prints the three pip installs (pip, torch, imgembed) it would run, and runs nothing.
 #   docker/install.sh weights --venv DIR --cache DIR --config FILE [MODEL ...]
 #       `imgembed download MODEL ...` into the Hugging Face cache DIR, and FILE, an imgembed config
 #       file serving those models ([[models]] tables), which docker/entrypoint.sh uses by default.
@@ -20,36 +23,51 @@ set -euo pipefail
 die() { echo "docker/install.sh: $*" >&2; exit 64; }
 
 venv_step() {
-  local venv="" variant=cpu torch_version=2.13.0 extras=runpod source="" reuse=""
+  local venv="" variant=cpu cuda=cu128 torch_version=2.13.0 extras=runpod source="" reuse=""
+  local dry_run=false
   while [ $# -gt 0 ]; do
     case "$1" in
       --venv) venv=$2; shift 2 ;;
       --variant) variant=$2; shift 2 ;;
+      --cuda) cuda=$2; shift 2 ;;
       --torch-version) torch_version=$2; shift 2 ;;
       --extras) extras=$2; shift 2 ;;
       --source) source=$2; shift 2 ;;
       --reuse-site-packages) reuse=$2; shift 2 ;;
-      *) die "venv: unknown option $1 (expected --venv, --variant, --torch-version, --extras, --source, --reuse-site-packages)" ;;
+      --dry-run) dry_run=true; shift ;;
+      *) die "venv: unknown option $1 (expected --venv, --variant, --cuda, --torch-version, --extras, --source, --reuse-site-packages, --dry-run)" ;;
     esac
   done
   [ -n "$venv" ] || die "venv: --venv DIR is required"
+  local tag
   case "$variant" in
-    cpu) index=https://download.pytorch.org/whl/cpu ;;
-    cuda) index=https://download.pytorch.org/whl/cu128 ;;
+    cpu) tag=cpu ;;
+    cuda)
+      [[ "$cuda" =~ ^cu[0-9]{3}$ ]] || die "venv: --cuda $cuda; expected a PyTorch CUDA wheel tag such as cu128"
+      tag=$cuda ;;
     *) die "venv: --variant $variant; expected cpu or cuda" ;;
   esac
+  local index=https://download.pytorch.org/whl/$tag
   local here
   here=$(cd "$(dirname "$0")" && pwd)
   source=${source:-$(dirname "$here")}
   local pip=("$venv/bin/python" -m pip --disable-pip-version-check --no-cache-dir -q)
+  local package="$source"
+  [ -n "$extras" ] && package="$source[$extras]"
+  # The online install, in order: pip itself, torch alone from its index, then imgembed.
+  local pip_step=(install --upgrade "pip==25.2")
+  local torch_step=(install --index-url "$index" "torch==$torch_version+$tag")
+  local package_step=(install --constraint "$here/constraints.txt" "$package")
+  if $dry_run; then
+    printf 'pip %s\n' "${pip_step[*]}" "${torch_step[*]}" "${package_step[*]}"
+    return 0
+  fi
   if [ -n "$reuse" ]; then
     # No pip or setuptools of its own: the reused folder's run and build the install.
     python3 -m venv --without-pip "$venv"
   else
     python3 -m venv "$venv"
   fi
-  local package="$source"
-  [ -n "$extras" ] && package="$source[$extras]"
   if [ -n "$reuse" ]; then
     [ -d "$reuse" ] || die "venv: --reuse-site-packages $reuse is not a folder"
     local site
@@ -81,17 +99,23 @@ if unmet:
     sys.exit("unmet: " + ", ".join(unmet))
 PY
   else
-    "${pip[@]}" install --upgrade "pip==25.2"
-    "${pip[@]}" install --index-url "$index" "torch==$torch_version"
-    "${pip[@]}" install --constraint "$here/constraints.txt" "$package"
+    "${pip[@]}" "${pip_step[@]}"
+    "${pip[@]}" "${torch_step[@]}"
+    "${pip[@]}" "${package_step[@]}"
   fi
-  "$venv/bin/python" - "$torch_version" <<'PY'
+  "$venv/bin/python" - "$torch_version" "$tag" <<'PY' || die "venv: torch is not the pinned build (above)"
 import sys
 import torch
-wanted = sys.argv[1]
-assert torch.__version__.split("+")[0] == wanted, f"torch was replaced: {torch.__version__}, pinned {wanted}"
-import imgembed.cli, imgembed.runpod, imgembed.server.app  # noqa: E401,F401  the image's entry points import
+version, tag = sys.argv[1], sys.argv[2]
+cuda = None if tag == "cpu" else f"{tag[2:-1]}.{tag[-1]}"  # cu128 -> 12.8
+if torch.__version__ != f"{version}+{tag}" or torch.version.cuda != cuda:
+    sys.exit(
+        f"torch is {torch.__version__} (CUDA {torch.version.cuda}), pinned {version}+{tag} "
+        f"(CUDA {cuda}): something replaced it, or the index served another build"
+    )
 PY
+  "$venv/bin/python" -c "import imgembed.cli, imgembed.runpod, imgembed.server.app" \
+    || die "venv: the image's entry points (imgembed.cli, imgembed.runpod, imgembed.server.app) do not import"
   "$venv/bin/imgembed" --help >/dev/null
 }
 

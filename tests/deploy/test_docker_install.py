@@ -41,17 +41,23 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 @pytest.fixture(scope="module")
-def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh environment made by ``install.sh venv`` from a copy of the build context."""
-    work = tmp_path_factory.mktemp("docker")
-    source = work / "src-copy"
+def build_context(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of what the Dockerfile copies to build imgembed (pyproject.toml, README.md, src/)."""
+    source = tmp_path_factory.mktemp("docker") / "src-copy"
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(
         ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
     )
-    venv = work / "venv"
+    return source
+
+
+@pytest.fixture(scope="module")
+def venv(build_context: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh environment made by ``install.sh venv`` from a copy of the build context."""
+    source = build_context
+    venv = tmp_path_factory.mktemp("docker") / "venv"
     site = sysconfig.get_paths()["purelib"]
     result = run(
         "venv", "--venv", str(venv), "--extras", "runpod", "--source", str(source),
@@ -71,7 +77,7 @@ def test_venv_has_imgembed_from_the_copied_source_and_the_pinned_torch(venv: Pat
     assert out.returncode == 0, out.stderr
     module, torch_version = json.loads(out.stdout)
     assert module.startswith(str(venv)), module  # installed into the new environment
-    assert torch_version.startswith("2.13.0")
+    assert torch_version == "2.13.0+cpu"
     assert (venv / "bin" / "imgembed").is_file()
 
 
@@ -163,10 +169,64 @@ def test_user_step_creates_a_non_root_user_owning_its_folders() -> None:
 
 
 @pytest.mark.parametrize(
+    ("args", "index", "pin"),
+    [
+        ([], "https://download.pytorch.org/whl/cpu", "torch==2.13.0+cpu"),
+        (["--variant", "cuda"], "https://download.pytorch.org/whl/cu128", "torch==2.13.0+cu128"),
+        (
+            ["--variant", "cuda", "--cuda", "cu126", "--torch-version", "2.12.1"],
+            "https://download.pytorch.org/whl/cu126",
+            "torch==2.12.1+cu126",
+        ),
+    ],
+)
+def test_venv_pins_torch_by_version_and_wheel_tag_from_its_index(
+    args: list[str], index: str, pin: str, tmp_path: Path
+) -> None:
+    """What the image's build runs online (``--dry-run`` prints it): pip, then torch alone with
+    its local version tag from that tag's index, then imgembed under docker/constraints.txt."""
+    result = run("venv", "--venv", str(tmp_path / "v"), "--source", "/src", *args, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "pip install --upgrade pip==25.2",
+        f"pip install --index-url {index} {pin}",
+        f"pip install --constraint {ROOT / 'docker' / 'constraints.txt'} /src[runpod]",
+    ]
+    assert not (tmp_path / "v").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--variant", "cuda"], "pinned 2.13.0+cu128 (CUDA 12.8)"),
+        (["--torch-version", "2.12.0"], "pinned 2.12.0+cpu (CUDA None)"),
+    ],
+)
+def test_venv_refuses_a_torch_that_is_not_the_pinned_build(
+    args: list[str], message: str, build_context: Path, tmp_path: Path
+) -> None:
+    """The reused packages hold this checkout's CPU torch 2.13.0: asked for a CUDA build or
+    another version, the step fails naming both, as a build would after a wrong index."""
+    site = sysconfig.get_paths()["purelib"]
+    result = run(
+        "venv", "--venv", str(tmp_path / "v"), "--extras", "", "--source", str(build_context),
+        "--reuse-site-packages", site, *args,
+    )  # fmt: skip
+    assert result.returncode == 64, result.stdout + result.stderr
+    assert "torch is 2.13.0+cpu (CUDA None)" in result.stderr
+    assert message in result.stderr
+    assert "torch is not the pinned build" in result.stderr
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (["user", "--name", "x", "--uid", "0", "--home", "/h"], "not root"),
         (["venv", "--venv", "/tmp/x", "--variant", "rocm"], "expected cpu or cuda"),
+        (
+            ["venv", "--venv", "/tmp/x", "--variant", "cuda", "--cuda", "12.8"],
+            "expected a PyTorch CUDA wheel tag such as cu128",
+        ),
         (["build"], "expected a step: venv, weights or user"),
     ],
 )

@@ -55,7 +55,8 @@ def test_three_stages_on_one_pinned_base() -> None:
     ]
     base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", DOCKERFILE, re.MULTILINE)
     assert base is not None
-    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", base.group(1))
+    # A tag is rebuilt in place; the manifest digest names one image, for CPU and CUDA variants.
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", base.group(1))
 
 
 def test_every_run_is_a_step_of_the_install_script() -> None:
@@ -71,6 +72,25 @@ def test_variant_and_torch_are_build_arguments_with_the_projects_pin() -> None:
     assert torch is not None
     assert f"torch=={torch.group(1)}" in (ROOT / "scripts" / "bootstrap.sh").read_text()
     assert 'ARG MODELS=""' in DOCKERFILE
+
+
+def test_the_cuda_wheel_tag_is_a_build_argument_passed_to_the_install() -> None:
+    cuda = re.search(r"^ARG TORCH_CUDA=(\S+)$", DOCKERFILE, re.MULTILINE)
+    assert cuda is not None
+    assert re.fullmatch(r"cu\d{3}", cuda.group(1))
+    (venv_step,) = [run for run in instructions("RUN") if " venv " in run]
+    for argument in ('--variant "${VARIANT}"', '--cuda "${TORCH_CUDA}"'):
+        assert argument in venv_step
+    assert '--torch-version "${TORCH_VERSION}"' in venv_step
+    docs = (ROOT / "docs" / "deploy" / "docker.md").read_text()
+    assert f"| `TORCH_CUDA` | `{cuda.group(1)}` |" in docs
+    assert base_image() in docs
+
+
+def base_image() -> str:
+    found = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", DOCKERFILE, re.MULTILINE)
+    assert found is not None
+    return found.group(1)
 
 
 def test_runtime_is_non_root_with_port_health_and_entrypoint() -> None:
