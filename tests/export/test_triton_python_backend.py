@@ -142,7 +142,11 @@ def _graph(path: Path) -> None:
 
 
 def _model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_batch_size: int, **parameters: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    max_batch_size: int,
+    kind: str = "CPU",
+    **parameters: str,
 ) -> triton_python_model.TritonPythonModel:
     monkeypatch.setattr(triton_python_model, "pb_utils", _fake_utils())
     (tmp_path / "1").mkdir(exist_ok=True)
@@ -159,10 +163,23 @@ def _model(
             "model_config": json.dumps(config),
             "model_repository": str(tmp_path),
             "model_version": "1",
-            "model_instance_kind": "CPU",
+            "model_instance_kind": kind,
         }
     )
     return model
+
+
+def test_a_gpu_instance_whose_cuda_does_not_start_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18, item 6: ONNX Runtime drops a CUDA provider it cannot start and runs on the CPU;
+    a KIND_GPU instance that asked for CUDA fails to load instead. Here the CPU onnxruntime is made
+    to list CUDA, so it is asked for, and the real session comes up on the CPU."""
+    ort = triton_python_model.ort
+    listed = ["CUDAExecutionProvider", *ort.get_available_providers()]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: listed)
+    with pytest.raises(RuntimeError, match=r"KIND_GPU instance .* did not start"):
+        _model(tmp_path, monkeypatch, max_batch_size=8, kind="GPU")
 
 
 def test_model_joins_a_batch_of_requests_and_splits_the_answers(

@@ -113,6 +113,8 @@ class TritonPythonModel:
 
         Raises:
             FileNotFoundError: The version folder has no ``model.onnx``.
+            RuntimeError: A ``KIND_GPU`` instance asked for CUDA (the stub's onnxruntime has it)
+                and the session does not run on it.
         """
         config = json.loads(args["model_config"])
         self.batching = int(config.get("max_batch_size", 0)) > 0
@@ -132,7 +134,19 @@ class TritonPythonModel:
             device = int(args.get("model_instance_device_id", 0))
             providers = [("CUDAExecutionProvider", {"device_id": device}), "CPUExecutionProvider"]
         options = session_options(_string_parameters(config))
-        self.session = ort.InferenceSession(str(graph), options, providers=providers)
+        # ONNX Runtime's own fallback would print a line and carry on with the CPU.
+        self.session = ort.InferenceSession(
+            str(graph), options, providers=providers, enable_fallback=0
+        )
+        if len(providers) > 1 and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise RuntimeError(
+                f"this KIND_GPU instance asked ONNX Runtime {ort.__version__} for "
+                f"CUDAExecutionProvider, but the session runs on {self.session.get_providers()}: "
+                "the provider did not start (usually CUDA 12 or cuDNN 9 libraries missing from the "
+                "stub's environment; ONNX Runtime's message above names the library). Install "
+                "them (pip install 'onnxruntime-gpu[cuda,cudnn]'), or give the model instance "
+                "kind cpu."
+            )
 
     def _feeds(self, request: Any) -> dict[str, np.ndarray]:
         """The request's inputs by name; inputs it left out are not fed."""

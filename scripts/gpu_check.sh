@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The GPU check: what only a CUDA device can confirm (issue 18), as one prepared run.
+#
+#   scripts/gpu_check.sh wheels   here, with network: the wheels the GPU machine's image lacks, into
+#                                 .whl/ (git-ignored), for CPython 3.12 on x86-64 Linux
+#   scripts/gpu_check.sh run      on the GPU machine (no network), from the repository root:
+#                                 installs .whl/ into /tmp/site, then runs tests/gpu and the
+#                                 GPU benchmarks, writing logs and results under $OUT (or ./gpu-out)
+#
+# With the device tool: run `scripts/gpu_check.sh wheels` first, then
+#   run(command="scripts/gpu_check.sh run", carry=[".whl"], timeout_s=540)
+# The test module also has a CPU dry run of its own plumbing:
+#   IMGEMBED_GPU_TESTS_DRY_RUN=1 .venv/bin/pytest tests/gpu
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+# What the GPU machine's image lacks (device KINDS.md lists what it holds), at the versions this
+# project's venv runs, so the GPU run tests the same library code as CI.
+# Meta's sam2 is not among them: tests/gpu compares the GPU engine with the CPU one.
+WHEELS=(fastapi starlette uvicorn python-multipart pydantic pydantic-core annotated-types
+  typing-inspection typing-extensions sniffio transformers tokenizers)
+
+wheels() {
+  local venv=${IMGEMBED_VENV:-$root/.venv}
+  local specs=()
+  for name in "${WHEELS[@]}"; do
+    version=$("$venv/bin/python" -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p')
+    if [ -z "$version" ]; then
+      echo "gpu_check: $name is not installed in $venv; run scripts/bootstrap.sh test first" >&2
+      exit 1
+    fi
+    specs+=("$name==$version")
+  done
+  rm -rf .whl && mkdir -p .whl
+  # Binary wheels for the GPU machine's Python (3.12, x86-64, glibc); pure-Python ones fit any.
+  "$venv/bin/python" -m pip download --quiet --no-deps --only-binary=:all: --dest .whl \
+    --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 --platform any "${specs[@]}"
+  du -sh .whl
+  ls .whl
+}
+
+run() {
+  local out=${OUT:-$root/gpu-out}
+  mkdir -p "$out"
+  export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 ORT_DISABLE_TELEMETRY=1
+  if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site:$root/src:$root/tests/support
+  else
+    export PYTHONPATH=$root/src:$root/tests/support
+  fi
+  {
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    python3 -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__, "bf16 native", torch.cuda.is_bf16_supported(including_emulation=False))'
+  } 2>&1 | tee "$out/machine.txt" || true
+  set +e
+  # 1. Correctness on CUDA against the CPU engine (tests/gpu), a few minutes.
+  python3 -m pytest -p no:cacheprovider -q -rs --timeout 300 tests/gpu 2>&1 | tee "$out/gpu_tests.log"
+  local tests_status=${PIPESTATUS[0]}
+  # 2. Forward-pass cost by batch size on this GPU, in bfloat16: where the GPU batch sizes come from.
+  timeout 240 python3 benchmarks/batch_cost.py --quick --device cuda --compute-dtype bfloat16 \
+    --wait-quiet 0 --results "$out/RESULTS.md" --out "$out" 2>&1 | tail -n 40 >"$out/batch_cost.log"
+  set -e
+  echo "gpu_check: tests exit status $tests_status; results in $out"
+  return "$tests_status"
+}
+
+case "${1:-}" in
+  wheels) wheels ;;
+  run) run ;;
+  *)
+    echo "usage: scripts/gpu_check.sh wheels|run (see the comment at the top)" >&2
+    exit 2
+    ;;
+esac
