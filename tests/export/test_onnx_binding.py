@@ -9,64 +9,25 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import TensorProto, helper
+from onnx_stand_in import LEVELS, SIDE, stand_in_encoder, stand_in_export
 
 from imgembed.export import onnx_backend, onnx_binding
 from imgembed.export.onnx_backend import OnnxRuntimeSettings, OnnxSam2Backend
 from imgembed.export.onnx_binding import ort_device, output_shape, run_bound, wait_for_torch
-from imgembed.export.onnx_metadata import ExportResult
 from imgembed.export.onnx_providers import CPU_PROVIDER, CUDA_PROVIDER, ActiveProviders
-
-SIDE = 1024
-LEVELS = {"image_embed": 16, "high_res_feats_0": 4, "high_res_feats_1": 8}
-"""Each stand-in output is the image max-pooled by this stride: [B,3,64,64], [B,3,256,256] and
-[B,3,128,128]."""
-
-
-def _stand_in_encoder(path: Path) -> Path:
-    """An ``encoder.onnx`` with SAM 2's input and output names: ``image [batch,3,1024,1024]`` to
-    three max-pooled maps whose sizes are fixed but for the batch."""
-    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, SIDE, SIDE])
-    nodes, outputs = [], []
-    for name, stride in LEVELS.items():
-        pool = helper.make_node(
-            "MaxPool", ["image"], [name], kernel_shape=[stride, stride], strides=[stride, stride]
-        )
-        nodes.append(pool)
-        size = SIDE // stride
-        outputs.append(
-            helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 3, size, size])
-        )
-    graph = helper.make_graph(nodes, "stand_in_encoder", [image], outputs)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    onnx.save(model, path)
-    return path
 
 
 @pytest.fixture(scope="module")
 def encoder_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _stand_in_encoder(tmp_path_factory.mktemp("binding") / "encoder.onnx")
+    return stand_in_encoder(tmp_path_factory.mktemp("binding") / "encoder.onnx")
 
 
 @pytest.fixture(scope="module")
 def session(encoder_path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(encoder_path), providers=[CPU_PROVIDER])
-
-
-def _export(encoder_path: Path) -> ExportResult:
-    metadata = {"model_id": "sam2.1-hiera-tiny", "weights": {"untrained": True}, "opset": 18}
-    return ExportResult(
-        out_dir=encoder_path.parent,
-        precision="fp32",
-        files={"encoder": encoder_path},
-        metadata_path=encoder_path.parent / "imgembed-export.json",
-        metadata=metadata,
-    )
 
 
 def test_bound_outputs_equal_session_run(session: ort.InferenceSession) -> None:
@@ -143,7 +104,7 @@ def test_the_run_waits_for_torch_after_binding(session: ort.InferenceSession) ->
 
 
 def test_the_cpu_provider_keeps_session_run(encoder_path: Path) -> None:
-    backend = OnnxSam2Backend(_export(encoder_path), OnnxRuntimeSettings(provider="cpu"))
+    backend = OnnxSam2Backend(stand_in_export(encoder_path), OnnxRuntimeSettings(provider="cpu"))
     assert backend.output_device is None
     assert backend.describe()["io_binding"] is False
     with mock.patch.object(onnx_backend, "run_bound") as bound:
@@ -153,7 +114,7 @@ def test_the_cpu_provider_keeps_session_run(encoder_path: Path) -> None:
 
 
 def test_encode_through_bound_outputs_equals_session_run(encoder_path: Path) -> None:
-    backend = OnnxSam2Backend(_export(encoder_path), OnnxRuntimeSettings(provider="cpu"))
+    backend = OnnxSam2Backend(stand_in_export(encoder_path), OnnxRuntimeSettings(provider="cpu"))
     pixels = torch.randn(2, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(2))
     by_run = backend.encode(pixels)
     backend.output_device = torch.device("cpu")  # what a GPU provider sets to cuda:N
@@ -171,7 +132,7 @@ def test_a_gpu_session_binds_the_features_on_the_decoders_device(
     active = ActiveProviders("cuda", CUDA_PROVIDER, (CUDA_PROVIDER, CPU_PROVIDER))
     monkeypatch.setattr(onnx_backend, "open_session", lambda *args, **kwargs: (session, active))
     backend = OnnxSam2Backend(
-        _export(encoder_path),
+        stand_in_export(encoder_path),
         OnnxRuntimeSettings(provider="cuda", device_id=1),
         output_device=torch.device("cuda", 1),
     )
@@ -192,5 +153,5 @@ def test_a_gpu_session_binds_the_features_on_the_decoders_device(
     features = backend.encode(torch.zeros(1, 3, SIDE, SIDE))
     assert seen == [torch.device("cuda", 1)]
     assert features.high_res_feats_0.shape == (1, 3, 256, 256)
-    default = OnnxSam2Backend(_export(encoder_path), OnnxRuntimeSettings(device_id=1))
+    default = OnnxSam2Backend(stand_in_export(encoder_path), OnnxRuntimeSettings(device_id=1))
     assert default.output_device == torch.device("cuda", 1)  # the provider's own device
