@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from imagefactory import encode, gradient_rgb
 from PIL import Image
+from servers import TEST_DEVICE
 
 pytestmark = pytest.mark.e2e
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.e2e
 def imgembed(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "imgembed.cli", *args],
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **TEST_DEVICE, **(env or {})},
         capture_output=True,
         text=True,
         timeout=300,

@@ -55,7 +55,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_engine(folder: Path, data_dir: Path) -> Engine:
     config = ServerConfig(
-        models=(ModelSpec("siglip2-base-patch16-224", weights=str(folder), warmup=False),),
+        models=(
+            ModelSpec("siglip2-base-patch16-224", weights=str(folder), device="cpu", warmup=False),
+        ),
         limits=replace(InputLimits(), max_batch_images=8),
         fetch=replace(FetchPolicy(), allowed_hosts=("127.0.0.1/32",), timeout_s=2),
         collections_dir=str(data_dir),

@@ -23,7 +23,7 @@ import torch
 from imagefactory import encode, gradient_rgb
 from PIL import Image
 from prometheus import metric
-from servers import LOOPBACK, free_port, imgembed_server, in_process_server
+from servers import LOOPBACK, TEST_DEVICE, free_port, imgembed_server, in_process_server
 
 from imgembed.engine import Engine
 from imgembed.models.sam2_loading import LoadedSam2, load_sam2
@@ -114,7 +114,9 @@ def faulty_loader(spec: ModelSpec, device: torch.device) -> LoadedSam2:
 
 
 def test_a_model_that_raises_fails_only_its_own_request() -> None:
-    spec = ModelSpec(MODEL, weights="dummy", warmup=False, batching=BatchingSettings(4, 300, 16))
+    spec = ModelSpec(
+        MODEL, weights="dummy", device="cpu", warmup=False, batching=BatchingSettings(4, 300, 16)
+    )
     config = ServerConfig(models=(spec,))
     app = create_app(config, engine=Engine(config, loaders={"sam2": faulty_loader}))
     with in_process_server(app) as server:
@@ -150,7 +152,7 @@ def test_sigterm_finishes_work_in_flight_then_exits(tmp_path: Path) -> None:
         command,
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "IMGEMBED_WARMUP": "false"},
+        env={**os.environ, **TEST_DEVICE, "IMGEMBED_WARMUP": "false"},
     )
     server = f"http://{LOOPBACK}:{port}"
     try:

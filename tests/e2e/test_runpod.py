@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from imagefactory import encode, gradient_rgb
 from PIL import Image
+from servers import TEST_DEVICE
 
 import imgembed.runpod as runpod_adapter
 
@@ -29,7 +30,7 @@ def run_local_test(event: dict[str, Any], env: dict[str, str]) -> tuple[int, str
     """Runs ``python -m imgembed.runpod --test_input EVENT``; returns exit status and output."""
     completed = subprocess.run(
         [sys.executable, "-m", "imgembed.runpod", "--test_input", json.dumps(event)],
-        env={**os.environ, **env},
+        env={**os.environ, **TEST_DEVICE, **env},
         capture_output=True,
         text=True,
         timeout=300,
@@ -91,6 +92,8 @@ def test_unknown_action_fails_the_job_with_a_clear_error() -> None:
 @pytest.fixture
 def dummy_engine(monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("IMGEMBED_WEIGHTS", "dummy")
+    for name, value in TEST_DEVICE.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setattr(runpod_adapter, "_engine", None)
     yield
     engine = runpod_adapter._engine

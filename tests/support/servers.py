@@ -21,6 +21,12 @@ import httpx
 
 LOOPBACK = "127.0.0.1"
 
+TEST_DEVICE = {"IMGEMBED_DEVICE": "cpu"}
+"""Where every server and command the tests start runs its models unless a test says otherwise:
+the CPU, in float32 (the compute dtype's ``auto`` there). The tests' tolerances are float32's,
+against references computed on the CPU; on a GPU machine ``auto`` would pick CUDA in bfloat16 and
+fail them. A test of the GPU passes ``IMGEMBED_DEVICE`` itself (tests/gpu does)."""
+
 
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
@@ -36,14 +42,15 @@ def imgembed_server(
     """Runs ``imgembed serve ARGS`` on a free loopback port until the block ends.
 
     The start-up warm-up pass is off unless ``env`` turns it on (``IMGEMBED_WARMUP``): most tests
-    do not need it, and on 2 CPU cores it costs seconds per server.
+    do not need it, and on 2 CPU cores it costs seconds per server. Models run on the CPU unless
+    ``env`` sets ``IMGEMBED_DEVICE`` (:data:`TEST_DEVICE`).
 
     Yields:
         The base URL, once ``/health`` answers 200.
     """
     port = free_port()
     command = [sys.executable, "-m", "imgembed.cli", "serve", "--port", str(port), *args]
-    env = {"IMGEMBED_HOST": LOOPBACK, "IMGEMBED_WARMUP": "false", **(env or {})}
+    env = {"IMGEMBED_HOST": LOOPBACK, "IMGEMBED_WARMUP": "false", **TEST_DEVICE, **(env or {})}
     with background_server(command, env, port, "/health", log_path, timeout_s) as base_url:
         yield base_url
 
@@ -53,7 +60,8 @@ def runpod_api_server(
     env: dict[str, str], *, log_path: Path, timeout_s: float = 120
 ) -> Iterator[str]:
     """Runs ``python -m imgembed.runpod --rp_serve_api``: the runpod SDK's local API server,
-    whose ``POST /runsync`` mimics RunPod's endpoint.
+    whose ``POST /runsync`` mimics RunPod's endpoint. Models run on the CPU unless ``env`` sets
+    ``IMGEMBED_DEVICE`` (:data:`TEST_DEVICE`).
 
     Yields:
         The base URL, once the SDK's server answers.
@@ -63,6 +71,7 @@ def runpod_api_server(
         sys.executable, "-m", "imgembed.runpod", "--rp_serve_api",
         "--rp_api_host", LOOPBACK, "--rp_api_port", str(port),
     ]  # fmt: skip
+    env = {**TEST_DEVICE, **env}
     with background_server(command, env, port, "/openapi.json", log_path, timeout_s) as base_url:
         yield base_url
 
