@@ -65,7 +65,8 @@ class Sam2Embedding:
         dtype: Dtype the server sent.
         untrained: Whether the server ran untrained (``dummy``) weights.
         compute_dtype: The precision the server computed in (``float32``, ``bfloat16`` or
-            ``float16``): float32 features computed in bfloat16 carry bfloat16's precision.
+            ``float16``): float32 features computed in bfloat16 carry bfloat16's precision;
+            ``None`` from a server that does not report it.
     """
 
     image_embed: np.ndarray
@@ -76,7 +77,7 @@ class Sam2Embedding:
     device: str
     dtype: str
     untrained: bool
-    compute_dtype: str
+    compute_dtype: str | None = None
 
     def to_input_frame(self, points_xy: Any) -> np.ndarray:
         """Maps ``[N,2]`` XY points from original-image pixels into the 1024 frame (same shape)."""
@@ -101,7 +102,8 @@ class Sam2Segmentation:
         cache_hit: The server skipped the encoder.
         model: Model id that decoded the masks.
         untrained: Whether the server ran untrained (``dummy``) weights.
-        compute_dtype: The precision the server computed in.
+        compute_dtype: The precision the server computed in; ``None`` from a server that does not
+            report it.
     """
 
     masks: np.ndarray
@@ -113,7 +115,7 @@ class Sam2Segmentation:
     cache_hit: bool
     model: str
     untrained: bool
-    compute_dtype: str
+    compute_dtype: str | None = None
 
     def best_masks(self) -> np.ndarray:
         """``[O,H,W]`` bool: each object's mask with the highest predicted IoU."""
@@ -222,7 +224,7 @@ class ImgembedClient:
             device=header["device"],
             dtype=header["dtype"],
             untrained=bool(header.get("weights", {}).get("untrained", False)),
-            compute_dtype=header["compute_dtype"],
+            compute_dtype=header.get("compute_dtype"),
         )
 
     def sam2_segment(
@@ -297,7 +299,7 @@ class ImgembedClient:
             cache_hit=result["cache_hit"],
             model=result["model"],
             untrained=bool(result["weights"]["untrained"]),
-            compute_dtype=result["compute_dtype"],
+            compute_dtype=result.get("compute_dtype"),
         )
 
     def sam2_segment_everything(
