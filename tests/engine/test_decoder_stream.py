@@ -15,16 +15,26 @@ import numpy as np
 import pytest
 import torch
 from fake_cuda import GREATEST_PRIORITY, TICK_MS, FakeCuda, install, on_cuda
-from fakes import SAM2_MODEL, FakeServedSam2, fake_config, fake_engine, fake_spec, served_fake
+from fakes import (
+    SAM2_MODEL,
+    FakeServedSam2,
+    fake_config,
+    fake_engine,
+    fake_sam2_features,
+    fake_spec,
+    served_fake,
+)
 from imagefactory import encode, gradient_rgb
 from PIL import Image
 
 from imgembed.engine import Engine, Sam2Service
 from imgembed.engine import served as served_module
+from imgembed.engine.feature_store import FeatureStore
 from imgembed.models.sam2 import Sam2Features
 from imgembed.models.sam2_decoder import Sam2MaskPrediction
 from imgembed.pipelines.sam2_decode import DecodeJob
 from imgembed.pipelines.sam2_segment import SegmentObject
+from imgembed.preprocess.sam2_frame import FrameMapping
 from imgembed.runtime.streams import StreamPriority, WorkStream
 from imgembed.types import ImageBytes
 
@@ -173,3 +183,41 @@ def test_on_the_cpu_requests_touch_no_cuda(monkeypatch: pytest.MonkeyPatch) -> N
             return second.cache_hit, _compute_seconds(engine, SAM2_MODEL)[1]
 
     assert asyncio.run(scenario()) == (True, 1)
+
+
+def test_features_the_store_copies_carry_an_event_of_the_copying_stream(cuda: FakeCuda) -> None:
+    """Features that are views of a batch are copied by the store on the event loop's (default)
+    stream: the decoder must wait for that copy, so the entry's event is recorded there after the
+    copy, not the encoder's event."""
+    batch = fake_sam2_features(torch.rand(2, 3, 1024, 1024))
+    encoder_ready = object()
+    view = Sam2Features(*(on_cuda(tensor[:1]) for tensor in batch.tensors), ready=encoder_ready)
+    store = FeatureStore(SAM2_MODEL, 1 << 30)
+
+    async def encode() -> tuple[Sam2Features, FrameMapping]:
+        return view, FrameMapping.for_image(64, 64, 1024, "stretch")
+
+    entry, hit = asyncio.run(store.get_or_encode("image", encode))
+    assert not hit
+    ready = entry.features.ready
+    assert ready is not encoder_ready
+    assert cuda.entries("record") == [("record", ready, cuda.default)]
+    for tensor in entry.features.tensors:
+        assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+
+
+def test_features_of_their_own_pass_through_the_store_with_the_encoders_event(
+    cuda: FakeCuda,
+) -> None:
+    owned = Sam2Features(
+        *(on_cuda(tensor) for tensor in fake_sam2_features(torch.rand(1, 3, 1024, 1024)).tensors),
+        ready=object(),
+    )
+    store = FeatureStore(SAM2_MODEL, 1 << 30)
+
+    async def encode() -> tuple[Sam2Features, FrameMapping]:
+        return owned, FrameMapping.for_image(64, 64, 1024, "stretch")
+
+    entry, _ = asyncio.run(store.get_or_encode("image", encode))
+    assert entry.features is owned
+    assert cuda.entries("record") == []

@@ -16,7 +16,7 @@ from fake_cuda import GREATEST_PRIORITY, TICK_MS, FakeCuda, install, on_cuda
 
 from imgembed.runtime import streams as streams_module
 from imgembed.runtime.batcher import BatchStats, DynamicBatcher
-from imgembed.runtime.streams import WorkStream
+from imgembed.runtime.streams import WorkStream, ready_on_current_stream
 from imgembed.settings import BatchingSettings
 
 CUDA = torch.device("cuda", 0)
@@ -156,3 +156,13 @@ def test_a_batchers_default_stream_is_the_cpus_wall_clock(monkeypatch: pytest.Mo
     stats: list[BatchStats] = []
     assert _run_batcher(None, lambda items: [item + 1 for item in items], stats) == [2, 3, 4]
     assert stats[0].compute_seconds == 0.75
+
+
+def test_ready_on_current_stream_records_on_the_threads_stream_for_device_tensors(
+    cuda: FakeCuda,
+) -> None:
+    assert ready_on_current_stream([torch.zeros(1)]) is None, "host tensors: nothing to wait for"
+    work = WorkStream(CUDA)
+    with work.active():
+        event = ready_on_current_stream([torch.zeros(1), on_cuda(torch.zeros(1))])
+    assert cuda.entries("record") == [("record", event, work.stream)]

@@ -17,7 +17,6 @@ Not thread-safe: the engine uses it from its event loop only.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,6 +27,7 @@ from imgembed.engine.feature_cache import CachedImage, CacheStats, FeatureCache
 from imgembed.errors import NotFoundError
 from imgembed.models.sam2 import Sam2Features
 from imgembed.preprocess.sam2_frame import FrameMapping
+from imgembed.runtime.streams import ready_on_current_stream
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +168,7 @@ def _own_storage(features: Sam2Features, dtype: torch.dtype | None) -> Sam2Featu
         tensor if owned(tensor) else tensor.to(dtype=dtype or tensor.dtype, copy=True)
         for tensor in tensors
     )
-    return dataclasses.replace(
-        features, image_embed=image_embed, high_res_feats_0=high_res_0, high_res_feats_1=high_res_1
-    )
+    # The copies are queued on this thread's current stream, not the encoder's: a consumer on
+    # another stream (the decoder's) must wait for them, not for the encoder's event.
+    copies = (image_embed, high_res_0, high_res_1)
+    return Sam2Features(*copies, ready=ready_on_current_stream(copies))

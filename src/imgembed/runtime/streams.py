@@ -158,3 +158,20 @@ class WorkStream:
         for tensor in tensors:
             if tensor.device.type == "cuda":
                 tensor.record_stream(self.stream)
+
+
+def ready_on_current_stream(tensors: Iterable[torch.Tensor]) -> Any:
+    """An event after the work queued so far on the current stream of the tensors' CUDA device,
+    for tensors a thread outside the :class:`WorkStream` workers has just computed (a copy made
+    on the event loop's default stream, say): a consumer on another stream waits on it as on a
+    :meth:`WorkStream.publish` event.
+
+    Returns:
+        The event; ``None`` when no tensor is on a CUDA device (nothing to wait for).
+    """
+    device = next((tensor.device for tensor in tensors if tensor.device.type == "cuda"), None)
+    if device is None:
+        return None
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(device))
+    return event
