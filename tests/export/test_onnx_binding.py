@@ -5,6 +5,7 @@ is the binding code path itself."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -155,3 +156,17 @@ def test_a_gpu_session_binds_the_features_on_the_decoders_device(
     assert features.high_res_feats_0.shape == (1, 3, 256, 256)
     default = OnnxSam2Backend(stand_in_export(encoder_path), OnnxRuntimeSettings(device_id=1))
     assert default.output_device == torch.device("cuda", 1)  # the provider's own device
+
+
+def test_both_runtime_packages_are_an_error_in_the_log(
+    encoder_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    both = ["onnxruntime", "onnxruntime-gpu"]
+    monkeypatch.setattr(onnx_backend, "installed_runtime_packages", lambda: list(both))
+    with caplog.at_level(logging.ERROR, logger=onnx_backend.__name__):
+        backend = OnnxSam2Backend(stand_in_export(encoder_path), OnnxRuntimeSettings("cpu"))
+    assert backend.describe()["packages"] == both
+    errors = [r.getMessage() for r in caplog.records if r.name == onnx_backend.__name__]
+    assert len(errors) == 1
+    assert "onnxruntime and onnxruntime-gpu are all installed" in errors[0]
+    assert "imgembed[onnx-gpu]" in errors[0]

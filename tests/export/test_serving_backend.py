@@ -52,6 +52,11 @@ def test_onnxruntime_backend_gives_the_pytorch_features_and_masks(
     arrays, masks, described = asyncio.run(embed_and_segment(onnx_spec))
     assert described["backend"] == "onnxruntime"
     assert described["onnx"] is not None
+    # A model on the CPU runs ONNX Runtime there too: auto became cpu, nothing fell back.
+    assert described["onnx"]["requested_provider"] == "cpu"
+    assert described["onnx"]["provider"] == "CPUExecutionProvider"
+    assert described["onnx"]["fallback"] is None
+    assert described["onnx"]["io_binding"] is False
     for name, array in expected.items():
         error = relative_error(torch.from_numpy(arrays[name]), torch.from_numpy(array))
         assert error < TOLERANCE, (name, error)

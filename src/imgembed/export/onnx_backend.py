@@ -152,14 +152,14 @@ class OnnxSam2Backend:
         options = _session_options(self.settings)
         gpu_present = torch.cuda.is_available()
         self._sessions: dict[str, ort.InferenceSession] = {}
-        actives: list[ActiveProviders] = []
+        actives: dict[str, ActiveProviders] = {}
         for role, path in export.files.items():
             session, active = open_session(
                 str(path), options, self.settings, gpu_present=gpu_present
             )
             self._sessions[role] = session
-            actives.append(active)
-        self.active = actives[0]
+            actives[role] = active
+        self.active = actives.get("encoder") or next(iter(actives.values()))
         self.output_device: torch.device | None = None
         if self.active.on_gpu:
             self.output_device = output_device or torch.device("cuda", self.settings.device_id)
