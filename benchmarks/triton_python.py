@@ -83,7 +83,7 @@ def _example() -> ModuleType:
     return module
 
 
-def _family(pid: int) -> list[int]:
+def process_family(pid: int) -> list[int]:
     """``pid`` and its descendants (Triton's backend stubs are its children)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
                 log_path = args.out / f"triton_python_{index}.log"
                 pid = stack.enter_context(running(server, port, log_path))
                 url = f"{LOOPBACK}:{port}"
-                targets.append(prepare(example, server[0], url, _family(pid)))
+                targets.append(prepare(example, server[0], url, process_family(pid)))
             plan = [
                 ("encoder", clients, requests)
                 for clients, requests in zip(args.clients, args.encoder_requests, strict=True)

@@ -1,0 +1,270 @@
+"""SigLIP 2 through Triton's Python backend beside imgembed: the same tritonclient program.
+
+    . .venv/bin/activate
+    scripts/triton_server.sh install                     # once (scripts/bootstrap.sh test does it)
+    python benchmarks/triton_siglip.py --wait-quiet 120
+
+For ``siglip2-base-patch16-224`` with random weights (``dummy``; speed does not depend on weight
+values), two servers answer the same requests, both running on 127.0.0.1 and sent requests one
+server at a time:
+
+- ``imgembed serve --model siglip2-base-patch16-224 --weights dummy`` (PyTorch);
+- ``tritonserver`` 2.51 (``nvidia-pytriton`` 0.7.0, ``scripts/triton_server.sh``) on the
+  ``imgembed export triton --backend python`` repository's SigLIP models, exported from the same
+  dummy weights: the ensembles ``siglip`` / ``siglip_text`` (Python preprocessing step, then the
+  encoder graph run by ONNX Runtime in the Python backend, batched by Triton).
+
+The client is ``examples/triton_siglip_client.py`` (``tritonclient.http``), in closed loops of 1
+and 4 concurrent clients (each sends its next request once it holds the previous answer). Image
+requests carry one 640x480 JPEG, text requests one short sentence. Each cell runs ``--rounds``
+times per server, the servers in rotating order. Writes the ``## Triton Python backend beside
+imgembed (SigLIP 2)`` section of ``RESULTS.md`` and every latency to
+``benchmarks/out/triton_siglip_<UTC time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from bench_util import (
+    OTHER_CORES_LIMIT,
+    CpuSnapshot,
+    elapsed_s,
+    log,
+    machine_info,
+    markdown_table,
+    replace_section,
+    wait_until_quiet,
+)
+from sam2_server import LOOPBACK, free_port, serve_command
+from triton_python import closed_loop, process_family, running
+
+from imgembed.export.siglip_onnx import export_loaded_siglip_onnx
+from imgembed.export.triton_config import TritonRepositorySettings
+from imgembed.export.triton_siglip import export_siglip_triton_from_onnx
+from imgembed.models.siglip_loading import load_siglip
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "triton_server.sh"
+MODEL = "siglip2-base-patch16-224"
+HEADING = "Triton Python backend beside imgembed (SigLIP 2)"
+TEXT = "a photo of a dog playing in the snow"
+
+
+def _example() -> ModuleType:
+    path = ROOT / "examples" / "triton_siglip_client.py"
+    spec = importlib.util.spec_from_file_location("triton_siglip_client_example", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _jpeg() -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def measure(
+    example: ModuleType,
+    label: str,
+    url: str,
+    pids: list[int],
+    workload: str,
+    clients: int,
+    requests: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """One closed loop against one server, redone while other processes keep the CPUs busy."""
+    image = _jpeg()
+    if workload == "image":
+
+        def work(client: Any) -> object:
+            return example.embed_images(client, [image])
+    else:
+
+        def work(client: Any) -> object:
+            return example.embed_texts(client, [TEXT])
+
+    def make() -> Any:
+        return example.httpclient.InferenceServerClient(url=url, network_timeout=600)
+
+    own = [os.getpid(), *pids]
+    for attempt in range(args.retries + 1):
+        wait_until_quiet(args.wait_quiet, log, own_pids=pids)
+        before = CpuSnapshot.take(own)
+        wall, latencies = closed_loop(work, clients, requests, make)
+        other = CpuSnapshot.take(own).other_cores(before, wall)
+        if other <= OTHER_CORES_LIMIT:
+            break
+        log(f"  {label}, try {attempt + 1}: other load {other:.2f}")
+    log(f"  {label}: {workload}, {clients} client(s): {requests / wall:.2f}/s")
+    return {
+        "per_s": requests / wall,
+        "p50_s": statistics.median(latencies),
+        "other_cores": other,
+        "redone": attempt,
+        "latencies_s": latencies,
+    }
+
+
+def render(results: dict[str, Any]) -> str:
+    """The results section."""
+    info = results["machine"]
+    rows = []
+    for cell in results["cells"]:
+        unit = "images/s" if cell["workload"] == "image" else "texts/s"
+        for label, runs in cell["servers"].items():
+            rates = [run["per_s"] for run in runs]
+            rows.append(
+                [
+                    cell["workload"],
+                    cell["clients"],
+                    label,
+                    f"{statistics.median(rates):.1f} {unit}",
+                    f"{min(rates):.1f} to {max(rates):.1f}",
+                    f"{statistics.median(run['p50_s'] for run in runs) * 1000:.0f}",
+                    f"{max(run['other_cores'] for run in runs):.2f}",
+                    sum(run["redone"] for run in runs),
+                ]
+            )
+    table = markdown_table(
+        [
+            "workload",
+            "clients",
+            "server",
+            "throughput (median of rounds)",
+            "range over rounds",
+            "p50 latency ms",
+            "other load, cores (worst)",
+            "redone",
+        ],
+        rows,
+    )
+    return f"""- Date: {results["date"]} (UTC); whole run {results["minutes"]:.1f} min.
+- Machine: {info["cpu_model"]}, {info["cpus_usable"]} usable of {info["cpu_count"]} cores, {info["memory_gib"]} GiB RAM, no GPU; {info["platform"]}.
+- Software: imgembed's venv: Python {info["python"]}, torch {info["torch"]}, onnxruntime {results["onnxruntime"]}. Triton: tritonserver 2.51 from nvidia-pytriton 0.7.0, its Python 3.11 backend stub with numpy<2 and the same onnxruntime, Pillow and tokenizers (`scripts/triton_server.sh`).
+- Model: {MODEL} with random weights (`dummy`), its image and text encoders traced to ONNX (opset 18, fp32); Triton serves the `--backend python` repository's `siglip` / `siglip_text` ensembles (encoders: max_batch_size 32, preferred 8, 16, 32, 2 ms queue delay; one preprocessing instance), imgembed its default batching (`OMP_NUM_THREADS=2`).
+- Command: `{results["command"]}`. Servers (both running, one at a time sent requests): {"; ".join(f"`{c}`" for c in results["commands"])}.
+- Client: `examples/triton_siglip_client.py` (tritonclient.http) in closed loops; image requests carry one 640x480 JPEG, text requests one sentence. {results["rounds"]} rounds, servers in rotating order. A run during which the rest of the machine used more than 0.15 cores was redone (up to `--retries`).
+- Raw numbers: `{results["raw"]}` in `benchmarks/out/` (not committed).
+
+{table}
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--image-requests", type=int, nargs="+", default=[10, 20])
+    parser.add_argument("--text-requests", type=int, nargs="+", default=[20, 40])
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each cell per server")
+    parser.add_argument("--wait-quiet", type=float, default=60, help="longest wait, seconds")
+    parser.add_argument("--retries", type=int, default=2, help="redos of a run on a busy machine")
+    parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("out"))
+    args = parser.parse_args(argv)
+    # A terminated run stops its servers too (the ExitStack below), instead of leaving them.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    found = subprocess.run([str(SCRIPT), "path"], capture_output=True, text=True, check=False)
+    if found.returncode != 0:
+        parser.error(f"expected an installed tritonserver; {found.stderr.strip()}")
+    example = _example()
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="imgembed-triton-siglip-") as temporary:
+        folder = Path(temporary)
+        log("tracing the SigLIP export")
+        loaded = load_siglip(MODEL, "dummy", device=torch.device("cpu"))
+        export_loaded_siglip_onnx(loaded, folder / "onnx")
+        del loaded
+        settings = TritonRepositorySettings(backend="python")
+        repository = export_siglip_triton_from_onnx(
+            folder / "onnx", folder / "triton", settings=settings
+        )
+        ports = [free_port() for _ in range(2)]
+        imgembed = serve_command(MODEL, Path("dummy"), ports[0])
+        triton = [str(SCRIPT), "run", "--model-repository", str(repository.out_dir)]
+        for endpoint, endpoint_port in (("http", ports[1]), ("grpc", free_port())):
+            triton += [f"--{endpoint}-address", LOOPBACK, f"--{endpoint}-port", str(endpoint_port)]
+        triton += ["--allow-metrics=false", "--exit-timeout-secs=5"]
+        env = {"OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
+        servers = [
+            ("imgembed (PyTorch)", imgembed, env, "/health"),
+            ("Triton Python backend (ONNX Runtime)", triton, {}, "/v2/health/ready"),
+        ]
+        results: dict[str, Any] = {"rounds": args.rounds, "cells": []}
+        with contextlib.ExitStack() as stack:
+            targets = []
+            for index, (server, port) in enumerate(zip(servers, ports, strict=True)):
+                log(f"{server[0]}: starting")
+                pid = stack.enter_context(
+                    running(server, port, args.out / f"triton_siglip_{index}.log")
+                )
+                url = f"{LOOPBACK}:{port}"
+                warm = example.httpclient.InferenceServerClient(url=url, network_timeout=600)
+                example.embed_images(warm, [_jpeg()])
+                example.embed_texts(warm, [TEXT])
+                warm.close()
+                targets.append((server[0], url, process_family(pid)))
+            plan = [
+                ("image", clients, requests)
+                for clients, requests in zip(args.clients, args.image_requests, strict=True)
+            ] + [
+                ("text", clients, requests)
+                for clients, requests in zip(args.clients, args.text_requests, strict=True)
+            ]
+            for workload, clients, requests in plan:
+                cell: dict[str, Any] = {
+                    "workload": workload,
+                    "clients": clients,
+                    "requests": requests,
+                    "servers": {label: [] for label, _, _ in targets},
+                }
+                for round_index in range(args.rounds):
+                    shift = round_index % len(targets)
+                    for label, url, pids in targets[shift:] + targets[:shift]:
+                        run = measure(example, label, url, pids, workload, clients, requests, args)
+                        cell["servers"][label].append(run)
+                results["cells"].append(cell)
+    stamp = datetime.now(UTC)
+    raw = f"triton_siglip_{stamp.strftime('%Y%m%dT%H%M%SZ')}.json"
+    results.update(
+        date=stamp.isoformat(timespec="seconds"),
+        minutes=elapsed_s() / 60,
+        machine=machine_info(),
+        onnxruntime=version("onnxruntime"),
+        command=shlex.join(["python", "benchmarks/triton_siglip.py", *(argv or sys.argv[1:])]),
+        commands=[shlex.join(command).replace(temporary, "<tmp>") for _, command, _, _ in servers],
+        raw=raw,
+    )
+    (args.out / raw).write_text(json.dumps(results, indent=2), encoding="utf-8")
+    replace_section(args.results, HEADING, render(results))
+    log(f"wrote {args.results} and {args.out / raw}")
+
+
+if __name__ == "__main__":
+    main()
