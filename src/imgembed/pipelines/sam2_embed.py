@@ -50,7 +50,8 @@ class PreparedSam2Image:
     """One image ready for the encoder.
 
     Attributes:
-        pixel_values: ``[3,1024,1024]`` float32, ImageNet-normalised, on the CPU.
+        pixel_values: ``[3,1024,1024]`` float32, ImageNet-normalised, on the CPU, or on the
+            model's device when prepared there.
         mapping: Original-pixel to 1024-frame mapping.
     """
 

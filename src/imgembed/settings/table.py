@@ -191,8 +191,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "IMGEMBED_COMPUTE_THREADS",
         "compute_threads",
-        _COUNT,
-        "Threads for decode/resize/serialise.",
+        _SIZE_OR_AUTO,
+        "Threads for decode/resize/serialise; 0: one per available CPU, 2 to 32.",
     ),
     Setting(
         "IMGEMBED_TORCH_THREADS",
