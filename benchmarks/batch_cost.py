@@ -188,6 +188,25 @@ def siglip_towers(repeats: int, placement: Placement) -> list[Tower]:
     ]
 
 
+def peak_memory_per_item(tower: Tower) -> dict[str, float]:
+    """CUDA memory one pass allocates beyond what was held before it, per item, in MiB, by
+    ``implementation/batch``; empty off CUDA. This is what the GPU batch sizes are sized from
+    (``imgembed.runtime.batch_size``)."""
+    if not torch.cuda.is_available() or torch.cuda.memory_allocated() == 0:
+        return {}
+    peaks = {}
+    for implementation, forward in (("imgembed", tower.imgembed), ("reference", tower.reference)):
+        for size in tower.batch_sizes:
+            torch.cuda.synchronize()
+            held = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            forward(size)
+            torch.cuda.synchronize()
+            extra = torch.cuda.max_memory_allocated() - held
+            peaks[f"{implementation}/{size}"] = extra / size / 2**20
+    return peaks
+
+
 def time_tower(tower: Tower, synchronize: Callable[[], None]) -> list[dict[str, Any]]:
     """Per-item time of every (implementation, batch size) of one tower, interleaved."""
     log(f"{tower.name}: batch sizes {tower.batch_sizes}, {tower.repeats} timed runs each")
@@ -198,6 +217,7 @@ def time_tower(tower: Tower, synchronize: Callable[[], None]) -> list[dict[str, 
     samples = run_interleaved(
         cases, repeats=tower.repeats, log=log, retries=tower.repeats, synchronize=synchronize
     )
+    peaks = peak_memory_per_item(tower)
     rows = []
     for implementation in ("imgembed", "reference"):
         single = samples[f"{implementation}/1"].median
@@ -216,6 +236,7 @@ def time_tower(tower: Tower, synchronize: Callable[[], None]) -> list[dict[str, 
                     "vs_batch_1": runs.median / size / single,
                     "max_other_cores": max(runs.other_cores),
                     "discarded": runs.discarded,
+                    "peak_mib_per_item": peaks.get(f"{implementation}/{size}"),
                 }
             )
     return rows
@@ -223,29 +244,32 @@ def time_tower(tower: Tower, synchronize: Callable[[], None]) -> list[dict[str, 
 
 def render(report: dict[str, Any], raw_path: Path) -> str:
     machine = report["machine"]
-    table = markdown_table(
+    headers = [
+        "tower",
+        "implementation",
+        "batch",
+        "runs",
+        "ms per item",
+        "per item vs batch 1",
+        "max other load, cores",
+    ]
+    rows = [
         [
-            "tower",
-            "implementation",
-            "batch",
-            "runs",
-            "ms per item",
-            "per item vs batch 1",
-            "max other load, cores",
-        ],
-        [
-            [
-                row["tower"],
-                row["implementation"],
-                row["batch"],
-                row["runs"],
-                f"{row['per_item_s'] * 1000:.1f}",
-                f"{row['vs_batch_1']:.2f}x",
-                f"{row['max_other_cores']:.2f}",
-            ]
-            for row in report["rows"]
-        ],
-    )
+            row["tower"],
+            row["implementation"],
+            row["batch"],
+            row["runs"],
+            f"{row['per_item_s'] * 1000:.1f}",
+            f"{row['vs_batch_1']:.2f}x",
+            f"{row['max_other_cores']:.2f}",
+        ]
+        for row in report["rows"]
+    ]
+    if any(row.get("peak_mib_per_item") is not None for row in report["rows"]):  # CUDA runs
+        headers.append("peak MiB per item")
+        for cells, row in zip(rows, report["rows"], strict=True):
+            cells.append(f"{row['peak_mib_per_item']:.0f}")
+    table = markdown_table(headers, rows)
     return "\n".join(
         [
             f"- Date: {report['date']} (UTC); whole run {report['wall_s'] / 60:.1f} min.",

@@ -8,7 +8,9 @@
 #                                 GPU benchmarks, writing logs and results under $OUT (or ./gpu-out)
 #
 # With the device tool: run `scripts/gpu_check.sh wheels` first, then
-#   run(command="scripts/gpu_check.sh run", carry=[".whl"], timeout_s=540)
+#   run(command="scripts/gpu_check.sh run", carry=[".whl"], timeout_s=580)
+# Its stages have their own time limits (about 9 minutes in all), so one run fits the device
+# tool's 10-minute command and leaves room in a 15-minute lease for one rerun of a stage.
 # The test module also has a CPU dry run of its own plumbing:
 #   IMGEMBED_GPU_TESTS_DRY_RUN=1 .venv/bin/pytest tests/gpu
 set -euo pipefail
@@ -57,13 +59,26 @@ run() {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     python3 -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__, "bf16 native", torch.cuda.is_bf16_supported(including_emulation=False))'
   } 2>&1 | tee "$out/machine.txt" || true
+  python3 -c 'import onnxruntime; print("onnxruntime", onnxruntime.__version__, onnxruntime.get_available_providers())' \
+    >>"$out/machine.txt" 2>&1 || true
   set +e
-  # 1. Correctness on CUDA against the CPU engine (tests/gpu), a few minutes.
-  python3 -m pytest -p no:cacheprovider -q -rs --timeout 300 tests/gpu 2>&1 | tee "$out/gpu_tests.log"
+  # 1. Correctness on CUDA against the CPU (tests/gpu: engine, preprocessing; the ONNX Runtime
+  #    CUDA tests skip themselves unless onnxruntime-gpu is there), a few minutes.
+  timeout 240 python3 -m pytest -p no:cacheprovider -q -rs --timeout 200 tests/gpu \
+    tests/export/test_onnx_cuda.py 2>&1 | tee "$out/gpu_tests.log"
   local tests_status=${PIPESTATUS[0]}
-  # 2. Forward-pass cost by batch size on this GPU, in bfloat16: where the GPU batch sizes come from.
-  timeout 240 python3 benchmarks/batch_cost.py --quick --device cuda --compute-dtype bfloat16 \
-    --wait-quiet 0 --results "$out/RESULTS.md" --out "$out" 2>&1 | tail -n 40 >"$out/batch_cost.log"
+  # 2. Cross-stream accesses (encoder, decoder, staging and default streams) under PyTorch's CUDA
+  #    sanitizer: a segment request, a click by image_id and segment everything.
+  TORCH_CUDA_SANITIZER=1 timeout 90 python3 -m pytest -p no:cacheprovider -q --timeout 80 \
+    tests/gpu/test_cuda_engine.py -k "segment" 2>&1 | tail -n 60 >"$out/sanitizer.log"
+  # 3. Speed on this GPU: forward-pass cost by batch size in bfloat16 (where the GPU batch sizes
+  #    come from, with peak memory per item), click latency while the encoder is busy (the
+  #    decoder's own stream), and preprocessing on the CPU against the device.
+  timeout 120 python3 benchmarks/batch_cost.py --quick --device cuda --compute-dtype bfloat16 \
+    --wait-quiet 0 --results "$out/RESULTS.md" --out "$out" >"$out/batch_cost.log" 2>&1
+  timeout 60 python3 benchmarks/click_latency.py --quick --device cuda --no-write \
+    >"$out/click_latency.log" 2>&1
+  timeout 40 python3 benchmarks/preprocess.py --device cuda --repeats 3 >"$out/preprocess.log" 2>&1
   set -e
   echo "gpu_check: tests exit status $tests_status; results in $out"
   return "$tests_status"
