@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -221,3 +222,45 @@ def test_features_of_their_own_pass_through_the_store_with_the_encoders_event(
     entry, _ = asyncio.run(store.get_or_encode("image", encode))
     assert entry.features is owned
     assert cuda.entries("record") == []
+
+
+def test_prompts_made_on_the_device_are_waited_for_and_kept_by_the_decoder(
+    cuda: FakeCuda, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Segment-everything builds its labels, points and mask logits on the device, on its job
+    thread's stream; the decoder's stream must wait for that work and keep their memory."""
+    answer = SimpleNamespace(masks=on_cuda(torch.zeros(4, 3, 256, 256)), iou_predictions=None)
+    answer.iou_predictions = on_cuda(torch.zeros(4, 3))
+    monkeypatch.setattr(FakeServedSam2, "decode_batch", lambda self, jobs: [answer] * len(jobs))
+    features = Sam2Features(
+        *(on_cuda(tensor) for tensor in fake_sam2_features(torch.zeros(1, 3, 1024, 1024)).tensors)
+    )
+    making_stream = torch.cuda.Stream()
+    with torch.cuda.stream(making_stream):
+        job = DecodeJob(
+            features,
+            on_cuda(torch.zeros(4, 1, 2)),
+            on_cuda(torch.ones(4, 1, dtype=torch.int64)),
+            on_cuda(torch.zeros(4, 1, 256, 256)),
+            on_cuda(torch.ones(4)),
+        )
+    assert job.ready is not None
+    assert job.ready.stream is making_stream, "the event follows the prompts' own stream"
+    served = FakeServedSam2.__new__(FakeServedSam2)
+    decoder = WorkStream(torch.device("cuda", 0), "high")
+    monkeypatch.setattr(FakeServedSam2, "decoder_stream", property(lambda self: decoder))
+    served.run_decoder([job])
+    assert ("wait", decoder.stream, job.ready) in cuda.log
+    kept = {id(entry[1]) for entry in cuda.entries("record_stream") if entry[2] is decoder.stream}
+    assert {id(tensor) for tensor in job.prompt_tensors} <= kept
+
+
+def test_prompts_in_host_memory_carry_no_event() -> None:
+    job = DecodeJob(
+        fake_sam2_features(torch.zeros(1, 3, 1024, 1024)),
+        torch.zeros(1, 1, 2),
+        torch.ones(1, 1, dtype=torch.int64),
+        torch.zeros(1, 1, 256, 256),
+        torch.zeros(1),
+    )
+    assert job.ready is None

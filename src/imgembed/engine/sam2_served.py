@@ -132,11 +132,15 @@ class ServedSam2(ServedModel):
 
     def run_decoder(self, jobs: list[DecodeJob]) -> list[Sam2MaskPrediction]:
         """The decoder batcher's work (on the decoder's thread, inside :attr:`decoder_stream`):
-        waits on each job's features' event, then :meth:`decode_batch`, and publishes the answers
-        to the threads that copy or post-process them on the device's default stream."""
+        waits on each job's features' event and on its prompt tensors' (made on another thread's
+        stream: segment-everything builds them on the device), then :meth:`decode_batch`, and
+        publishes the answers to the threads that copy or post-process them on the device's
+        default stream."""
         stream = self.decoder_stream
         for features in {id(job.features): job.features for job in jobs}.values():
             stream.adopt(features.tensors, features.ready)
+        for job in jobs:
+            stream.adopt(job.prompt_tensors, job.ready)
         predictions = self.decode_batch(jobs)
         stream.publish(
             tensor

@@ -15,13 +15,15 @@ cost per prompt.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from imgembed.models.sam2 import Sam2Features
 from imgembed.models.sam2_decoder import Sam2MaskPrediction, check_decoder_inputs, decode_masks
 from imgembed.runtime.device import DevicePlacement
+from imgembed.runtime.streams import ready_on_current_stream
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,10 @@ class DecodeJob:
         has_mask_input: ``[1|B]`` float32, 1 where ``mask_input`` applies.
         multimask_output: Three candidates per prompt, or one.
         clamp: Clamp the logits to ±32 (see :func:`~imgembed.models.sam2_decoder.decode_masks`).
+        ready: Set when the job is made: on CUDA, an event after the work that computed its
+            prompt tensors, queued on the making thread's current stream (segment-everything
+            builds labels, points and mask logits on the device); the decoder's stream waits on
+            it before reading them. ``None`` when no prompt tensor is on a CUDA device.
     """
 
     features: Sam2Features
@@ -46,6 +52,7 @@ class DecodeJob:
     has_mask_input: torch.Tensor
     multimask_output: bool = True
     clamp: bool = True
+    ready: Any = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_decoder_inputs(
@@ -55,6 +62,12 @@ class DecodeJob:
             self.mask_input,
             self.has_mask_input,
         )
+        object.__setattr__(self, "ready", ready_on_current_stream(self.prompt_tensors))
+
+    @property
+    def prompt_tensors(self) -> tuple[torch.Tensor, ...]:
+        """The job's own inputs besides the features: coordinates, labels and mask prompts."""
+        return (self.point_coords, self.point_labels, self.mask_input, self.has_mask_input)
 
     @property
     def prompts(self) -> int:
