@@ -124,6 +124,9 @@ def test_served_models_pick_by_memory_on_a_gpu_once(gpu_memory: dict[str, int]) 
     gpu_memory["free"] = 78 * GIBIBYTE
     sam2 = served(ServedSam2, ModelSpec("sam2.1-hiera-tiny"), CUDA)
     siglip = served(ServedSiglip, ModelSpec("siglip2-base-patch16-224"), CUDA)
+    for model in (sam2, siglip):
+        model.fix_batch_sizes()
+    assert gpu_memory["queries"] == 3, "picked at once, before anyone asks"
     assert sam2.batching.max_batch_size == 16
     assert sam2.decoder_batching.max_batch_size == 128
     assert sam2.decoder_batching.max_queue_size == DECODER_BATCHING.max_queue_size
@@ -134,6 +137,21 @@ def test_served_models_pick_by_memory_on_a_gpu_once(gpu_memory: dict[str, int]) 
     assert gpu_memory["queries"] == queries == 3
     for model in (sam2, siglip):
         model.device_executor.shutdown()
+
+
+def test_sizes_asked_for_before_the_engine_fixes_them_stay_unpicked(
+    gpu_memory: dict[str, int],
+) -> None:
+    """/v1/models may be read while other models still load: a GPU size read then would come from
+    memory their weights are about to take."""
+    gpu_memory["free"] = 78 * GIBIBYTE
+    sam2 = served(ServedSam2, ModelSpec("sam2.1-hiera-tiny"), CUDA)
+    assert (sam2.batching.max_batch_size, sam2.decoder_batching.max_batch_size) == (0, 0)
+    assert gpu_memory["queries"] == 0
+    gpu_memory["free"] = 20 * GIBIBYTE  # the next model's weights arrive
+    sam2.fix_batch_sizes()
+    assert (sam2.batching.max_batch_size, sam2.decoder_batching.max_batch_size) == (4, 64)
+    sam2.device_executor.shutdown()
 
 
 def test_a_configured_size_wins_and_asks_the_gpu_nothing(gpu_memory: dict[str, int]) -> None:

@@ -103,6 +103,8 @@ class EngineCore:
         await asyncio.to_thread(self.load)
         loop = asyncio.get_running_loop()
         for served in self._models.values():
+            served.fix_batch_sizes()  # every model's weights are in memory, no warm-up ran yet
+        for served in self._models.values():
             if served.batchers():
                 continue
             served.start(self.metrics)

@@ -70,6 +70,7 @@ class ServedSam2(ServedModel):
     )
     features: FeatureStore = field(default_factory=lambda: FeatureStore("sam2", 0), repr=False)
     onnx: Any = field(default=None, repr=False)
+    batching_keys = ("batching", "decoder_batching")
 
     def __post_init__(self) -> None:
         self.family = "sam2"

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from imgembed.engine.metrics import Metrics
 from imgembed.runtime.batch_size import SIGLIP_MEMORY, BatchMemory, batch_size_for_device
@@ -51,6 +51,7 @@ class ServedModel(ABC):
 
     family: str = field(init=False)
     _batch_sizes: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    _sizing_open: bool = field(default=False, init=False, repr=False)
     _streams: dict[str, WorkStream] = field(default_factory=dict, init=False, repr=False)
 
     @property
@@ -130,15 +131,29 @@ class ServedModel(ABC):
         (:data:`~imgembed.settings.DEFAULT_BATCH_SIZE` on a CPU, by memory on a GPU)."""
         return self._resolved("batching", self.spec.batching, SIGLIP_MEMORY, DEFAULT_BATCH_SIZE)
 
+    batching_keys: ClassVar[tuple[str, ...]] = ("batching",)
+    """The properties holding this model's batching settings, sized by :meth:`fix_batch_sizes`."""
+
+    def fix_batch_sizes(self) -> None:
+        """Picks the device's batch sizes now, once for the model's life. The engine calls it
+        once every configured model's weights are loaded, before any model starts or warms up,
+        so each GPU size is read from the memory the weights leave; until then a GPU model's
+        batching settings report the configured 0 (chosen at start)."""
+        self._sizing_open = True
+        for key in self.batching_keys:
+            getattr(self, key)
+
     def _resolved(
         self, key: str, settings: BatchingSettings, memory: BatchMemory, on_cpu: int
     ) -> BatchingSettings:
         """``settings`` with ``max_batch_size`` 0 replaced by the device's size
         (:func:`~imgembed.runtime.batch_size.batch_size_for_device`), picked once per ``key``
-        (from the memory free when first asked, at :meth:`start`) and then kept; a size set in
+        (on a GPU, from the memory free at :meth:`fix_batch_sizes`) and then kept; a size set in
         the configuration is kept as it is."""
         if settings.max_batch_size != 0:
             return settings
+        if self.placement.device.type == "cuda" and not self._sizing_open:
+            return settings  # asked early (/v1/models during start-up): not picked yet
         if key not in self._batch_sizes:
             self._batch_sizes[key] = batch_size_for_device(self.placement.device, memory, on_cpu)
         return settings.with_default_batch_size(self._batch_sizes[key])
