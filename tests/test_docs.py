@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from imgembed.server.app import create_app
 from imgembed.settings import SETTINGS, ServerConfig
+from imgembed.settings.environment import model_file_keys
 
 try:
     from fastapi.routing import iter_route_contexts
@@ -120,6 +121,13 @@ def test_the_configuration_doc_documents_every_variable_with_its_default() -> No
             assert cell == f"`{default}`", setting.env
         elif isinstance(default, tuple):
             assert tuple(re.findall(r"`([^`]*)`", cell)) == default, setting.env
+
+
+def test_the_configuration_doc_lists_every_key_a_models_table_takes() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    paragraph = text[text.index("A `[[models]]` table takes") :].split("\n\n", 1)[0]
+    listed = set(re.findall(r"`([a-z_0-9]+)`", paragraph))
+    assert set(model_file_keys()) == listed
 
 
 _LINK = re.compile(r"\]\(([^)\s]+)\)")

@@ -177,10 +177,12 @@ def resize(pixels: torch.Tensor, height: int, width: int, resample: Resample) ->
         pixels: ``[H,W,3]`` uint8 RGB on any device.
         height: Output height in pixels.
         width: Output width in pixels.
-        resample: Pillow's filter (see :func:`supports`).
+        resample: Pillow's filter (the ones :func:`~imgembed.preprocess.siglip_tensor.supported`
+            sends to the device).
 
     Returns:
-        ``[height,width,3]`` uint8 RGB on the same device, equal to Pillow's result.
+        ``[height,width,3]`` uint8 RGB on the same device: Pillow's result exactly when only one
+        axis changes, within one 8-bit level when both do (see the module docstring).
     """
     source_h, source_w = int(pixels.shape[0]), int(pixels.shape[1])
     if (source_h, source_w) == (height, width):

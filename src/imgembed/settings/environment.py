@@ -69,6 +69,12 @@ def _is_model_level(target: str) -> bool:
     )
 
 
+def model_file_keys() -> list[str]:
+    """The keys a ``[[models]]`` table takes, ``name`` first, the rest sorted."""
+    keys = {key for key, setting in _FILE_KEYS.items() if _is_model_level(setting.target)}
+    return ["name", *sorted((keys - {"model"}) | {"alias"})]
+
+
 def _parse(setting: Setting, raw: object, where: str) -> Any:
     """Parses a variable's text or a config file's TOML value with the setting's own parser."""
     if isinstance(raw, bool):
@@ -88,9 +94,9 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
     Top-level keys are the ``IMGEMBED_*`` variables' names in lower case without the prefix
     (``port = 9000``, ``max_batch_size = 8``, ``fetch_allowed_hosts = ["10.0.0.0/8"]``);
-    ``[[models]]`` tables (``name``, ``weights``, ``meta_config``, ``device``, ``compute_dtype``,
-    ``alias``, ``warmup``, ``max_batch_size``, ``max_queue_delay_ms``, ``max_queue_size``) each
-    describe one model; model-level keys at the top level are defaults for every model.
+    ``[[models]]`` tables (``name`` and the model-level keys, :func:`model_file_keys`: weights,
+    device, compute dtype, preprocessing, warm-up, backend, ONNX Runtime and batching settings)
+    each describe one model; model-level keys at the top level are defaults for every model.
 
     Returns:
         Top-level values keyed by :attr:`Setting.target`, and one dict per ``[[models]]`` table.
@@ -139,9 +145,7 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             else:
                 raise InvalidInputError(
                     f"config file {path}: models[{index}] has unknown key {key!r}; a model takes "
-                    "name, weights, meta_config, device, compute_dtype, alias, warmup, backend, "
-                    "onnx_dir, "
-                    "max_batch_size, max_queue_delay_ms, max_queue_size",
+                    f"{', '.join(model_file_keys())}",
                     field=f"models[{index}].{key}",
                 )
         models.append(model)

@@ -159,8 +159,9 @@ SETTINGS: tuple[Setting, ...] = (
         "IMGEMBED_ONNX_PROVIDER",
         "onnx.provider",
         _choice("auto", "cpu", "cuda", "tensorrt"),
-        "ONNX Runtime's provider: auto (CUDA if installed, else CPU, with a warning), cpu, "
-        "cuda or tensorrt (start-up fails unless the session runs on it).",
+        "ONNX Runtime's provider: auto (CUDA if installed, else CPU, with a warning; cpu for "
+        "a model placed on the CPU), cpu, cuda or tensorrt (start-up fails unless the session "
+        "runs on it).",
     ),
     Setting(
         "IMGEMBED_ONNX_GPU_MEM_LIMIT",

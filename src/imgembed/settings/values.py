@@ -16,7 +16,8 @@ Backend = Literal["torch", "onnxruntime"]
 
 OnnxProvider = Literal["auto", "cpu", "cuda", "tensorrt"]
 """ONNX Runtime's execution provider: ``auto`` (CUDA when the installed ONNX Runtime has it, else
-the CPU, saying so), ``cpu``, or ``cuda`` / ``tensorrt`` (refused unless the session runs on it)."""
+the CPU, saying so; always the CPU for a model placed on the CPU), ``cpu``, or ``cuda`` /
+``tensorrt`` (refused unless the session runs on it)."""
 
 ArenaExtendStrategy = Literal["kSameAsRequested", "kNextPowerOfTwo"]
 """How ONNX Runtime's CUDA memory arena grows: by what is asked, or in powers of two."""
