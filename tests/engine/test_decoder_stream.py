@@ -188,8 +188,8 @@ def test_on_the_cpu_requests_touch_no_cuda(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_features_the_store_copies_carry_an_event_of_the_copying_stream(cuda: FakeCuda) -> None:
     """Features that are views of a batch are copied by the store on the event loop's (default)
-    stream: the decoder must wait for that copy, so the entry's event is recorded there after the
-    copy, not the encoder's event."""
+    stream, after that stream waited on the encoder's event; the decoder must wait for the copy,
+    so the entry's event is recorded there after the copy, not the encoder's event."""
     batch = fake_sam2_features(torch.rand(2, 3, 1024, 1024))
     encoder_ready = object()
     view = Sam2Features(*(on_cuda(tensor[:1]) for tensor in batch.tensors), ready=encoder_ready)
@@ -203,6 +203,10 @@ def test_features_the_store_copies_carry_an_event_of_the_copying_stream(cuda: Fa
     ready = entry.features.ready
     assert ready is not encoder_ready
     assert cuda.entries("record") == [("record", ready, cuda.default)]
+    wait = ("wait", cuda.default, encoder_ready)
+    assert cuda.log.index(wait) < cuda.log.index(("record", ready, cuda.default)), (
+        "the copying stream waited on the encoder's event before copying"
+    )
     for tensor in entry.features.tensors:
         assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
 

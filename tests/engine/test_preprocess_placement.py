@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import numpy as np
 from fakes import (
@@ -73,5 +74,21 @@ def test_device_preprocessing_through_the_engine_answers_as_the_cpu_path() -> No
             expected = expected_siglip_image_vector(png, siglip)
             assert outcome.error is None
             np.testing.assert_allclose(outcome.vector, expected, atol=2e-3)
+
+    asyncio.run(scenario())
+
+
+def test_a_siglip_filter_without_a_device_version_is_reported_as_cpu() -> None:
+    """Only bilinear (the released checkpoints' filter) is reproduced on the device; a checkpoint
+    that resizes otherwise is prepared by Pillow, and /v1/models must not say "device"."""
+
+    async def scenario() -> None:
+        async with fake_engine(fake_config(fake_spec(SIGLIP_MODEL, preprocess="device"))) as engine:
+            served = served_fake(engine, SIGLIP_MODEL)
+            assert served.preprocess == "device"
+            processing = dataclasses.replace(served.loaded.image_processing, resample="bicubic")
+            served.loaded = dataclasses.replace(served.loaded, image_processing=processing)
+            assert served.preprocess == "cpu"
+            assert served.describe()["preprocess"] == "cpu"
 
     asyncio.run(scenario())

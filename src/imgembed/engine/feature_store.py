@@ -164,6 +164,10 @@ def _own_storage(features: Sam2Features, dtype: torch.dtype | None) -> Sam2Featu
         return features
     if dtype is not None and any(tensor.dtype != dtype for tensor in tensors):
         logger.debug("casting %s features to the cache's %s", [t.dtype for t in tensors], dtype)
+    if features.ready is not None:
+        # The copies read what the encoder's stream computed: this thread's stream waits for it
+        # (the batcher's device-time wait happens to cover it today; this does not rely on it).
+        torch.cuda.current_stream(features.image_embed.device).wait_event(features.ready)
     image_embed, high_res_0, high_res_1 = (
         tensor if owned(tensor) else tensor.to(dtype=dtype or tensor.dtype, copy=True)
         for tensor in tensors

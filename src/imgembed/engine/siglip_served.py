@@ -14,6 +14,7 @@ from imgembed.engine.metrics import Metrics
 from imgembed.engine.served import ServedModel
 from imgembed.models.siglip_loading import LoadedSiglip
 from imgembed.pipelines import siglip_embed
+from imgembed.preprocess import siglip_tensor
 from imgembed.preprocess.image import DecodedImage
 from imgembed.runtime.batcher import DynamicBatcher
 
@@ -41,6 +42,13 @@ class ServedSiglip(ServedModel):
 
     def __post_init__(self) -> None:
         self.family = "siglip"
+
+    @property
+    def takes_device_input(self) -> bool:
+        """Images go to the device only where their resize filter has a device version
+        (bilinear, the released SigLIP 2 checkpoints'); others are prepared by Pillow on the
+        CPU, and ``/v1/models`` says so."""
+        return siglip_tensor.supported(self.loaded.image_processing)
 
     def embed_image_batch(
         self, prepared: list[siglip_embed.PreparedSiglipImage]
