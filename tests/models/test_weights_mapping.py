@@ -118,3 +118,26 @@ def test_a_truncated_checkpoint_is_a_load_error(
 
     assert "Cannot read the Meta checkpoint" in raised.value.message
     assert "truncated" in raised.value.message
+
+
+def test_a_checkpoint_that_cannot_be_mapped_is_read_whole(
+    meta_tiny_checkpoint: Path, meta_tiny_model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system without ``mmap`` (``torch.load`` raises for ``mmap=True``) still loads."""
+    real_load = torch.load
+    mapped_tries = []
+
+    def load(*args: object, mmap: bool | None = None, **kwargs: object) -> object:
+        if mmap:
+            mapped_tries.append(args[0])
+            raise RuntimeError("mmap is not supported on this file system")
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+
+    model = load_sam2("sam2.1-hiera-tiny", str(meta_tiny_checkpoint), device=CPU).model
+
+    assert mapped_tries == [meta_tiny_checkpoint]
+    assert str(meta_tiny_checkpoint) not in mapped_files(model).values()
+    expected = convert_meta_state_dict(meta_tiny_model.state_dict())
+    assert all(torch.equal(tensor, expected[key]) for key, tensor in model.state_dict().items())

@@ -12,6 +12,7 @@ the positional embeddings have the same layout in both implementations.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 import zipfile
@@ -24,6 +25,8 @@ import torch
 from imgembed.errors import ModelLoadError
 from imgembed.models.sam2_registry import list_variants
 from imgembed.models.sam2_variants import Sam2Variant
+
+logger = logging.getLogger(__name__)
 
 DROPPED_META_PREFIXES: tuple[str, ...] = (
     "memory_attention.",  # cross-attention of the current frame to memories
@@ -205,13 +208,26 @@ def _key_list(keys: list[str], limit: int = 10) -> str:
     return ", ".join(shown) + more
 
 
+def _load_mapped_or_whole(path: Path) -> object:
+    """``torch.load`` of a checkpoint, memory-mapped when it is a zip archive; read whole when it
+    is not, or when mapping it fails (a file system without ``mmap``), so that only a file that
+    cannot be read at all raises."""
+    if zipfile.is_zipfile(path):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except _CHECKPOINT_READ_ERRORS as error:
+            logger.info("Cannot memory-map %s (%s); reading it whole.", path, error)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_meta_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Reads the state dict out of a Meta checkpoint file, without running any pickled code.
 
     A checkpoint in ``torch.save``'s zip format (Meta's releases are) is memory-mapped: the
     tensors' storage is the file's pages (a private, copy-on-write mapping), so nothing is read
     or copied until a tensor is used, and a model that keeps them on the CPU shares the page
-    cache instead of holding a second copy. An older, non-zip checkpoint is read whole.
+    cache instead of holding a second copy. An older, non-zip checkpoint is read whole, and so is
+    a zip checkpoint that cannot be mapped.
 
     Args:
         path: A ``.pt`` file as Meta publishes them: ``{"model": state_dict}``.
@@ -225,8 +241,7 @@ def read_meta_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             not hold a state dict under ``"model"``.
     """
     try:
-        mmap = zipfile.is_zipfile(path)
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        checkpoint = _load_mapped_or_whole(path)
     except _CHECKPOINT_READ_ERRORS as error:
         raise ModelLoadError(
             f"Cannot read the Meta checkpoint {path}: {type(error).__name__}: "
