@@ -22,6 +22,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 RNG = np.random.default_rng(18)
 SIZES = [(1, 1), (2, 3), (480, 640), (1200, 1600), (1, 3000), (3000, 1), (2, 5000), (4100, 30)]
+EXTREME = [(2, 16384), (16384, 2), (3, 40000)]
+"""SAM 2's largest shrink on the device (16x, sam2_embed.MAX_DEVICE_DOWNSCALE) and one beyond it,
+which the CPU path takes."""
 FIXRES = ImageProcessing("fixres", 224, 16, None, "bilinear")
 NAFLEX = ImageProcessing("naflex", None, 16, 256, "bilinear")
 
@@ -42,7 +45,7 @@ def on_cpu() -> ImageStaging:
 
 
 @pytest.mark.parametrize("resize_mode", ["stretch", "letterbox"])
-@pytest.mark.parametrize(("height", "width"), SIZES)
+@pytest.mark.parametrize(("height", "width"), SIZES + EXTREME)
 def test_sam2_on_cuda_matches_the_cpu_path(
     on_cuda: ImageStaging, resize_mode: str, height: int, width: int
 ) -> None:
@@ -50,7 +53,8 @@ def test_sam2_on_cuda_matches_the_cpu_path(
     options = sam2_embed.Sam2EmbedOptions(resize_mode=resize_mode)  # type: ignore[arg-type]
     expected = sam2_embed.prepare(image, options)
     prepared = sam2_embed.prepare(image, options, on_cuda)
-    assert prepared.pixel_values.device.type == "cuda"
+    on_device = max(height, width) / 1024 <= sam2_embed.MAX_DEVICE_DOWNSCALE
+    assert prepared.pixel_values.device.type == ("cuda" if on_device else "cpu")
     assert prepared.mapping == expected.mapping
     torch.testing.assert_close(
         prepared.pixel_values.cpu(), expected.pixel_values, rtol=0, atol=1e-5

@@ -178,3 +178,17 @@ def test_sam2_encode_takes_a_batch_mixing_host_and_device_inputs(
     assert batch.shape == (2, 3, 1024, 1024)
     assert torch.equal(batch[0], prepared.pixel_values)
     assert torch.equal(batch[1], host)
+
+
+@pytest.mark.parametrize(("height", "width", "on_device"), [(2, 16384, True), (2, 16385, False)])
+def test_sam2_shrinks_beyond_the_device_limit_are_prepared_on_the_cpu(
+    height: int, width: int, on_device: bool
+) -> None:
+    """CUDA's antialiased resize refuses very large shrink factors: past 16x the CPU path runs."""
+    staging = CountingStaging()
+    image = decoded(height, width)
+    options = sam2_embed.Sam2EmbedOptions()
+    prepared = sam2_embed.prepare(image, options, staging)
+    assert staging.runs == (1 if on_device else 0)
+    expected = sam2_embed.prepare(image, options)
+    torch.testing.assert_close(prepared.pixel_values, expected.pixel_values, rtol=0, atol=1e-6)

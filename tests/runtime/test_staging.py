@@ -88,6 +88,28 @@ def test_pool_keeps_at_most_its_budget_dropping_the_oldest(
     assert all(item is not huge for item in pool._free)
 
 
+def test_pinned_memory_in_use_and_kept_stays_within_its_limit(
+    pinned_allocations: list[dict[str, Any]],
+) -> None:
+    """torch keeps freed pinned blocks for reuse, so the pool bounds what is pinned at once: an
+    upload past the limit gets ordinary memory, which is not kept."""
+    pool = PinnedBufferPool(pin=True, max_bytes=8 * MEBIBYTE, pinned_limit=10 * MEBIBYTE)
+    first, second = pool.acquire(4 * MEBIBYTE), pool.acquire(4 * MEBIBYTE)
+    assert pool.pinned_bytes == 8 * MEBIBYTE
+    third = pool.acquire(4 * MEBIBYTE)  # 12 MiB would pass the limit
+    assert [call["pin_memory"] for call in pinned_allocations] == [True, True, False]
+    pool.release(third)
+    assert all(item is not third for item in pool._free)
+    pool.release(first)
+    pool.release(second)
+    assert pool.kept_bytes == 8 * MEBIBYTE
+    assert pool.pinned_bytes == 8 * MEBIBYTE
+    huge = pool.acquire(9 * MEBIBYTE)  # no kept buffer fits; pinning it would pass the limit
+    assert pinned_allocations[-1]["pin_memory"] is False
+    pool.release(huge)
+    assert pool.pinned_bytes == 8 * MEBIBYTE
+
+
 class RecordingQueue:
     """A device queue that records what happened, in order, into a shared log."""
 

@@ -75,6 +75,13 @@ class Sam2Embedding:
     mapping: FrameMapping
 
 
+MAX_DEVICE_DOWNSCALE = 16.0
+"""Largest shrink factor along a side that SAM 2 preprocessing does on the device: 16384 px to
+1024. A larger factor needs an antialiasing window wider than CUDA's resize kernel holds; a
+16384 px side already exceeds what cameras and scanners usually give, and the CPU path handles
+the rest."""
+
+
 def prepare(
     image: DecodedImage, options: Sam2EmbedOptions, staging: ImageStaging | None = None
 ) -> PreparedSam2Image:
@@ -89,7 +96,13 @@ def prepare(
 
     Returns:
         ``[3,1024,1024]`` float32 input on the CPU, or on the staging's device, and its mapping.
+        An image shrunk by more than :data:`MAX_DEVICE_DOWNSCALE` along a side is prepared on
+        the CPU whatever the staging: CUDA's antialiased resize refuses such factors (its kernel
+        keeps a filter window that wide in shared memory).
     """
+    height, width = image.pixels.shape[:2]
+    if max(height, width) / SAM2_INPUT_SIZE > MAX_DEVICE_DOWNSCALE:
+        staging = None
     if staging is None:
         pixels = torch.from_numpy(image.pixels)  # [H,W,3] uint8, shares memory
         pixel_values, mapping = sam2_pixel_values(pixels, SAM2_INPUT_SIZE, options.resize_mode)

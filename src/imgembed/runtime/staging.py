@@ -34,8 +34,12 @@ ResultT = TypeVar("ResultT")
 MEBIBYTE = 1024 * 1024
 DEFAULT_POOL_BYTES = 256 * MEBIBYTE
 """Most bytes of pinned buffers the pool keeps between uploads (page-locked memory is taken from
-what the operating system can page, so it is kept small); larger images get a buffer of their
-own, freed after use (torch's caching host allocator may still keep it)."""
+what the operating system can page, so it is kept small)."""
+DEFAULT_PINNED_LIMIT = 2 * DEFAULT_POOL_BYTES
+"""Most bytes of pinned buffers in existence at once, kept or in use. torch's caching host
+allocator keeps a freed pinned block for reuse rather than returning it, so this, not what the
+pool keeps, bounds the process's page-locked memory; an upload beyond it gets ordinary memory
+(its copy is then synchronous, for that image only)."""
 MINIMUM_BUFFER_BYTES = MEBIBYTE
 
 
@@ -58,15 +62,31 @@ class PinnedBufferPool:
             CUDA); ``False`` allocates ordinary memory, exercising the same logic on a CPU.
         max_bytes: Most bytes kept while not in use; buffers beyond are freed, the least
             recently returned first.
+        pinned_limit: Most bytes of pinned buffers at once, kept and in use together; a buffer
+            that would pass it is allocated in ordinary memory and not kept.
     """
 
-    def __init__(self, *, pin: bool, max_bytes: int = DEFAULT_POOL_BYTES) -> None:
+    def __init__(
+        self,
+        *,
+        pin: bool,
+        max_bytes: int = DEFAULT_POOL_BYTES,
+        pinned_limit: int = DEFAULT_PINNED_LIMIT,
+    ) -> None:
         self.pin = pin
         self.max_bytes = max_bytes
+        self.pinned_limit = pinned_limit
         self._free: list[torch.Tensor] = []  # least recently returned first
         self._lock = threading.Lock()
+        self._pinned: dict[int, int] = {}  # id of each pinned buffer in existence -> its bytes
         self.allocations = 0
         """Buffers allocated so far (a reuse does not count)."""
+
+    @property
+    def pinned_bytes(self) -> int:
+        """Bytes of pinned buffers in existence (kept, or in use by an upload)."""
+        with self._lock:
+            return sum(self._pinned.values())
 
     @property
     def kept_bytes(self) -> int:
@@ -76,7 +96,9 @@ class PinnedBufferPool:
 
     def acquire(self, nbytes: int) -> torch.Tensor:
         """A ``[capacity]`` uint8 host buffer of at least ``nbytes``: the smallest kept one that
-        fits, else a new one of :func:`buffer_capacity` bytes."""
+        fits, else a new one of :func:`buffer_capacity` bytes, pinned unless that would pass
+        :attr:`pinned_limit`."""
+        capacity = buffer_capacity(nbytes)
         with self._lock:
             fitting = [buffer for buffer in self._free if buffer.numel() >= nbytes]
             if fitting:
@@ -84,17 +106,26 @@ class PinnedBufferPool:
                 self._free = [buffer for buffer in self._free if buffer is not chosen]
                 return chosen
             self.allocations += 1
-        return torch.empty(buffer_capacity(nbytes), dtype=torch.uint8, pin_memory=self.pin)
+            pin = self.pin and sum(self._pinned.values()) + capacity <= self.pinned_limit
+            buffer = torch.empty(capacity, dtype=torch.uint8, pin_memory=pin)
+            if pin:
+                self._pinned[id(buffer)] = capacity
+        return buffer
 
     def release(self, buffer: torch.Tensor) -> None:
         """Returns a buffer whose contents nobody reads any more (its copy has completed)."""
-        if buffer.numel() > self.max_bytes:
-            return
         with self._lock:
+            if self.pin and id(buffer) not in self._pinned:
+                return  # an ordinary-memory buffer past the pinned limit: not kept
+            if buffer.numel() > self.max_bytes:
+                self._pinned.pop(id(buffer), None)  # larger than all the pool keeps: freed
+                return
             self._free.append(buffer)
             kept = sum(item.numel() for item in self._free)
             while kept > self.max_bytes:
-                kept -= self._free.pop(0).numel()
+                dropped = self._free.pop(0)
+                kept -= dropped.numel()
+                self._pinned.pop(id(dropped), None)
 
 
 class DeviceQueue(Protocol):
