@@ -52,7 +52,7 @@ class Metrics:
         self.compute_seconds = Histogram(
             "imgembed_compute_duration_seconds",
             "Time of one batch on the device, by model: device time between CUDA events on a GPU "
-            "(the batch's kernels, not their launch), wall time on a CPU.",
+            "(the stream's time from the batch's first kernel to its last), wall time on a CPU.",
             ["model"],
             buckets=_LATENCY_BUCKETS,
             registry=registry,

@@ -223,7 +223,8 @@ def _onnx_encoder(spec: ModelSpec, model_name: str, placement: DevicePlacement) 
         from imgembed.export.onnx_backend import OnnxSam2Backend
     except ImportError as error:
         raise ModelLoadError(
-            f"the onnxruntime backend needs the onnx extra: pip install 'imgembed[onnx]' ({error})"
+            "the onnxruntime backend needs the onnx extra: pip install 'imgembed[onnx]' "
+            f"(or 'imgembed[onnx-gpu]' on a GPU machine, instead of it) ({error})"
         ) from error
     try:
         backend = OnnxSam2Backend.from_dir(

@@ -58,9 +58,6 @@ from imgembed.export.sam2_io import DECODER_INPUTS
 from imgembed.models.sam2 import SAM2_INPUT_SIZE, Sam2Features
 from imgembed.models.sam2_decoder import Sam2MaskPrediction, check_decoder_inputs
 
-# ONNX Runtime 1.32 sends telemetry (a DNS lookup of a Microsoft host) unless this is set.
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-
 try:
     import onnxruntime as ort
 except ImportError as e:

@@ -158,12 +158,12 @@ def _resample_axis(
         gathered = image.index_select(axis, chunk.reshape(-1))  # [3,n*K,W] or [3,H,n*K]
         if axis == 1:
             gathered = gathered.view(3, stop - start, taps, other)  # [3,n,K,W]
-            weighted = gathered * weights_t[start:stop].view(1, -1, taps, 1)
+            weighted = gathered * weights_t[start:stop].view(1, -1, taps, 1)  # [n,K] -> [1,n,K,1]
             acc = weighted.sum(dim=2, dtype=torch.int32)  # [3,n,W]
             result[:, start:stop] = acc
         else:
             gathered = gathered.view(3, other, stop - start, taps)  # [3,H,n,K]
-            weighted = gathered * weights_t[start:stop].view(1, 1, -1, taps)
+            weighted = gathered * weights_t[start:stop].view(1, 1, -1, taps)  # [n,K] -> [1,1,n,K]
             acc = weighted.sum(dim=3, dtype=torch.int32)  # [3,H,n]
             result[:, :, start:stop] = acc
     result += 1 << (PRECISION_BITS - 1)

@@ -39,11 +39,16 @@ def _check_pixels(pixels: torch.Tensor) -> None:
     """Refuses anything but ``[H,W,3]`` uint8 with both sides at least 1."""
     if pixels.dtype != torch.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise InvalidInputError(
-            f"expected decoded RGB pixels [H,W,3] uint8, got {list(pixels.shape)} {pixels.dtype}",
+            f"expected decoded RGB pixels [H,W,3] uint8, got {list(pixels.shape)} "
+            f"{pixels.dtype}; pass the pixels decode_image returns",
             field="image",
         )
     if pixels.shape[0] < 1 or pixels.shape[1] < 1:
-        raise InvalidInputError(f"the image is empty ({pixels.shape[1]}x{pixels.shape[0]})")
+        raise InvalidInputError(
+            f"expected an image at least 1x1 pixels, got {pixels.shape[1]}x{pixels.shape[0]}; "
+            "send an image with pixels in it",
+            field="image",
+        )
 
 
 def reduce_long_side(

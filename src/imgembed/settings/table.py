@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from imgembed.settings.values import ServerConfig
 
@@ -21,7 +21,7 @@ def _boolean(text: str) -> bool:
     raise ValueError(f"expected true/false, got {text!r}")
 
 
-def _boolean_or_auto(text: str) -> bool | str:
+def _boolean_or_auto(text: str) -> bool | Literal["auto"]:
     """``auto``, or a boolean."""
     if text.strip().lower() == "auto":
         return "auto"
