@@ -7,12 +7,13 @@ the first requests after it cost.
 
 For each SAM 2 model (random weights of the real architecture, written to local disk in Meta's
 ``.pt`` layout and as a ``save_pretrained`` folder) and with warm-up on and off, it starts
-``imgembed serve`` (CPU) and times from ``Popen`` to the first 200 of ``/health/ready``, polled every
-20 ms. The stages come from the server: ``load_seconds`` and ``warmup_seconds`` of ``/v1/models``;
-the imports are timed apart (``python -c`` importing what ``serve`` imports before it loads a
-model). Peak memory is the server's ``VmHWM`` when ready. Then what warm-up buys: the first
-``/v1/sam2/embed`` of an image and the first click on it (``/v1/sam2/segment`` with its
-``image_id``), then a second image and click, each timed by the client.
+``imgembed serve`` (``--device``, CPU by default) and times from ``Popen`` to the first 200 of
+``/health/ready``, polled every 20 ms. The stages come from the server: ``load_seconds`` and
+``warmup_seconds`` of ``/v1/models``; the imports are timed apart (``python -c`` importing what
+``serve`` imports before it loads a model). Peak memory is the server's ``VmHWM`` when ready. Then
+what warm-up buys: the first ``/v1/sam2/embed`` of an image and the first click on it
+(``/v1/sam2/segment`` with its ``image_id``), then a second image and click, each timed by the
+client.
 
 ``--trees`` starts every cell from each of several checkouts' ``src`` folders (``PYTHONPATH``; make
 one with ``git archive COMMIT src | tar -x -C DIR``), alternating between them run by run, so all
@@ -109,11 +110,13 @@ def first_requests(client: httpx.Client, url: str) -> dict[str, float]:
 
 
 def cold_start(
-    model: str, weights: Path, warmup: bool, log_path: Path, source: Path | None
+    model: str, weights: Path, warmup: bool, log_path: Path, source: Path | None, device: str
 ) -> dict[str, float]:
     """One server start: seconds to ready, the server's load and warm-up seconds, peak RSS, and
     the first requests' seconds; ``source`` is another tree's ``src`` to run instead of this one."""
     port = free_port()
+    command = serve_command(model, weights, port)
+    command[command.index("--device") + 1] = device
     env = {"IMGEMBED_WARMUP": "true" if warmup else "false", "HF_HUB_OFFLINE": "1"}
     if source is not None:
         env["PYTHONPATH"] = str(source)
@@ -122,7 +125,7 @@ def cold_start(
         before = CpuSnapshot.take([])
         started = time.perf_counter()
         process = subprocess.Popen(
-            serve_command(model, weights, port),
+            command,
             env={**os.environ, **env},
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -165,6 +168,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["sam2.1-hiera-tiny", "sam2.1-hiera-large"])
     parser.add_argument("--runs", type=int, default=3, help="starts per cell (median kept)")
+    parser.add_argument("--device", default="cpu", help="the server's --device (cpu, cuda)")
     parser.add_argument(
         "--trees",
         nargs="+",
@@ -192,7 +196,9 @@ def main() -> None:
                     for _ in range(args.runs):
                         for label, source in trees:
                             log_path = Path(scratch) / "server.log"
-                            runs[label].append(cold_start(model, weights, warmup, log_path, source))
+                            runs[label].append(
+                                cold_start(model, weights, warmup, log_path, source, args.device)
+                            )
                     for label, _ in trees:
                         cell = runs[label]
                         median = {
@@ -237,9 +243,9 @@ def main() -> None:
         rows,
     )
     body = f"""- Machine: {info["cpu_model"]}, {info["cpus_usable"]} usable cores, {info["memory_gib"]} GiB;
-  Python {info["python"]}, torch {info["torch"]}, transformers {info["transformers"]}; no GPU.
+  Python {info["python"]}, torch {info["torch"]}, transformers {info["transformers"]}; device {args.device} (CUDA available: {info["cuda_available"]}).
 - Date: {time.strftime("%Y-%m-%d")}. Command: `python benchmarks/cold_start.py {" ".join(sys.argv[1:])}`.
-- What is timed: `imgembed serve --model M --weights W --device cpu` from `Popen` to the first 200
+- What is timed: `imgembed serve --model M --weights W --device {args.device}` from `Popen` to the first 200
   of `/health/ready` (polled every 20 ms), medians of the runs; 'load s' and 'warm-up s' are the
   server's own `load_seconds` and `warmup_seconds` (`/v1/models`); peak RSS is `VmHWM` at ready.
   Then, by the client: the first `/v1/sam2/embed` (a 640x480 PNG, float16, binary) and the first
