@@ -122,3 +122,17 @@ def test_weights_sum_to_one_in_fixed_point() -> None:
 def test_nearest_is_refused_with_the_supported_filters() -> None:
     with pytest.raises(ValueError, match="bilinear"):
         pillow_resample.coefficients(10, 5, "nearest")
+
+
+def test_device_tables_are_made_once_per_sizes_filter_and_device() -> None:
+    pillow_resample.device_coefficients.cache_clear()
+    cpu = torch.device("cpu")
+    first = pillow_resample.device_coefficients(1600, 224, "bilinear", cpu)
+    again = pillow_resample.device_coefficients(1600, 224, "bilinear", cpu)
+    assert first[0] is again[0]
+    assert first[1] is again[1]
+    other = pillow_resample.device_coefficients(1200, 224, "bilinear", cpu)
+    assert other[0] is not first[0]
+    start, weights = pillow_resample.coefficients(1600, 224, "bilinear")
+    assert torch.equal(first[1], torch.from_numpy(weights))
+    assert torch.equal(first[0][:, 0], torch.from_numpy(start))

@@ -24,6 +24,7 @@ runs on the pixels' device in integers, so a GPU computes exactly what the CPU c
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -136,17 +137,31 @@ def coefficients(in_size: int, out_size: int, resample: Resample) -> tuple[np.nd
     return first, fixed
 
 
+@functools.lru_cache(maxsize=256)
+def device_coefficients(
+    in_size: int, out_size: int, resample: Resample, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`coefficients` as gather indices and weights on ``device``, made once per sizes,
+    filter and device (photos come in a few sizes; uploading the tables per image would cost a
+    synchronous host-to-device copy each). Read-only: never write into them.
+
+    Returns:
+        ``[out_size,K]`` int64 source index of each tap (clamped to the last pixel) and
+        ``[out_size,K]`` int32 weights, both on ``device``.
+    """
+    first, weights = coefficients(in_size, out_size, resample)
+    taps = weights.shape[1]
+    index = np.minimum(first[:, None] + np.arange(taps)[None, :], in_size - 1)  # [out,K]
+    return torch.from_numpy(index).to(device), torch.from_numpy(weights).to(device)
+
+
 def _resample_axis(
     image: torch.Tensor, axis: int, out_size: int, resample: Resample
 ) -> torch.Tensor:
     """One Pillow pass along ``axis`` of a ``[3,H,W]`` int32 image; int32 values 0..255 out."""
-    first, weights = coefficients(image.shape[axis], out_size, resample)
-    taps = weights.shape[1]
-    last = image.shape[axis] - 1
-    index = np.minimum(first[:, None] + np.arange(taps)[None, :], last)  # [out,K]
     device = image.device
-    index_t = torch.from_numpy(index).to(device)  # [out,K] int64
-    weights_t = torch.from_numpy(weights).to(device)  # [out,K] int32
+    index_t, weights_t = device_coefficients(image.shape[axis], out_size, resample, device)
+    taps = weights_t.shape[1]
     other = image.shape[3 - axis]  # the length of the axis not resampled (axis is 1 or 2)
     columns_per_chunk = max(1, GATHER_BYTES // (3 * other * taps * 4))
     shape = [3, other, other]

@@ -16,6 +16,8 @@ are, and the pipeline keeps the CPU path for the others.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from imgembed.errors import InvalidInputError
@@ -69,9 +71,16 @@ def reduce_long_side(
     return pillow_resample.reduce(pixels, factor)
 
 
+@functools.lru_cache(maxsize=32)
+def _device_normalisation_table(processing: ImageProcessing, device: torch.device) -> torch.Tensor:
+    """``[3,256]`` float32 :func:`normalisation_table` on ``device``, uploaded once per
+    settings and device. Read-only."""
+    return torch.from_numpy(normalisation_table(processing)).to(device)
+
+
 def _normalise_channels_first(resized: torch.Tensor, processing: ImageProcessing) -> torch.Tensor:
     """``[H,W,3]`` uint8 to ``[3,H,W]`` normalised float32 on the same device, by table lookup."""
-    table = torch.from_numpy(normalisation_table(processing)).to(resized.device)  # [3,256]
+    table = _device_normalisation_table(processing, resized.device)  # [3,256]
     indices = resized.permute(2, 0, 1).reshape(3, -1).to(torch.int64)  # [H,W,3] -> [3,H*W]
     values = torch.gather(table, 1, indices)  # [3,H*W]
     return values.view(3, resized.shape[0], resized.shape[1])  # [3,H,W]
