@@ -54,7 +54,9 @@ class Sam2Features:
         return (self.image_embed, self.high_res_feats_0, self.high_res_feats_1)
 
     def to(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> Sam2Features:
-        """The same features converted to ``dtype`` on ``device``."""
+        """The same features converted to ``dtype`` on ``device``, without :attr:`ready`: the
+        conversion is queued on the caller's current stream, so a consumer on another stream
+        needs an event of that stream, not of the encoder's (the caller records one)."""
         return Sam2Features(
             image_embed=self.image_embed.to(device=device, dtype=dtype),
             high_res_feats_0=self.high_res_feats_0.to(device=device, dtype=dtype),
