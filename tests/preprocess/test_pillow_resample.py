@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fake_cuda import install, on_cuda
 from PIL import Image
 
 from imgembed.preprocess import pillow_resample
@@ -136,3 +137,17 @@ def test_device_tables_are_made_once_per_sizes_filter_and_device() -> None:
     start, weights = pillow_resample.coefficients(1600, 224, "bilinear")
     assert torch.equal(first[1], torch.from_numpy(weights))
     assert torch.equal(first[0][:, 0], torch.from_numpy(start))
+
+
+def test_shared_tables_are_claimed_by_the_stream_that_reads_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tables cached across worker threads are read on each thread's own stream: each read marks
+    them (record_stream) so that an evicted table is not reused while a stream still reads it."""
+    cuda = install(monkeypatch)
+    on_device = on_cuda(torch.zeros(4, 3))
+    on_host = torch.zeros(4, 3)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        pillow_resample.claim(on_device, on_host)
+    assert cuda.entries("record_stream") == [("record_stream", on_device, stream)]

@@ -143,7 +143,9 @@ def device_coefficients(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`coefficients` as gather indices and weights on ``device``, made once per sizes,
     filter and device (photos come in a few sizes; uploading the tables per image would cost a
-    synchronous host-to-device copy each). Read-only: never write into them.
+    synchronous host-to-device copy each). Read-only: never write into them. Shared by every
+    worker thread's stream: on CUDA the upload is complete before they are handed out, and each
+    user marks them with :func:`claim` so that an evicted table's memory outlives its readers.
 
     Returns:
         ``[out_size,K]`` int64 source index of each tap (clamped to the last pixel) and
@@ -152,7 +154,20 @@ def device_coefficients(
     first, weights = coefficients(in_size, out_size, resample)
     taps = weights.shape[1]
     index = np.minimum(first[:, None] + np.arange(taps)[None, :], in_size - 1)  # [out,K]
-    return torch.from_numpy(index).to(device), torch.from_numpy(weights).to(device)
+    tables = torch.from_numpy(index).to(device), torch.from_numpy(weights).to(device)
+    if device.type == "cuda":
+        # A copy from pageable memory may still be in flight when .to() returns; other threads'
+        # streams do not wait for this one, so it completes before anyone reads the tables.
+        torch.cuda.current_stream(device).synchronize()
+    return tables
+
+
+def claim(*tensors: torch.Tensor) -> None:
+    """Marks shared device tables as read by the current stream (``record_stream``): freeing
+    them (an LRU eviction) then waits for this stream's queued work. A no-op off CUDA."""
+    for tensor in tensors:
+        if tensor.device.type == "cuda":
+            tensor.record_stream(torch.cuda.current_stream(tensor.device))
 
 
 def _resample_axis(
@@ -161,6 +176,7 @@ def _resample_axis(
     """One Pillow pass along ``axis`` of a ``[3,H,W]`` int32 image; int32 values 0..255 out."""
     device = image.device
     index_t, weights_t = device_coefficients(image.shape[axis], out_size, resample, device)
+    claim(index_t, weights_t)
     taps = weights_t.shape[1]
     other = image.shape[3 - axis]  # the length of the axis not resampled (axis is 1 or 2)
     columns_per_chunk = max(1, GATHER_BYTES // (3 * other * taps * 4))

@@ -74,13 +74,18 @@ def reduce_long_side(
 @functools.lru_cache(maxsize=32)
 def _device_normalisation_table(processing: ImageProcessing, device: torch.device) -> torch.Tensor:
     """``[3,256]`` float32 :func:`normalisation_table` on ``device``, uploaded once per
-    settings and device. Read-only."""
-    return torch.from_numpy(normalisation_table(processing)).to(device)
+    settings and device, complete before it is handed out (see
+    :func:`~imgembed.preprocess.pillow_resample.device_coefficients`). Read-only."""
+    table = torch.from_numpy(normalisation_table(processing)).to(device)
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+    return table
 
 
 def _normalise_channels_first(resized: torch.Tensor, processing: ImageProcessing) -> torch.Tensor:
     """``[H,W,3]`` uint8 to ``[3,H,W]`` normalised float32 on the same device, by table lookup."""
     table = _device_normalisation_table(processing, resized.device)  # [3,256]
+    pillow_resample.claim(table)
     indices = resized.permute(2, 0, 1).reshape(3, -1).to(torch.int64)  # [H,W,3] -> [3,H*W]
     values = torch.gather(table, 1, indices)  # [3,H*W]
     return values.view(3, resized.shape[0], resized.shape[1])  # [3,H,W]
