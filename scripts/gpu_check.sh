@@ -68,9 +68,9 @@ run() {
     tests/export/test_onnx_cuda.py 2>&1 | tee "$out/gpu_tests.log"
   local tests_status=${PIPESTATUS[0]}
   # 2. Cross-stream accesses (encoder, decoder, staging and default streams) under PyTorch's CUDA
-  #    sanitizer: a segment request, a click by image_id and segment everything.
+  #    sanitizer: a segment request, a click by image_id, segment everything and SigLIP 2.
   TORCH_CUDA_SANITIZER=1 timeout 90 python3 -m pytest -p no:cacheprovider -q --timeout 80 \
-    tests/gpu/test_cuda_engine.py -k "segment" 2>&1 | tail -n 60 >"$out/sanitizer.log"
+    tests/gpu/test_cuda_engine.py -k "segment or siglip" 2>&1 | tail -n 60 >"$out/sanitizer.log"
   # 3. Speed on this GPU: forward-pass cost by batch size in bfloat16 (where the GPU batch sizes
   #    come from, with peak memory per item), click latency while the encoder is busy (the
   #    decoder's own stream), and preprocessing on the CPU against the device.
