@@ -238,12 +238,12 @@ def measure_cell(
     }
 
 
-def render(results: dict[str, Any]) -> str:
-    """The results section."""
-    info = results["machine"]
+def throughput_table(cells: list[dict[str, Any]], units: dict[str, str], digits: int) -> str:
+    """One row per (workload, clients, server): the median rate over rounds in ``units`` of the
+    workload, its range, p50 latency, the worst other load and the runs redone."""
     rows = []
-    for cell in results["cells"]:
-        unit = "images/s" if cell["workload"] == "encoder" else "requests/s"
+    for cell in cells:
+        unit = units[cell["workload"]]
         for label, runs in cell["servers"].items():
             rates = [run["per_s"] for run in runs]
             rows.append(
@@ -251,14 +251,14 @@ def render(results: dict[str, Any]) -> str:
                     cell["workload"],
                     cell["clients"],
                     label,
-                    f"{statistics.median(rates):.2f} {unit}",
-                    f"{min(rates):.2f} to {max(rates):.2f}",
+                    f"{statistics.median(rates):.{digits}f} {unit}",
+                    f"{min(rates):.{digits}f} to {max(rates):.{digits}f}",
                     f"{statistics.median(run['p50_s'] for run in runs) * 1000:.0f}",
                     f"{max(run['other_cores'] for run in runs):.2f}",
                     sum(run["redone"] for run in runs),
                 ]
             )
-    table = markdown_table(
+    return markdown_table(
         [
             "workload",
             "clients",
@@ -271,6 +271,13 @@ def render(results: dict[str, Any]) -> str:
         ],
         rows,
     )
+
+
+def render(results: dict[str, Any]) -> str:
+    """The results section."""
+    info = results["machine"]
+    units = {"encoder": "images/s", "decoder": "requests/s"}
+    table = throughput_table(results["cells"], units, digits=2)
     return f"""- Date: {results["date"]} (UTC); whole run {results["minutes"]:.1f} min.
 - Machine: {info["cpu_model"]}, {info["cpus_usable"]} usable of {info["cpu_count"]} cores, {info["memory_gib"]} GiB RAM, no GPU; {info["platform"]}.
 - Software: imgembed's venv: Python {info["python"]}, torch {info["torch"]}, onnxruntime {results["onnxruntime"]}, numpy {info["numpy"]}. Triton: tritonserver 2.51 from nvidia-pytriton 0.7.0, its Python 3.11 backend stub with numpy<2 and the same onnxruntime, Python backend shared memory 128 MiB growing by 64 MiB (`scripts/triton_server.sh`).

@@ -29,10 +29,8 @@ import contextlib
 import importlib.util
 import io
 import json
-import os
 import shlex
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,17 +43,13 @@ from typing import Any
 import numpy as np
 import torch
 from bench_util import (
-    OTHER_CORES_LIMIT,
-    CpuSnapshot,
     elapsed_s,
     log,
     machine_info,
-    markdown_table,
     replace_section,
-    wait_until_quiet,
 )
 from sam2_server import LOOPBACK, free_port, serve_command
-from triton_python import closed_loop, process_family, running
+from triton_python import Target, measure_cell, process_family, running, throughput_table
 
 from imgembed.export.siglip_onnx import export_loaded_siglip_onnx
 from imgembed.export.triton_config import TritonRepositorySettings
@@ -89,82 +83,20 @@ def _jpeg() -> bytes:
     return buffer.getvalue()
 
 
-def measure(
-    example: ModuleType,
-    label: str,
-    url: str,
-    pids: list[int],
-    workload: str,
-    clients: int,
-    requests: int,
-    args: argparse.Namespace,
-) -> dict[str, Any]:
-    """One closed loop against one server, redone while other processes keep the CPUs busy."""
+def target(example: ModuleType, label: str, url: str, pids: list[int]) -> Target:
+    """A running server and its two workloads: one JPEG to embed, or one text."""
     image = _jpeg()
-    if workload == "image":
-
-        def work(client: Any) -> object:
-            return example.embed_images(client, [image])
-    else:
-
-        def work(client: Any) -> object:
-            return example.embed_texts(client, [TEXT])
-
-    def make() -> Any:
-        return example.httpclient.InferenceServerClient(url=url, network_timeout=600)
-
-    own = [os.getpid(), *pids]
-    for attempt in range(args.retries + 1):
-        wait_until_quiet(args.wait_quiet, log, own_pids=pids)
-        before = CpuSnapshot.take(own)
-        wall, latencies = closed_loop(work, clients, requests, make)
-        other = CpuSnapshot.take(own).other_cores(before, wall)
-        if other <= OTHER_CORES_LIMIT:
-            break
-        log(f"  {label}, try {attempt + 1}: other load {other:.2f}")
-    log(f"  {label}: {workload}, {clients} client(s): {requests / wall:.2f}/s")
-    return {
-        "per_s": requests / wall,
-        "p50_s": statistics.median(latencies),
-        "other_cores": other,
-        "redone": attempt,
-        "latencies_s": latencies,
+    work = {
+        "image": lambda client: example.embed_images(client, [image]),
+        "text": lambda client: example.embed_texts(client, [TEXT]),
     }
+    return Target(label, url, pids, work)
 
 
 def render(results: dict[str, Any]) -> str:
     """The results section."""
     info = results["machine"]
-    rows = []
-    for cell in results["cells"]:
-        unit = "images/s" if cell["workload"] == "image" else "texts/s"
-        for label, runs in cell["servers"].items():
-            rates = [run["per_s"] for run in runs]
-            rows.append(
-                [
-                    cell["workload"],
-                    cell["clients"],
-                    label,
-                    f"{statistics.median(rates):.1f} {unit}",
-                    f"{min(rates):.1f} to {max(rates):.1f}",
-                    f"{statistics.median(run['p50_s'] for run in runs) * 1000:.0f}",
-                    f"{max(run['other_cores'] for run in runs):.2f}",
-                    sum(run["redone"] for run in runs),
-                ]
-            )
-    table = markdown_table(
-        [
-            "workload",
-            "clients",
-            "server",
-            "throughput (median of rounds)",
-            "range over rounds",
-            "p50 latency ms",
-            "other load, cores (worst)",
-            "redone",
-        ],
-        rows,
-    )
+    table = throughput_table(results["cells"], {"image": "images/s", "text": "texts/s"}, 1)
     return f"""- Date: {results["date"]} (UTC); whole run {results["minutes"]:.1f} min.
 - Machine: {info["cpu_model"]}, {info["cpus_usable"]} usable of {info["cpu_count"]} cores, {info["memory_gib"]} GiB RAM, no GPU; {info["platform"]}.
 - Software: imgembed's venv: Python {info["python"]}, torch {info["torch"]}, onnxruntime {results["onnxruntime"]}. Triton: tritonserver 2.51 from nvidia-pytriton 0.7.0, its Python 3.11 backend stub with numpy<2 and the same onnxruntime, Pillow and tokenizers (`scripts/triton_server.sh`).
@@ -247,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
                 for round_index in range(args.rounds):
                     shift = round_index % len(targets)
                     for label, url, pids in targets[shift:] + targets[:shift]:
-                        run = measure(example, label, url, pids, workload, clients, requests, args)
+                        server = target(example, label, url, pids)
+                        run = measure_cell(example, server, workload, clients, requests, args)
                         cell["servers"][label].append(run)
                 results["cells"].append(cell)
     stamp = datetime.now(UTC)
