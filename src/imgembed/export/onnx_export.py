@@ -134,6 +134,45 @@ def _export_graph(
         for tensor in inputs
     }
     logger.info("Exporting the %s graph to %s (opset %d)", role, path, opset)
+    trace_to_onnx(
+        module,
+        tuple(examples),
+        path,
+        input_names=[tensor.name for tensor in inputs],
+        output_names=[tensor.name for tensor in outputs],
+        dynamic_shapes=dynamic_shapes,
+        opset=opset,
+        what=f"the SAM 2 {role}",
+    )
+
+
+def trace_to_onnx(
+    module: torch.nn.Module,
+    examples: tuple[torch.Tensor, ...],
+    path: Path,
+    *,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_shapes: dict[str, dict[int, torch.export.Dim]],
+    opset: int,
+    what: str,
+) -> None:
+    """Traces ``module`` in eval mode to one self-contained ONNX file with torch's dynamo
+    exporter (every SAM 2 and SigLIP 2 graph goes through here).
+
+    Args:
+        module: The graph's module; its forward takes ``examples`` in order.
+        examples: Example inputs of the sizes the dynamic axes must not be specialised to.
+        path: The ``.onnx`` file to write.
+        input_names: Graph input names, in ``examples`` order.
+        output_names: Graph output names, in the order the forward returns them.
+        dynamic_shapes: Input name to axis index to its ``torch.export.Dim``.
+        opset: ONNX opset.
+        what: The graph, as an error message names it (``the SAM 2 encoder``).
+
+    Raises:
+        ImgembedError: torch.onnx could not export it (the message has torch's first line).
+    """
     try:
         with warnings.catch_warnings():
             # The exporter notes that axes sharing one name share one symbol: intended here.
@@ -142,10 +181,10 @@ def _export_graph(
             warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
             torch.onnx.export(
                 module.eval(),
-                tuple(examples),
+                examples,
                 str(path),
-                input_names=[tensor.name for tensor in inputs],
-                output_names=[tensor.name for tensor in outputs],
+                input_names=input_names,
+                output_names=output_names,
                 dynamic_shapes=dynamic_shapes,
                 opset_version=opset,
                 dynamo=True,
@@ -154,7 +193,7 @@ def _export_graph(
             )
     except torch.onnx.OnnxExporterError as error:
         raise ImgembedError(
-            f"torch.onnx could not export the SAM 2 {role} (opset {opset}, torch "
+            f"torch.onnx could not export {what} (opset {opset}, torch "
             f"{torch.__version__}): {str(error).splitlines()[0]}"
         ) from error
 

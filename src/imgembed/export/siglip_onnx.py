@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any, Literal
 import torch
 
 from imgembed.errors import ImgembedError, InvalidInputError
-from imgembed.export.onnx_export import DEFAULT_OPSET, MIN_OPSET
+from imgembed.export.onnx_export import DEFAULT_OPSET, MIN_OPSET, trace_to_onnx
 from imgembed.export.onnx_graph_check import graph_signature
 from imgembed.export.onnx_metadata import package_versions, write_metadata
 from imgembed.export.output_dir import move_into_place, prepare_output_dir, staging_dir
@@ -238,26 +237,16 @@ def _trace(
 ) -> None:
     """Traces one graph to ``path`` with a dynamic batch axis."""
     batch = torch.export.Dim(BATCH_AXIS, min=1)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
-            torch.onnx.export(
-                module.eval(),
-                (example,),
-                str(path),
-                input_names=[inputs.name],
-                output_names=["embeddings"],
-                dynamic_shapes={inputs.name: {0: batch}},
-                opset_version=opset,
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-            )
-    except torch.onnx.OnnxExporterError as error:
-        raise ImgembedError(
-            f"torch.onnx could not export {path.name} (opset {opset}, torch "
-            f"{torch.__version__}): {str(error).splitlines()[0]}"
-        ) from error
+    trace_to_onnx(
+        module,
+        (example,),
+        path,
+        input_names=[inputs.name],
+        output_names=["embeddings"],
+        dynamic_shapes={inputs.name: {0: batch}},
+        opset=opset,
+        what=path.name,
+    )
 
 
 def export_loaded_siglip_onnx(
