@@ -211,6 +211,21 @@ def naflex_grid(height: int, width: int, patch_size: int, max_num_patches: int) 
     return scaled_side(low, height) // patch_size, scaled_side(low, width) // patch_size
 
 
+def naflex_budget(processing: ImageProcessing, max_num_patches: int | None) -> int:
+    """The patch budget of one NaFlex input: the request's ``max_num_patches``, else the model's.
+
+    Raises:
+        InvalidInputError: The budget is not a positive number of patches.
+    """
+    budget = max_num_patches or processing.max_num_patches
+    if budget is None or budget < 1:
+        raise InvalidInputError(
+            f"max_num_patches must be a positive number of patches, got {budget}",
+            field="max_num_patches",
+        )
+    return budget
+
+
 def naflex_patches(
     pixels: np.ndarray,
     processing: ImageProcessing,
@@ -232,12 +247,7 @@ def naflex_patches(
     """
     if processing.family != "naflex":
         raise ValueError(f"naflex_patches needs NaFlex settings, got {processing.family}")
-    budget = max_num_patches or processing.max_num_patches
-    if budget is None or budget < 1:
-        raise InvalidInputError(
-            f"max_num_patches must be a positive number of patches, got {budget}",
-            field="max_num_patches",
-        )
+    budget = naflex_budget(processing, max_num_patches)
     source = reduce_long_side(pixels, max_intermediate_side)
     patch = processing.patch_size
     rows, columns = naflex_grid(source.shape[0], source.shape[1], patch, budget)

@@ -27,6 +27,7 @@ from imgembed.preprocess.siglip_pixels import (
     MAX_INTERMEDIATE_SIDE,
     NaflexPatches,
     intermediate_reduction_factor,
+    naflex_budget,
     naflex_grid,
     normalisation_table,
 )
@@ -151,12 +152,7 @@ def naflex_patches(
     if processing.family != "naflex":
         raise ValueError(f"naflex_patches needs NaFlex settings, got {processing.family}")
     _check_filter(processing)
-    budget = max_num_patches or processing.max_num_patches
-    if budget is None or budget < 1:
-        raise InvalidInputError(
-            f"max_num_patches must be a positive number of patches, got {budget}",
-            field="max_num_patches",
-        )
+    budget = naflex_budget(processing, max_num_patches)
     source = reduce_long_side(pixels, max_intermediate_side)
     patch = processing.patch_size
     rows, columns = naflex_grid(int(source.shape[0]), int(source.shape[1]), patch, budget)
