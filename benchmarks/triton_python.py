@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import shlex
@@ -60,6 +59,9 @@ from bench_util import (
 )
 from sam2_server import LOOPBACK, free_port, serve_command
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
+from example_programs import load_example
+
 from imgembed.export.onnx_export import export_onnx
 from imgembed.export.triton_config import TritonRepositorySettings
 from imgembed.export.triton_repository import export_triton_from_onnx
@@ -73,14 +75,7 @@ Server = tuple[str, list[str], dict[str, str], str]
 
 
 def _example() -> ModuleType:
-    path = ROOT / "examples" / "triton_client.py"
-    spec = importlib.util.spec_from_file_location("triton_client_example", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_example("triton_client.py")
 
 
 def process_family(pid: int) -> list[int]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import json
 import shlex
@@ -51,6 +50,9 @@ from bench_util import (
 from sam2_server import LOOPBACK, free_port, serve_command
 from triton_python import Target, measure_cell, process_family, running, throughput_table
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
+from example_programs import load_example
+
 from imgembed.export.siglip_onnx import export_loaded_siglip_onnx
 from imgembed.export.triton_config import TritonRepositorySettings
 from imgembed.export.triton_siglip import export_siglip_triton_from_onnx
@@ -64,14 +66,7 @@ TEXT = "a photo of a dog playing in the snow"
 
 
 def _example() -> ModuleType:
-    path = ROOT / "examples" / "triton_siglip_client.py"
-    spec = importlib.util.spec_from_file_location("triton_siglip_client_example", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_example("triton_siglip_client.py")
 
 
 def _jpeg() -> bytes:

@@ -11,6 +11,7 @@ once (image and text graphs, a few seconds).
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 from pathlib import Path
 from types import ModuleType
 
@@ -129,3 +130,18 @@ def siglip_export(
 ) -> SiglipExportResult:
     """The SigLIP ONNX export (image and text graphs, tokenizer.json, settings)."""
     return export_loaded_siglip_onnx(siglip_loaded, tmp_path_factory.mktemp("siglip_onnx"))
+
+
+TRITON_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "triton_server.sh"
+
+
+@pytest.fixture(scope="module")
+def tritonserver() -> None:
+    """Fails (through the skip policy) when scripts/triton_server.sh has not installed Triton."""
+    found = subprocess.run(
+        [str(TRITON_SCRIPT), "path"], capture_output=True, text=True, check=False
+    )
+    if found.returncode != 0:
+        pytest.skip(
+            "tritonserver (nvidia-pytriton) is not installed: run scripts/triton_server.sh install"
+        )

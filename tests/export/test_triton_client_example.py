@@ -11,8 +11,6 @@ masks; the exported encoder gives the server's features.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -22,6 +20,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from checkpoints import relative_error
+from example_programs import load_example
 from PIL import Image
 from servers import imgembed_server
 
@@ -38,14 +37,7 @@ BOXES = [(40.0, 30.0, 260.0, 210.0)]
 @pytest.fixture(scope="module")
 def example() -> ModuleType:
     pytest.importorskip("tritonclient.http", reason="tritonclient is a test extra")
-    spec = importlib.util.spec_from_file_location("triton_client_example", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look the module up while the class is built
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_example("triton_client.py")
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,7 @@ Triton's dynamic batcher forming batches larger than one. The server is stopped 
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +32,7 @@ import numpy as np
 import pytest
 import torch
 from checkpoints import relative_error
+from example_programs import load_example
 from PIL import Image
 from servers import LOOPBACK, background_server, free_port, imgembed_server
 
@@ -89,23 +87,7 @@ DECODER_TENSORS = {
 
 @pytest.fixture(scope="module")
 def example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("triton_client_example", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def tritonserver() -> None:
-    """Fails (through the skip policy) when scripts/triton_server.sh has not installed Triton."""
-    found = subprocess.run([str(SCRIPT), "path"], capture_output=True, text=True, check=False)
-    if found.returncode != 0:
-        pytest.skip(
-            "tritonserver (nvidia-pytriton) is not installed: run scripts/triton_server.sh install"
-        )
+    return load_example("triton_client.py")
 
 
 @pytest.fixture(scope="module")

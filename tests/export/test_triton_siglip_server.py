@@ -21,9 +21,6 @@ one; a file that is no image is a 400 naming it on both servers.
 
 from __future__ import annotations
 
-import importlib.util
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -36,6 +33,7 @@ import numpy as np
 import pytest
 import torch
 from checkpoints import relative_error
+from example_programs import load_example
 from imagefactory import encode, gradient_rgb
 from PIL import Image
 from servers import LOOPBACK, background_server, free_port, in_process_server
@@ -78,23 +76,7 @@ TEXT_TENSORS = {"inputs": [("text", "BYTES", [-1])], "outputs": IMAGE_TENSORS["o
 
 @pytest.fixture(scope="module")
 def example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("triton_siglip_client_example", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def tritonserver() -> None:
-    """Fails (through the skip policy) when scripts/triton_server.sh has not installed Triton."""
-    found = subprocess.run([str(SCRIPT), "path"], capture_output=True, text=True, check=False)
-    if found.returncode != 0:
-        pytest.skip(
-            "tritonserver (nvidia-pytriton) is not installed: run scripts/triton_server.sh install"
-        )
+    return load_example("triton_siglip_client.py")
 
 
 @pytest.fixture(scope="module")
