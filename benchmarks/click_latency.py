@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import re
 import shlex
 import statistics
 import sys
@@ -46,6 +45,9 @@ from bench_util import (
     resolve_device,
 )
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
+from engine_metrics import histogram_totals
 
 from imgembed.engine import Engine, Sam2Service
 from imgembed.pipelines.sam2_segment import SegmentObject
@@ -114,13 +116,7 @@ def click(index: int) -> list[SegmentObject]:
 
 def batch_time(engine: Engine, model: str) -> tuple[float, float]:
     """Sum and count of a batcher's compute-time histogram, from the engine's metrics."""
-    text = engine.metrics.render().decode()
-    values = []
-    for suffix in ("sum", "count"):
-        name = f"imgembed_compute_duration_seconds_{suffix}"
-        match = re.search(rf'^{name}\{{model="{re.escape(model)}"\}} (\S+)$', text, re.MULTILINE)
-        values.append(float(match.group(1)) if match else 0.0)
-    return values[0], values[1]
+    return histogram_totals(engine, "imgembed_compute_duration_seconds", model)
 
 
 async def phase(engine: Engine, name: str, image_id: str, clicks: int, load: int) -> Phase:

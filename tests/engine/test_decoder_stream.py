@@ -8,13 +8,13 @@ completed; and on the CPU the same requests touch no CUDA at all."""
 from __future__ import annotations
 
 import asyncio
-import re
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from engine_metrics import histogram_totals
 from fake_cuda import GREATEST_PRIORITY, TICK_MS, FakeCuda, install, on_cuda
 from fakes import (
     SAM2_MODEL,
@@ -73,13 +73,7 @@ def cuda(monkeypatch: pytest.MonkeyPatch) -> FakeCuda:
 
 def _compute_seconds(engine: Engine, model: str) -> tuple[float, float]:
     """Sum and count of a batcher's compute-time histogram, from the engine's metrics."""
-    text = engine.metrics.render().decode()
-    values = []
-    for suffix in ("sum", "count"):
-        name = f"imgembed_compute_duration_seconds_{suffix}"
-        match = re.search(rf'^{name}\{{model="{re.escape(model)}"\}} (\S+)$', text, re.MULTILINE)
-        values.append(float(match.group(1)) if match else 0.0)
-    return values[0], values[1]
+    return histogram_totals(engine, "imgembed_compute_duration_seconds", model)
 
 
 def test_the_decoder_runs_on_its_high_priority_stream_after_the_features_event(
